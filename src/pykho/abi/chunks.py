@@ -1,0 +1,251 @@
+"""The ``kho-v1`` preserved memory map: a list of ``khoser_mem_chunk`` pages.
+
+``struct khoser_mem_chunk`` is one 4 KiB page: a 16-byte header ``{u64 next;
+u32 order; u32 num_elms}`` then ``bitmaps[255]`` of ``{u64 phys_start; u64
+bitmap}``.  Every element of a chunk has the chunk's order; bit ``i`` of the
+bitmap at ``bitmap`` preserves the block at ``phys_start + (i << (order +
+12))``.  The bitmap size is PRESERVE_BITS bits: 4096 (512 bytes) in 6.16-6.17
+(generation A0), 32768 (one page) from 6.18 on - and ``kho-v1`` was not bumped
+when it changed, so a decoder must be told (or guess) which.
+
+The old kernel serialises orders in ascending order, a new chunk for each
+order, bitmaps in ascending index, another chunk of the same order after 255
+elements.  The new kernel walks chunk by chunk, element by element, bit by
+bit, and checks nothing: not ``num_elms <= 255``, not the order, not cycles.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from ..errors import KhoDecodeError, MemoryFault
+from . import bits
+
+PAGE_SHIFT = 12
+PAGE_SIZE = 4096
+KHOSER_BITMAP_SIZE = (PAGE_SIZE - 16) // 16   # 255
+CHUNK_HDR = struct.Struct("<QII")
+ELEMENT = struct.Struct("<QQ")
+
+
+def element_index(pfn: int, order: int, preserve_bits: int) -> tuple[int, int]:
+    """(bitmap index, bit) tracking block ``pfn`` of ``order``."""
+    n = pfn >> order
+    return n // preserve_bits, n % preserve_bits
+
+
+@dataclass
+class ChunkTracker:
+    """The old kernel's tracker: order -> bitmap index -> set bits.
+
+    Bitmaps, once created, stay (unpreserve clears bits, it frees nothing),
+    so an order whose bits were all cleared still gets a chunk with empty
+    bitmaps, as in the kernel.
+    """
+
+    preserve_bits: int
+    orders: dict[int, dict[int, set[int]]] = field(default_factory=dict)
+
+    def add(self, phys: int, order: int):
+        idx, bit = element_index(phys >> PAGE_SHIFT, order, self.preserve_bits)
+        self.orders.setdefault(order, {}).setdefault(idx, set()).add(bit)
+
+    def remove(self, phys: int, order: int) -> bool:
+        idx, bit = element_index(phys >> PAGE_SHIFT, order, self.preserve_bits)
+        s = self.orders.get(order, {}).get(idx)
+        if s is None or bit not in s:
+            return False
+        s.discard(bit)
+        return True
+
+    def blocks(self):
+        for order in sorted(self.orders):
+            for idx in sorted(self.orders[order]):
+                base = (idx * self.preserve_bits) << (order + PAGE_SHIFT)
+                for bit in sorted(self.orders[order][idx]):
+                    yield base + (bit << (order + PAGE_SHIFT)), order
+
+
+def encode(tracker: ChunkTracker, mem, alloc: Callable[[int], int | None],
+           bitmap_phys: dict[tuple[int, int], int] | None = None) -> tuple[int, list[int]]:
+    """Serialise ``tracker`` as a chunk list; returns (first chunk phys, chunk pages).
+
+    ``alloc(size)`` returns zeroed memory (the chunk pages, and the bitmaps
+    unless ``bitmap_phys`` already places them).  Returns (0, []) when the
+    tracker has no order at all, as ``kho_mem_serialize`` does.
+    """
+    bitmap_bytes = tracker.preserve_bits // 8
+    bitmap_phys = {} if bitmap_phys is None else bitmap_phys
+    first = 0
+    chunks: list[int] = []
+    cur = None
+    nelm = 0
+    for order in sorted(tracker.orders):
+        for n, idx in enumerate(sorted(tracker.orders[order])):
+            if cur is None or n == 0 or nelm == KHOSER_BITMAP_SIZE:
+                new = alloc(PAGE_SIZE)
+                if not new:
+                    raise MemoryError("chunk allocation failed")
+                mem.write(new + 8, struct.pack("<II", order, 0))
+                if cur is not None:
+                    mem.write_u64(cur, new)
+                else:
+                    first = new
+                chunks.append(new)
+                cur, nelm = new, 0
+            bm = bitmap_phys.get((order, idx))
+            if bm is None:
+                bm = alloc(bitmap_bytes)
+                if not bm:
+                    raise MemoryError("bitmap allocation failed")
+                bitmap_phys[(order, idx)] = bm
+            v = 0
+            for b in tracker.orders[order][idx]:
+                v |= 1 << b
+            mem.write(bm, v.to_bytes(bitmap_bytes, "little"))
+            phys_start = (idx * tracker.preserve_bits) << (order + PAGE_SHIFT)
+            mem.write(cur + 16 + 16 * nelm, ELEMENT.pack(phys_start, bm))
+            nelm += 1
+            mem.write(cur + 12, struct.pack("<I", nelm))
+    return first, chunks
+
+
+@dataclass
+class ChunkInfo:
+    phys: int
+    order: int
+    num_elms: int
+    next: int
+
+
+@dataclass
+class ChunkWalk:
+    """A walk of the chunk list at ``first`` with bitmaps of ``preserve_bits``.
+
+    :meth:`leaves` yields ``(order, phys_array)`` per bitmap, :meth:`blocks`
+    ``(phys, order)`` in the kernel's order.  Problems are collected in
+    ``problems`` (or raised with ``strict``): ``num_elms`` over 255 (the
+    kernel would read past the chunk; we read the first 255 only), a chunk
+    reached twice (the kernel would loop forever), pointers outside memory.
+    """
+
+    mem: object
+    first: int
+    preserve_bits: int = 32768
+    strict: bool = False
+    chunks: list[ChunkInfo] = field(default_factory=list)
+    bitmaps: list[int] = field(default_factory=list)
+    problems: list[KhoDecodeError] = field(default_factory=list)
+    max_chunks: int = 1 << 22
+
+    def _problem(self, err):
+        if self.strict:
+            raise err
+        self.problems.append(err)
+
+    def leaves(self):
+        self.chunks.clear()
+        self.bitmaps.clear()
+        self.problems.clear()
+        seen: set[int] = set()
+        at = self.first
+        nbytes = self.preserve_bits // 8
+        while at:
+            if at in seen:
+                self._problem(KhoDecodeError("khoser_mem_chunk", at,
+                                             "reached a second time: the list has a cycle (the kernel would loop)",
+                                             code="chunk-cycle"))
+                return
+            if len(seen) >= self.max_chunks:
+                self._problem(KhoDecodeError("khoser_mem_chunk list", self.first,
+                                             f"more than {self.max_chunks} chunks; walk stopped",
+                                             code="chunk-too-many"))
+                return
+            seen.add(at)
+            try:
+                page = self.mem.read(at, PAGE_SIZE, "khoser_mem_chunk")
+            except MemoryFault as e:
+                self._problem(KhoDecodeError("khoser_mem_chunk", at, f"page is not in {e.source}",
+                                             code="chunk-pointer-outside"))
+                return
+            nxt, order, num = CHUNK_HDR.unpack_from(page)
+            self.chunks.append(ChunkInfo(at, order, num, nxt))
+            if num > KHOSER_BITMAP_SIZE:
+                self._problem(KhoDecodeError("khoser_mem_chunk", at,
+                                             f"num_elms {num} > {KHOSER_BITMAP_SIZE}; the kernel reads past the chunk",
+                                             code="chunk-num-elms"))
+                num = KHOSER_BITMAP_SIZE
+            shift = order + PAGE_SHIFT
+            for i in range(num):
+                phys_start, bm = ELEMENT.unpack_from(page, 16 + 16 * i)
+                try:
+                    bitmap = self.mem.read(bm, nbytes, "kho-v1 bitmap")
+                except MemoryFault as e:
+                    self._problem(KhoDecodeError("kho-v1 bitmap", bm,
+                                                 f"element {i} of chunk 0x{at:x}: {nbytes} bytes not in {e.source}",
+                                                 code="chunk-pointer-outside"))
+                    continue
+                self.bitmaps.append(bm)
+                if shift >= 64:
+                    if bits.count(bitmap):
+                        self._problem(KhoDecodeError("khoser_mem_chunk", at, f"order {order} is not a page order",
+                                                     code="chunk-bad-order"))
+                    continue
+                sb = bits.set_bits(bitmap)
+                if len(sb):
+                    yield order, bits.offsets(sb, phys_start, shift)
+            at = nxt
+
+    def blocks(self):
+        for order, physs in self.leaves():
+            for p in bits.tolist(physs):
+                yield p, order
+
+
+def walk(mem, first: int, preserve_bits: int = 32768, strict: bool = True) -> list[tuple[int, int]]:
+    return list(ChunkWalk(mem, first, preserve_bits, strict=strict).blocks())
+
+
+def guess_preserve_bits(mem, first: int) -> tuple[int, str]:
+    """Tell 512-byte (6.16/6.17) from 4 KiB (6.18+) bitmaps, with the evidence.
+
+    Proof of 512-byte bitmaps (kmalloc-512 objects): a bitmap address that is
+    not page aligned, two bitmaps closer than 4 KiB, or a ``phys_start`` that
+    is a multiple of a 512-byte bitmap's coverage (16 MiB << order) but not
+    of a 4 KiB bitmap's (128 MiB << order).  Without any, 4 KiB is the
+    reading (6.18+ bitmaps are whole pages and starts are multiples of the
+    larger coverage).
+    """
+    w = ChunkWalk(mem, first, 4096 * 8)
+    for _ in w.leaves():
+        pass
+    evidence = []
+    addrs = []
+    for c in w.chunks:
+        try:
+            page = mem.read(c.phys, PAGE_SIZE)
+        except MemoryFault:
+            continue
+        for i in range(min(c.num_elms, KHOSER_BITMAP_SIZE)):
+            ps, bm = ELEMENT.unpack_from(page, 16 + 16 * i)
+            addrs.append(bm)
+            big = (4096 * 8) << (c.order + PAGE_SHIFT)
+            small = (512 * 8) << (c.order + PAGE_SHIFT)
+            if big < 1 << 64 and ps % big and not ps % small:
+                evidence.append(f"phys_start 0x{ps:x} (order {c.order}) is a multiple of 0x{small:x} "
+                                f"but not of 0x{big:x}")
+            if bm % PAGE_SIZE:
+                evidence.append(f"bitmap at 0x{bm:x} is not page aligned")
+    addrs.sort()
+    for a, b in zip(addrs, addrs[1:]):
+        if 0 < b - a < PAGE_SIZE:
+            evidence.append(f"bitmaps at 0x{a:x} and 0x{b:x} are {b - a} bytes apart")
+            break
+    if evidence:
+        return 512 * 8, "512-byte bitmaps (6.16/6.17): " + "; ".join(evidence[:3])
+    if not addrs:
+        return 4096 * 8, "no bitmaps to tell the size by; assuming 4 KiB (6.18+)"
+    return 4096 * 8, (f"4 KiB bitmaps (6.18+): all {len(addrs)} bitmaps page aligned and every "
+                      "phys_start a multiple of a 4 KiB bitmap's coverage")

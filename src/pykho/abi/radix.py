@@ -1,0 +1,262 @@
+"""The preserved-memory radix tree of ``kho-v2`` .. ``kho-v4``.
+
+Layout (4 KiB pages): ``preserved-memory-map`` holds the physical address of
+the root node.  Levels 5..1 are ``struct kho_radix_node`` tables of 512
+little-endian u64 physical addresses (0 = empty); a level-1 entry points to a
+``struct kho_radix_leaf``, a 32768-bit little-endian bitmap.
+
+A block ``(phys, order)`` is the key ``(1 << (52 - order)) | (phys >> (12 +
+order))``; level ``L`` indexes with bits ``15 + 9*(L-1)`` .. ``+8`` of the key
+and the leaf with its low 15 bits.  Decoding a key gives ``order = 53 -
+bitlen(key)`` and ``phys = key << (12 + order)`` (mod 2**64).
+
+The incoming kernel walks the tree depth first, table entries in ascending
+index, leaf bits in ascending order (``kho_radix_walk_tree``); this module's
+walker yields blocks in that same order.  Tree pages are not themselves
+preserved: they survive because the new kernel allocates from scratch only
+until the walk is done.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+from ..errors import KhoDecodeError, MemoryFault
+from . import bits
+
+PAGE_SHIFT = 12
+PAGE_SIZE = 4096
+KHO_ORDER_0_LOG2 = 64 - PAGE_SHIFT          # 52
+KHO_TABLE_SIZE_LOG2 = 9                      # 512 entries per node
+KHO_BITMAP_SIZE_LOG2 = PAGE_SHIFT + 3        # 15: 32768 bits per leaf
+KHO_TREE_MAX_DEPTH = 6                       # levels 5..0
+TABLE_ENTRIES = 1 << KHO_TABLE_SIZE_LOG2
+LEAF_BITS = 1 << KHO_BITMAP_SIZE_LOG2
+MASK64 = (1 << 64) - 1
+
+
+def encode_key(phys: int, order: int) -> int:
+    """``kho_radix_encode_key``."""
+    return (1 << (KHO_ORDER_0_LOG2 - order)) | (phys >> (PAGE_SHIFT + order))
+
+
+def decode_key(key: int) -> tuple[int, int]:
+    """``kho_radix_decode_key``: (phys, order).  ``order`` is out of range
+    (negative or > 52) for keys the kernel would misdecode."""
+    order = KHO_ORDER_0_LOG2 + 1 - key.bit_length()
+    if order < 0 or order > KHO_ORDER_0_LOG2:
+        return 0, order
+    return (key << (PAGE_SHIFT + order)) & MASK64, order
+
+
+def table_index(key: int, level: int) -> int:
+    return (key >> ((level - 1) * KHO_TABLE_SIZE_LOG2 + KHO_BITMAP_SIZE_LOG2)) & (TABLE_ENTRIES - 1)
+
+
+def bitmap_index(key: int) -> int:
+    return key & (LEAF_BITS - 1)
+
+
+def level_shift(level: int) -> int:
+    return (level - 1) * KHO_TABLE_SIZE_LOG2 + KHO_BITMAP_SIZE_LOG2
+
+
+class RadixTree:
+    """The old kernel's ``kho_radix_tree`` written into physical memory.
+
+    ``alloc_page`` returns the physical address of a zeroed page or None
+    (allocation failure, as ``get_zeroed_page`` returning NULL);
+    ``free_page`` gives one back.  :meth:`add` and :meth:`delete` follow
+    ``kho_radix_add_page`` / ``kho_radix_del_page``: missing nodes are
+    allocated top-down, a failed allocation frees the new branch and clears
+    its anchor slot (-ENOMEM); deleting clears the bit and never frees nodes.
+    """
+
+    def __init__(self, mem, alloc_page: Callable[[], int | None], free_page: Callable[[int], None] | None = None,
+                 root: int | None = None):
+        self.mem = mem
+        self.alloc_page = alloc_page
+        self.free_page = free_page or (lambda p: None)
+        self.root = root if root is not None else alloc_page()
+        self.nodes: list[int] = [] if self.root is None else [self.root]
+
+    def _entry(self, node: int, idx: int) -> int:
+        return self.mem.read_u64(node + 8 * idx)
+
+    def add(self, phys: int, order: int) -> int:
+        if not self.root:
+            return -22
+        key = encode_key(phys, order)
+        node = self.root
+        new_nodes: list[int] = []
+        anchor = None
+        for level in range(KHO_TREE_MAX_DEPTH - 1, 0, -1):
+            idx = table_index(key, level)
+            child = self._entry(node, idx)
+            if child:
+                node = child
+                continue
+            new = self.alloc_page()
+            if not new:
+                for p in new_nodes:
+                    self.free_page(p)
+                    self.nodes.remove(p)
+                if anchor is not None:
+                    self.mem.write_u64(anchor[0] + 8 * anchor[1], 0)
+                return -12
+            self.mem.write_u64(node + 8 * idx, new)
+            if anchor is None:
+                anchor = (node, idx)
+            new_nodes.append(new)
+            self.nodes.append(new)
+            node = new
+        bit = bitmap_index(key)
+        byte = node + (bit >> 3)
+        old = self.mem.read(byte, 1)[0]
+        self.mem.write(byte, bytes([old | (1 << (bit & 7))]))
+        return 0
+
+    def delete(self, phys: int, order: int) -> bool:
+        """Clear the block's bit; False (the kernel WARNs) when its path is missing."""
+        if not self.root:
+            return False
+        key = encode_key(phys, order)
+        node = self.root
+        for level in range(KHO_TREE_MAX_DEPTH - 1, 0, -1):
+            child = self._entry(node, table_index(key, level))
+            if not child:
+                return False
+            node = child
+        bit = bitmap_index(key)
+        byte = node + (bit >> 3)
+        old = self.mem.read(byte, 1)[0]
+        self.mem.write(byte, bytes([old & ~(1 << (bit & 7)) & 0xFF]))
+        return True
+
+
+def encode(blocks, mem, alloc_page: Callable[[], int | None]) -> RadixTree:
+    """Write a radix tree preserving every ``(phys, order)`` of ``blocks``."""
+    tree = RadixTree(mem, alloc_page)
+    for phys, order in blocks:
+        err = tree.add(phys, order)
+        if err:
+            raise MemoryError(f"radix node allocation failed ({err})")
+    return tree
+
+
+@dataclass
+class RadixNodeInfo:
+    phys: int
+    level: int           # 5..1 for tables, 0 for leaves
+    key: int             # key prefix this node covers
+
+
+@dataclass
+class RadixWalk:
+    """A walk of the tree found at ``root`` in ``mem``.
+
+    Iterate :meth:`blocks` for ``(phys, order)`` in the kernel's walk order,
+    or :meth:`leaves` for ``(order, phys_array)`` per leaf (numpy arrays when
+    numpy is installed, lists otherwise).  Problems met on the way (pointers
+    outside the memory given, nodes reached twice, keys that do not decode)
+    are collected in ``problems``; with ``strict`` the first one is raised.
+    Nothing read from the input sizes an allocation; a shared node is walked
+    once, so a hostile tree cannot make the walk exponential.
+    """
+
+    mem: object
+    root: int
+    strict: bool = False
+    max_order: int | None = None
+    nodes: list[RadixNodeInfo] = field(default_factory=list)
+    problems: list[KhoDecodeError] = field(default_factory=list)
+    max_nodes: int = 1 << 24
+
+    def _problem(self, err: KhoDecodeError):
+        if self.strict:
+            raise err
+        self.problems.append(err)
+
+    def _read_node(self, phys: int, level: int, parent: int | None, idx: int | None) -> bytes | None:
+        where = "root node" if parent is None else f"level {level} node (entry {idx} of 0x{parent:x})"
+        try:
+            return self.mem.read(phys, PAGE_SIZE, f"radix {where}")
+        except MemoryFault as e:
+            self._problem(KhoDecodeError(f"radix {where}", phys,
+                                         f"page is not in {e.source}", code="radix-pointer-outside"))
+            return None
+
+    def leaves(self):
+        self.nodes.clear()
+        self.problems.clear()
+        seen: set[int] = set()
+        if not self.root:
+            return
+        stack = []  # (phys, level, key prefix, parent, idx)
+        stack.append((self.root, KHO_TREE_MAX_DEPTH - 1, 0, None, None))
+        while stack:
+            phys, level, prefix, parent, pidx = stack.pop()
+            if phys in seen:
+                self._problem(KhoDecodeError(
+                    f"radix level {level} node", phys,
+                    f"reached a second time (entry {pidx} of 0x{parent:x}); the kernel would walk it again",
+                    code="radix-shared-node"))
+                continue
+            if len(seen) >= self.max_nodes:
+                self._problem(KhoDecodeError("radix tree", self.root,
+                                             f"more than {self.max_nodes} nodes; walk stopped",
+                                             code="radix-too-many-nodes"))
+                return
+            seen.add(phys)
+            if phys & (PAGE_SIZE - 1):
+                self._problem(KhoDecodeError(f"radix level {level} node", phys,
+                                             "pointer is not page aligned", code="radix-unaligned-node"))
+            page = self._read_node(phys, level, parent, pidx)
+            if page is None:
+                continue
+            self.nodes.append(RadixNodeInfo(phys, level, prefix))
+            if level == 0:
+                yield from self._leaf(phys, page, prefix)
+                continue
+            shift = level_shift(level)
+            children = bits.nonzero_u64(page)
+            # push in reverse so the stack pops ascending indices first
+            for idx, child in reversed(children):
+                stack.append((child, level - 1, prefix | (idx << shift), phys, idx))
+
+    def _leaf(self, phys: int, page: bytes, key: int):
+        set_bits = bits.set_bits(page)
+        if len(set_bits) == 0:
+            return
+        # every bit of one leaf shares the key's high part, hence the order,
+        # unless the order bit falls inside the leaf's 15 bits (order > 37)
+        top = key | (LEAF_BITS - 1)
+        order = KHO_ORDER_0_LOG2 + 1 - top.bit_length()
+        if order < 0:
+            self._problem(KhoDecodeError("radix leaf", phys,
+                                         f"key prefix 0x{key:x} has bits above bit 52: no valid order "
+                                         f"({len(set_bits)} set bits ignored)", code="radix-bad-key"))
+            return
+        if KHO_ORDER_0_LOG2 - order < KHO_BITMAP_SIZE_LOG2:
+            for b in bits.tolist(set_bits):
+                p, o = decode_key(key | b)
+                if (key | b) == 0 or o < 0 or o > KHO_ORDER_0_LOG2:
+                    self._problem(KhoDecodeError("radix leaf", phys, f"bit {b} decodes to no valid order",
+                                                 code="radix-bad-key"))
+                    continue
+                yield o, bits.array([p])
+            return
+        shift = PAGE_SHIFT + order
+        yield order, bits.phys_of(set_bits, key, shift)
+
+    def blocks(self) -> Iterator[tuple[int, int]]:
+        for order, physs in self.leaves():
+            for p in bits.tolist(physs):
+                yield p, order
+
+
+def walk(mem, root: int, strict: bool = True) -> list[tuple[int, int]]:
+    """Every preserved ``(phys, order)`` in walk order; raises on the first problem."""
+    return list(RadixWalk(mem, root, strict=strict).blocks())

@@ -1,0 +1,16 @@
+"""Physical memory sources: one read-by-physical-address interface.
+
+Every decoder reads through :class:`PhysMemory`.  Sources are read-only
+(files are opened read-only and mapped with ``ACCESS_READ``); only
+:class:`SparseMemory`, the memory encoders and the model write into, has a
+``write`` method.  A read of bytes the source does not hold raises
+:class:`~pykho.errors.MemoryFault` naming the address.
+"""
+
+from __future__ import annotations
+
+from .base import PhysMemory, SparseMemory, MemoryFault, ReadOnlyView
+from .sources import RawImage, SparseDir, ElfDump, open_source
+
+__all__ = ["PhysMemory", "SparseMemory", "MemoryFault", "ReadOnlyView", "RawImage",
+           "SparseDir", "ElfDump", "open_source"]

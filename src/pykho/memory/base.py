@@ -1,0 +1,199 @@
+"""The memory interface and the sparse in-memory implementation."""
+
+from __future__ import annotations
+
+import bisect
+import struct
+
+from ..errors import MemoryFault
+
+PAGE_SIZE = 4096
+PAGE_SHIFT = 12
+
+
+class PhysMemory:
+    """Read-only physical memory.
+
+    Subclasses implement :meth:`ranges` (sorted, non-overlapping ``(start,
+    end)`` pairs of what they hold) and :meth:`_read` for a span known to be
+    inside one range.
+    """
+
+    name = "memory"
+
+    def ranges(self) -> list[tuple[int, int]]:
+        raise NotImplementedError
+
+    def _read(self, phys: int, size: int) -> bytes:
+        raise NotImplementedError
+
+    def _range_index(self, phys: int) -> int:
+        rs = self._sorted_starts()
+        i = bisect.bisect_right(rs, phys) - 1
+        return i
+
+    def _sorted_starts(self) -> list[int]:
+        cache = getattr(self, "_starts_cache", None)
+        if cache is None:
+            cache = [s for s, _ in self.ranges()]
+            self._starts_cache = cache
+        return cache
+
+    def contains(self, phys: int, size: int = 1) -> bool:
+        if phys < 0 or size < 0:
+            return False
+        rs = self.ranges()
+        i = self._range_index(phys)
+        while 0 <= i < len(rs):
+            s, e = rs[i]
+            if not (s <= phys < e):
+                return False
+            if phys + size <= e:
+                return True
+            size -= e - phys
+            phys = e
+            i += 1
+        return size <= 0
+
+    def read(self, phys: int, size: int, structure: str = "memory") -> bytes:
+        if size < 0 or phys < 0 or phys + size > 1 << 64:
+            raise MemoryFault(phys, size, self.name, structure)
+        if size == 0:
+            return b""
+        rs = self.ranges()
+        i = self._range_index(phys)
+        out = []
+        want, at = size, phys
+        while want:
+            if not (0 <= i < len(rs)) or not (rs[i][0] <= at < rs[i][1]):
+                raise MemoryFault(phys, size, self.name, structure)
+            n = min(want, rs[i][1] - at)
+            out.append(self._read(at, n))
+            at += n
+            want -= n
+            i += 1
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def read_u64(self, phys: int, structure: str = "memory") -> int:
+        return struct.unpack("<Q", self.read(phys, 8, structure))[0]
+
+    def read_u32(self, phys: int, structure: str = "memory") -> int:
+        return struct.unpack("<I", self.read(phys, 4, structure))[0]
+
+    def describe(self) -> str:
+        return self.name
+
+
+class SparseMemory(PhysMemory):
+    """RAM of a (simulated) machine; only pages ever written cost memory.
+
+    ``ram`` lists the physical ranges that exist.  Pages of RAM never written
+    read as ``fill`` bytes (zero by default).  This is the source encoders
+    write handovers into and the model's physical memory.
+    """
+
+    def __init__(self, ram: list[tuple[int, int]] | None = None, fill: int = 0, name: str = "sparse memory"):
+        self._ram = sorted(ram) if ram else [(0, 1 << 52)]
+        self.pages: dict[int, bytearray] = {}
+        self.fill = fill
+        self.name = name
+
+    def ranges(self):
+        return self._ram
+
+    def _page(self, pfn: int) -> bytes:
+        pg = self.pages.get(pfn)
+        if pg is None:
+            return bytes([self.fill]) * PAGE_SIZE
+        return pg
+
+    def _read(self, phys: int, size: int) -> bytes:
+        first, last = phys >> PAGE_SHIFT, (phys + size - 1) >> PAGE_SHIFT
+        if first == last:
+            off = phys & (PAGE_SIZE - 1)
+            pg = self.pages.get(first)
+            if pg is None:
+                return bytes([self.fill]) * size
+            return bytes(pg[off:off + size])
+        parts = []
+        at, want = phys, size
+        while want:
+            off = at & (PAGE_SIZE - 1)
+            n = min(want, PAGE_SIZE - off)
+            parts.append(bytes(self._page(at >> PAGE_SHIFT)[off:off + n]))
+            at += n
+            want -= n
+        return b"".join(parts)
+
+    def page_view(self, pfn: int):
+        """The stored page (bytearray) or None when never written."""
+        return self.pages.get(pfn)
+
+    def write(self, phys: int, data: bytes) -> None:
+        if not self.contains(phys, len(data)):
+            raise MemoryFault(phys, len(data), self.name, "write")
+        at, pos = phys, 0
+        while pos < len(data):
+            off = at & (PAGE_SIZE - 1)
+            n = min(len(data) - pos, PAGE_SIZE - off)
+            pfn = at >> PAGE_SHIFT
+            pg = self.pages.get(pfn)
+            if pg is None:
+                pg = self.pages[pfn] = bytearray([self.fill]) * PAGE_SIZE
+            pg[off:off + n] = data[pos:pos + n]
+            at += n
+            pos += n
+
+    def write_u64(self, phys: int, value: int) -> None:
+        self.write(phys, struct.pack("<Q", value & 0xFFFFFFFFFFFFFFFF))
+
+    def zero(self, phys: int, size: int) -> None:
+        """Forget pages fully covered (read back as ``fill``), clear the rest."""
+        end = phys + size
+        at = phys
+        while at < end:
+            off = at & (PAGE_SIZE - 1)
+            n = min(end - at, PAGE_SIZE - off)
+            pfn = at >> PAGE_SHIFT
+            if n == PAGE_SIZE:
+                self.pages.pop(pfn, None)
+            elif pfn in self.pages:
+                self.pages[pfn][off:off + n] = bytes([self.fill]) * n
+            at += n
+
+    def scramble(self, phys: int, size: int, pattern: bytes = b"\xa5") -> None:
+        """Overwrite pages that exist with garbage (what the next kernel sees
+        in memory the old kernel did not preserve).  Never-written pages stay
+        unwritten: they cost nothing and read as ``fill``."""
+        end = phys + size
+        for pfn in [p for p in self.pages if phys >> PAGE_SHIFT <= p < (end + PAGE_SIZE - 1) >> PAGE_SHIFT]:
+            self.pages[pfn][:] = (pattern * PAGE_SIZE)[:PAGE_SIZE]
+
+    def snapshot(self) -> "SparseMemory":
+        m = SparseMemory(self._ram, self.fill, self.name)
+        m.pages = {k: bytearray(v) for k, v in self.pages.items()}
+        return m
+
+    def written_ranges(self) -> list[tuple[int, int]]:
+        out: list[tuple[int, int]] = []
+        for pfn in sorted(self.pages):
+            s = pfn << PAGE_SHIFT
+            if out and out[-1][1] == s:
+                out[-1] = (out[-1][0], s + PAGE_SIZE)
+            else:
+                out.append((s, s + PAGE_SIZE))
+        return out
+
+
+class ReadOnlyView(PhysMemory):
+    """A read-only window on another source (what decoders get)."""
+
+    def __init__(self, inner: PhysMemory):
+        self.inner = inner
+        self.name = inner.name
+
+    def ranges(self):
+        return self.inner.ranges()
+
+    def _read(self, phys, size):
+        return self.inner._read(phys, size)

@@ -1,0 +1,217 @@
+"""File-backed memory sources: raw images, sparse extracts, ELF dumps, drgn.
+
+All of them open files read-only; none has a write method.
+"""
+
+from __future__ import annotations
+
+import io
+import mmap
+import os
+import struct
+import tarfile
+
+from ..errors import KhoDecodeError, UsageError
+from .base import PhysMemory
+
+
+class _Segments(PhysMemory):
+    """Memory made of (phys_start, length, reader) segments."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self._segs: list[tuple[int, int, object, int]] = []  # start, end, buffer, offset
+
+    def _add(self, start: int, length: int, buf, offset: int = 0):
+        if length > 0:
+            self._segs.append((start, start + length, buf, offset))
+
+    def _finish(self):
+        self._segs.sort(key=lambda s: s[0])
+        merged = []
+        for s in self._segs:
+            if merged and s[0] < merged[-1][1]:
+                # overlapping segments: keep the first, trim the second
+                prev = merged[-1]
+                if s[1] <= prev[1]:
+                    continue
+                cut = prev[1] - s[0]
+                s = (prev[1], s[1], s[2], s[3] + cut)
+            merged.append(s)
+        self._segs = merged
+        self._ranges = [(s, e) for s, e, _, _ in merged]
+        self._starts_cache = None
+
+    def ranges(self):
+        return self._ranges
+
+    def _read(self, phys, size):
+        i = self._range_index(phys)
+        s, e, buf, off = self._segs[i]
+        o = off + (phys - s)
+        return bytes(buf[o:o + size])
+
+
+def _map_file(path: str, what: str):
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise UsageError(f"{path}: cannot open {what}: {e.strerror}") from None
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            return b""
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+
+
+class RawImage(_Segments):
+    """A raw physical memory image (QEMU ``pmemsave``): file offset 0 is ``base``."""
+
+    def __init__(self, path: str, base: int = 0):
+        super().__init__(f"raw image {path}" + (f"@0x{base:x}" if base else ""))
+        buf = _map_file(path, "raw memory image")
+        self._add(base, len(buf), buf)
+        self._finish()
+
+
+class SparseDir(_Segments):
+    """The sparse extract format: ``MANIFEST.tsv`` (file, phys_start, length)
+    plus one file per range, as a directory or a ``.tar``/``.tar.xz`` archive."""
+
+    def __init__(self, path: str):
+        super().__init__(f"sparse extract {path}")
+        if os.path.isdir(path):
+            self._load(lambda n: open(os.path.join(path, n), "rb").read(), path)
+        elif os.path.isfile(path) and tarfile.is_tarfile(path):
+            with tarfile.open(path) as tf:
+                members = {os.path.normpath(m.name): m for m in tf.getmembers() if m.isfile()}
+
+                def get(n):
+                    m = members.get(os.path.normpath(n))
+                    if m is None:
+                        raise FileNotFoundError(n)
+                    if m.size > 1 << 32:
+                        raise KhoDecodeError("sparse extract", f"{path}:{n}", "member larger than 4 GiB")
+                    return tf.extractfile(m).read()
+                self._load(get, path)
+        else:
+            raise UsageError(f"{path}: not a sparse extract directory or tar archive")
+        self._finish()
+
+    def _load(self, get, path):
+        try:
+            manifest = get("MANIFEST.tsv").decode("utf-8", "replace")
+        except (FileNotFoundError, OSError):
+            raise UsageError(f"{path}: no MANIFEST.tsv (expected lines: file<TAB>phys_start<TAB>length)") from None
+        for lineno, line in enumerate(manifest.splitlines(), 1):
+            if not line.strip() or line.startswith("#"):
+                continue
+            parts = line.split("\t")
+            try:
+                fname, start, length = parts[0], int(parts[1], 0), int(parts[2], 0)
+            except (IndexError, ValueError):
+                raise KhoDecodeError("MANIFEST.tsv", f"{path} line {lineno}",
+                                     "expected file<TAB>phys_start<TAB>length") from None
+            if os.path.isabs(fname) or ".." in fname.split("/"):
+                raise KhoDecodeError("MANIFEST.tsv", f"{path} line {lineno}", f"unsafe file name {fname!r}")
+            try:
+                data = get(fname)
+            except (FileNotFoundError, OSError):
+                raise KhoDecodeError("MANIFEST.tsv", f"{path} line {lineno}", f"missing file {fname!r}") from None
+            if len(data) < length:
+                raise KhoDecodeError("sparse extract", f"{path}/{fname}",
+                                     f"file has {len(data)} bytes, manifest says {length}")
+            self._add(start, length, data)
+
+
+ELF_MAGIC = b"\x7fELF"
+PT_LOAD = 1
+
+
+class ElfDump(_Segments):
+    """An ELF core file (QEMU ``dump-guest-memory``, kdump ELF vmcores):
+    every ``PT_LOAD`` segment at its ``p_paddr``."""
+
+    def __init__(self, path: str):
+        super().__init__(f"ELF dump {path}")
+        buf = _map_file(path, "ELF dump")
+        if len(buf) < 64 or bytes(buf[:4]) != ELF_MAGIC:
+            raise KhoDecodeError("ELF header", f"{path} offset 0", "not an ELF file (bad magic)")
+        if buf[4] != 2 or buf[5] != 1:
+            raise KhoDecodeError("ELF header", f"{path} offset 4", "expected ELFCLASS64 little-endian")
+        (e_type, e_machine, _v, _entry, e_phoff, _shoff, _flags, _ehsize, e_phentsize,
+         e_phnum) = struct.unpack_from("<HHIQQQIHHH", buf, 16)
+        if e_phentsize != 56:
+            raise KhoDecodeError("ELF header", f"{path} offset 54", f"program header size {e_phentsize}, expected 56")
+        if e_phnum > 65535 or e_phoff + e_phnum * 56 > len(buf):
+            raise KhoDecodeError("ELF program headers", f"{path} offset 0x{e_phoff:x}", "past the end of the file")
+        for i in range(e_phnum):
+            p_type, _fl, p_offset, _va, p_paddr, p_filesz, _memsz, _al = struct.unpack_from(
+                "<IIQQQQQQ", buf, e_phoff + i * 56)
+            if p_type != PT_LOAD or p_filesz == 0:
+                continue
+            if p_offset + p_filesz > len(buf):
+                raise KhoDecodeError("ELF PT_LOAD", f"{path} phdr {i}",
+                                     f"segment 0x{p_offset:x}+0x{p_filesz:x} past the end of the file")
+            self._add(p_paddr, p_filesz, buf, p_offset)
+        self._finish()
+
+
+class DrgnMemory(PhysMemory):
+    """Physical memory of a running kernel (``/proc/kcore``) or a vmcore, via drgn."""
+
+    def __init__(self, vmcore: str | None = None):
+        try:
+            import drgn
+        except ImportError:
+            raise UsageError("--mem live/vmcore needs drgn: pip install 'pykho[all]' (or pip install drgn)") from None
+        prog = drgn.Program()
+        try:
+            if vmcore:
+                prog.set_core_dump(vmcore)
+            else:
+                prog.set_kernel()
+        except Exception as e:  # drgn raises OSError/ValueError/FaultError
+            raise UsageError(f"{vmcore or '/proc/kcore'}: drgn cannot open it: {e}") from None
+        self.prog = prog
+        self._drgn = drgn
+        self.name = f"vmcore {vmcore}" if vmcore else "live kernel (/proc/kcore)"
+
+    def ranges(self):
+        return [(0, 1 << 52)]
+
+    def read(self, phys, size, structure="memory"):
+        from ..errors import MemoryFault
+        try:
+            return self.prog.read(phys, size, True)
+        except self._drgn.FaultError:
+            raise MemoryFault(phys, size, self.name, structure) from None
+
+    def _read(self, phys, size):
+        return self.read(phys, size)
+
+
+def open_source(spec: str) -> PhysMemory:
+    """Open ``raw:PATH[@0xBASE]``, ``sparse:DIR|TAR``, ``elf:PATH``,
+    ``vmcore:PATH`` or ``live``."""
+    kind, _, rest = spec.partition(":")
+    if kind == "live" and not rest:
+        return DrgnMemory(None)
+    if not rest:
+        raise UsageError(f"--mem {spec!r}: expected raw:PATH[@0xBASE], sparse:DIR, elf:PATH, vmcore:PATH or live")
+    if kind == "raw":
+        path, base = rest, 0
+        if "@" in rest:
+            path, _, b = rest.rpartition("@")
+            try:
+                base = int(b, 0)
+            except ValueError:
+                raise UsageError(f"--mem {spec!r}: base {b!r} is not a number") from None
+        return RawImage(path, base)
+    if kind == "sparse":
+        return SparseDir(rest)
+    if kind == "elf":
+        return ElfDump(rest)
+    if kind == "vmcore":
+        return DrgnMemory(rest)
+    raise UsageError(f"--mem {spec!r}: unknown source kind {kind!r}")
