@@ -14,6 +14,7 @@ except ImportError:  # pragma: no cover
 
 MASK64 = (1 << 64) - 1
 HAVE_NUMPY = np is not None
+_ONES = np.uint64(MASK64) if np is not None else None
 
 
 def nonzero_u64(page: bytes) -> list[tuple[int, int]]:
@@ -35,6 +36,8 @@ def set_bits(bitmap: bytes):
     """Indices of set bits in ascending order (LE bit order: byte i>>3, bit i&7)."""
     if np is not None:
         a = np.frombuffer(bitmap, dtype=np.uint8)
+        if len(a) % 8 == 0 and len(a):
+            return _set_bits_words(a)
         nz = np.flatnonzero(a)
         if len(nz) == 0:
             return np.empty(0, dtype=np.int64)
@@ -50,25 +53,57 @@ def set_bits(bitmap: bytes):
     return out
 
 
+def _set_bits_words(a):
+    """:func:`set_bits` of a whole number of u64 words, by density: a full
+    bitmap is an ``arange``, a sparse one unpacks only its non-zero words
+    (in Python when there are few), a dense one is unpacked whole."""
+    w = a.view("<u8")
+    nzw = np.flatnonzero(w)
+    k = len(nzw)
+    if k == 0:
+        return np.empty(0, dtype=np.int64)
+    if k == len(w) and bool((w == _ONES).all()):
+        return np.arange(len(a) * 8, dtype=np.int64)
+    if k <= 8:
+        out = []
+        for i, v in zip(nzw.tolist(), w[nzw].tolist()):
+            base = i << 6
+            while v:
+                low = v & -v
+                out.append(base | (low.bit_length() - 1))
+                v ^= low
+        return np.array(out, dtype=np.int64)
+    if k * 8 < len(w):
+        rows, cols = np.nonzero(np.unpackbits(w[nzw].view(np.uint8), bitorder="little").reshape(k, 64))
+        return (nzw[rows] << 6) | cols
+    return np.flatnonzero(np.unpackbits(a, bitorder="little").view(bool))
+
+
 def count(bitmap: bytes) -> int:
     if np is not None:
         return int(np.unpackbits(np.frombuffer(bitmap, dtype=np.uint8)).sum())
     return int.from_bytes(bitmap, "little").bit_count()
 
 
+def _u64(bit_idx):
+    if isinstance(bit_idx, np.ndarray) and bit_idx.dtype == np.int64:
+        return bit_idx.view(np.uint64)       # indices are never negative
+    return np.asarray(bit_idx, dtype=np.uint64)
+
+
 def phys_of(bit_idx, key: int, shift: int):
     """``((key | bit) << shift) mod 2**64`` for every bit index."""
     if np is not None:
-        b = np.asarray(bit_idx, dtype=np.uint64)
-        return np.left_shift(b | np.uint64(key), np.uint64(shift))
+        r = _u64(bit_idx) | np.uint64(key & MASK64)
+        return np.left_shift(r, np.uint64(shift), out=r)
     return [((key | b) << shift) & MASK64 for b in bit_idx]
 
 
 def offsets(bit_idx, base: int, shift: int):
     """``base + (bit << shift)`` (mod 2**64) for every bit index."""
     if np is not None:
-        b = np.asarray(bit_idx, dtype=np.uint64)
-        return np.left_shift(b, np.uint64(shift)) + np.uint64(base & MASK64)
+        r = np.left_shift(_u64(bit_idx), np.uint64(shift))
+        return np.add(r, np.uint64(base & MASK64), out=r)
     return [(base + (b << shift)) & MASK64 for b in bit_idx]
 
 
@@ -84,3 +119,158 @@ def array(values):
 
 def length(arr) -> int:
     return len(arr)
+
+
+# ---------------------------------------------------------------------------
+# Counting walks: a summary of a memory map without per-block objects.
+
+PAGE_SHIFT = 12
+
+
+class MapSummary:
+    """What a memory map preserves, with its overlap check.
+
+    ``blocks``/``bytes``/``by_order`` count every set bit the kernel's walk
+    would visit.  ``duplicates`` counts pairs of identical ``(phys, order)``
+    blocks met twice, ``overlaps`` pairs of different blocks sharing memory
+    (a smaller block inside a larger one); ``problems`` is the walker's
+    list, the overlap findings included.
+    """
+
+    __slots__ = ("blocks", "bytes", "by_order", "duplicates", "overlaps", "problems", "unchecked")
+
+    def __init__(self):
+        self.blocks = 0
+        self.bytes = 0
+        self.by_order: dict[int, int] = {}
+        self.duplicates = 0
+        self.overlaps = 0
+        self.problems: list = []
+        self.unchecked = 0        # blocks left out of the overlap check (unaligned)
+
+    def count(self, order: int, n: int) -> None:
+        if n:
+            self.blocks += n
+            self.bytes += n << (order + PAGE_SHIFT)
+            self.by_order[order] = self.by_order.get(order, 0) + n
+
+    def as_dict(self) -> dict:
+        return {"blocks": self.blocks, "bytes": self.bytes,
+                "by_order": {str(k): v for k, v in sorted(self.by_order.items())},
+                "duplicates": self.duplicates, "overlaps": self.overlaps,
+                "problems": [{"code": p.code, "message": str(p)} for p in self.problems]}
+
+    def __repr__(self) -> str:
+        return (f"MapSummary(blocks={self.blocks}, bytes={self.bytes}, by_order={dict(sorted(self.by_order.items()))}, "
+                f"duplicates={self.duplicates}, overlaps={self.overlaps}, problems={len(self.problems)})")
+
+
+def bitmap_int(bitmap: bytes) -> int:
+    return int.from_bytes(bitmap, "little")
+
+
+class BlockSets:
+    """Overlap and duplicate check over bitmaps of naturally aligned blocks.
+
+    :meth:`add` takes one bitmap (a Python int): bit ``i`` is the block
+    ``(first + i) << (order + 12)`` of ``order``.  :meth:`check` sorts the
+    bitmaps by the memory they span and compares only pairs whose spans
+    intersect; two aligned blocks share memory only when one contains the
+    other, so a pair is checked by spreading the larger blocks' bits over the
+    smaller blocks' and ANDing, a handful of big-integer operations.  Work
+    and memory grow with the number of bitmaps, not of blocks.
+    """
+
+    MAX_REPORTS = 64
+
+    def __init__(self):
+        self.recs: list[tuple] = []
+
+    def add(self, order: int, first: int, v: int, where: int) -> None:
+        if not v:
+            return
+        lo = (v & -v).bit_length() - 1
+        if lo:
+            v >>= lo
+            first += lo
+        sh = order + PAGE_SHIFT
+        self.recs.append((first << sh, (first + v.bit_length()) << sh, order, first, v, where))
+
+    def check(self, summary: MapSummary, report) -> None:
+        recs = sorted(self.recs, key=_start)
+        self._reported = 0
+        self._summary, self._report = summary, report
+        active: list[tuple] = []
+        for r in recs:
+            if active:
+                s = r[0]
+                active = [a for a in active if a[1] > s]
+                for a in active:
+                    self._pair(a, r)
+            active.append(r)
+        extra = self._reported - self.MAX_REPORTS
+        if extra > 0:
+            from ..errors import KhoDecodeError
+            report(KhoDecodeError("preserved memory map", None,
+                                  f"{extra} more overlapping bitmap pairs not listed", code="map-overlap"))
+
+    def _pair(self, a, b) -> None:
+        if a[2] < b[2]:
+            a, b = b, a
+        hi, lo = a, b                                  # hi: the larger (or equal) order
+        s = max(a[0], b[0])
+        e = min(a[1], b[1])
+        hsh, lsh = hi[2] + PAGE_SHIFT, lo[2] + PAGE_SHIFT
+        hb0 = s >> hsh
+        nh = ((e - 1) >> hsh) - hb0 + 1
+        hs = (hi[4] >> (hb0 - hi[3])) & ((1 << nh) - 1)
+        if not hs:
+            return
+        lb0 = s >> lsh
+        nl = ((e - 1) >> lsh) - lb0 + 1
+        ls = (lo[4] >> (lb0 - lo[3])) & ((1 << nl) - 1)
+        if not ls:
+            return
+        d = hi[2] - lo[2]
+        common = ls & (hs if d == 0 else _spread(hs, d, lb0 - (hb0 << d), nl))
+        if not common:
+            return
+        n = common.bit_count()
+        first = (lb0 + (common & -common).bit_length() - 1) << lsh
+        from ..errors import KhoDecodeError
+        if d == 0:
+            self._summary.duplicates += n
+            err = KhoDecodeError("preserved memory map", first,
+                                 f"{n} order-{lo[2]} block(s) preserved twice (bitmaps at 0x{lo[5]:x} and "
+                                 f"0x{hi[5]:x})", code="map-duplicate")
+        else:
+            self._summary.overlaps += n
+            err = KhoDecodeError("preserved memory map", first,
+                                 f"{n} order-{lo[2]} block(s) (bitmap at 0x{lo[5]:x}) lie inside preserved "
+                                 f"order-{hi[2]} blocks (bitmap at 0x{hi[5]:x})", code="map-overlap")
+        self._reported += 1
+        if self._reported <= self.MAX_REPORTS:
+            self._report(err)
+
+
+def _start(r):
+    return r[0]
+
+
+def _spread(v: int, d: int, off: int, n: int) -> int:
+    """Bits ``off .. off+n`` of ``v`` with every bit repeated ``2**d`` times."""
+    if np is not None and v.bit_count() > 32:
+        nb = v.bit_length()
+        b = np.unpackbits(np.frombuffer(v.to_bytes((nb + 7) >> 3, "little"), dtype=np.uint8), bitorder="little")
+        rep = np.repeat(b[:nb], 1 << d)[off:off + n]
+        return int.from_bytes(np.packbits(rep, bitorder="little").tobytes(), "little")
+    m = 0
+    while v:
+        low = v & -v
+        k = low.bit_length() - 1
+        v ^= low
+        a = max((k << d) - off, 0)
+        z = min(((k + 1) << d) - off, n)
+        if z > a:
+            m |= ((1 << (z - a)) - 1) << a
+    return m

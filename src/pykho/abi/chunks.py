@@ -112,6 +112,62 @@ def encode(tracker: ChunkTracker, mem, alloc: Callable[[int], int | None],
     return first, chunks
 
 
+def bitmaps_from_runs(runs, preserve_bits: int) -> dict[int, dict[int, int]]:
+    """order -> bitmap index -> bitmap (an int) of ``runs`` of ``(phys, count,
+    order)``: what a :class:`ChunkTracker` holds after adding every block,
+    without a Python object per block."""
+    orders: dict[int, dict[int, int]] = {}
+    for phys, count, order in runs:
+        if count <= 0:
+            continue
+        n = (phys >> PAGE_SHIFT) >> order
+        end = n + count
+        d = orders.setdefault(order, {})
+        while n < end:
+            idx, bit = divmod(n, preserve_bits)
+            hi = min(end - idx * preserve_bits, preserve_bits)
+            d[idx] = d.get(idx, 0) | (((1 << (hi - bit)) - 1) << bit)
+            n = idx * preserve_bits + hi
+    return orders
+
+
+def encode_bitmaps(orders: dict[int, dict[int, int]], preserve_bits: int, mem, alloc: Callable[[int], int | None],
+                   bitmap_phys: dict[tuple[int, int], int] | None = None) -> tuple[int, list[int]]:
+    """:func:`encode` of bitmaps given as ints (``bitmaps_from_runs``): the
+    same bytes, allocations in the same order, one write per bitmap."""
+    bitmap_bytes = preserve_bits // 8
+    bitmap_phys = {} if bitmap_phys is None else bitmap_phys
+    first = 0
+    chunks: list[int] = []
+    cur = None
+    nelm = 0
+    for order in sorted(orders):
+        for n, idx in enumerate(sorted(orders[order])):
+            if cur is None or n == 0 or nelm == KHOSER_BITMAP_SIZE:
+                new = alloc(PAGE_SIZE)
+                if not new:
+                    raise MemoryError("chunk allocation failed")
+                mem.write(new + 8, struct.pack("<II", order, 0))
+                if cur is not None:
+                    mem.write_u64(cur, new)
+                else:
+                    first = new
+                chunks.append(new)
+                cur, nelm = new, 0
+            bm = bitmap_phys.get((order, idx))
+            if bm is None:
+                bm = alloc(bitmap_bytes)
+                if not bm:
+                    raise MemoryError("bitmap allocation failed")
+                bitmap_phys[(order, idx)] = bm
+            mem.write(bm, orders[order][idx].to_bytes(bitmap_bytes, "little"))
+            phys_start = (idx * preserve_bits) << (order + PAGE_SHIFT)
+            mem.write(cur + 16 + 16 * nelm, ELEMENT.pack(phys_start, bm))
+            nelm += 1
+            mem.write(cur + 12, struct.pack("<I", nelm))
+    return first, chunks
+
+
 @dataclass
 class ChunkInfo:
     phys: int
@@ -146,6 +202,14 @@ class ChunkWalk:
         self.problems.append(err)
 
     def leaves(self):
+        for order, phys_start, shift, bitmap, _ in self._bitmaps():
+            sb = bits.set_bits(bitmap)
+            if len(sb):
+                yield order, bits.offsets(sb, phys_start, shift)
+
+    def _bitmaps(self):
+        """(order, phys_start, shift, bitmap bytes, bitmap phys) of every element
+        with a page order, in walk order."""
         self.chunks.clear()
         self.bitmaps.clear()
         self.problems.clear()
@@ -193,15 +257,44 @@ class ChunkWalk:
                         self._problem(KhoDecodeError("khoser_mem_chunk", at, f"order {order} is not a page order",
                                                      code="chunk-bad-order"))
                     continue
-                sb = bits.set_bits(bitmap)
-                if len(sb):
-                    yield order, bits.offsets(sb, phys_start, shift)
+                yield order, phys_start, shift, bitmap, bm
             at = nxt
 
     def blocks(self):
         for order, physs in self.leaves():
             for p in bits.tolist(physs):
                 yield p, order
+
+    def summarize(self) -> bits.MapSummary:
+        """Count what the walk visits, and check that no two blocks share memory.
+
+        The same walk as :meth:`leaves` (same ``chunks``, ``bitmaps`` and
+        ``problems``), a bitmap counted with one popcount, overlapping or
+        duplicate blocks (two elements for one bitmap index, elements of
+        different orders covering the same memory) looked for with
+        :class:`bits.BlockSets` and added to ``problems``.  An element whose
+        ``phys_start`` is not a multiple of its block size is a problem
+        (``chunk-unaligned-start``) and left out of the overlap check.
+        """
+        out = bits.MapSummary()
+        sets = bits.BlockSets()
+        for order, phys_start, shift, bitmap, bm in self._bitmaps():
+            v = int.from_bytes(bitmap, "little")
+            if not v:
+                continue
+            n = v.bit_count()
+            out.count(order, n)
+            if phys_start & ((1 << shift) - 1):
+                out.unchecked += n
+                self._problem(KhoDecodeError("kho-v1 bitmap", bm,
+                                             f"phys_start 0x{phys_start:x} is not a multiple of the order-{order} "
+                                             f"block size; its {n} blocks are not checked for overlaps",
+                                             code="chunk-unaligned-start"))
+                continue
+            sets.add(order, phys_start >> shift, v, bm)
+        sets.check(out, self._problem)
+        out.problems = self.problems
+        return out
 
 
 def walk(mem, first: int, preserve_bits: int = 32768, strict: bool = True) -> list[tuple[int, int]]:

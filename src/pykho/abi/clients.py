@@ -83,7 +83,10 @@ def encode_kho_test(nr_folios: int, csum: int, folios_info: KhoVmalloc | None = 
         size=size)
 
 
-def decode_kho_test(blob: bytes, where=None, mem=None) -> KhoTest:
+def decode_kho_test(blob: bytes, where=None, mem=None, inline: bool | None = None) -> KhoTest:
+    """``inline``: True for 6.16/6.17 (u64 array in the FDT), False for 6.18+
+    (``struct kho_vmalloc``); None guesses from the length (16 bytes is
+    ambiguous with two inline folios and is read as 6.18+)."""
     root = _fdt.parse(blob, "kho_test sub-FDT", where)
     if _fdt.node_check_compatible(blob, 0, KHO_TEST_COMPAT) != 0:
         raise KhoDecodeError("kho_test sub-FDT", where, f"compatible is not {KHO_TEST_COMPAT!r}")
@@ -97,7 +100,7 @@ def decode_kho_test(blob: bytes, where=None, mem=None) -> KhoTest:
     if nr is None or len(nr) != 4 or csum is None or len(csum) != 4 or info is None:
         raise KhoDecodeError("kho_test sub-FDT", where, "/data needs 4-byte nr_folios and csum and folios_info")
     t = KhoTest(_fdt.u32(nr), _fdt.u32(csum), None, None)
-    if len(info) == KHO_VMALLOC.size:
+    if len(info) == KHO_VMALLOC.size and inline is not True:
         t.folios_info = KhoVmalloc.unpack(info, where)
         if mem is not None:
             blocks, _ = decode_vmalloc(mem, t.folios_info, where)

@@ -1,0 +1,193 @@
+"""Load a handover from what users have: a debugfs copy, a root FDT file, memory.
+
+A :class:`Handover` gathers the root FDT bytes (and where they live), the
+scratch array, the sub-blobs, and optionally a memory source.  It records
+the real kernel's known quirks as it meets them (a truncated debugfs
+``out/fdt``, a KHO-booted kernel without ``out/fdt``) so that validation can
+explain them instead of failing on them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from .abi import fdt as _fdt
+from .abi import root as _root
+from .abi import structs
+from .errors import KhoDecodeError, UsageError
+
+PAGE_SIZE = 4096
+
+
+@dataclass
+class Quirk:
+    code: str
+    message: str
+
+
+@dataclass
+class Handover:
+    source: str
+    root_blob: bytes | None = None
+    root_phys: int | None = None
+    root_blob_origin: str = ""
+    scratch: list[structs.KhoScratch] = field(default_factory=list)
+    scratch_phys: int | None = None
+    scratch_len: int | None = None
+    scratch_origin: str = ""
+    sub_blobs: dict[str, bytes] = field(default_factory=dict)
+    mem: object = None
+    quirks: list[Quirk] = field(default_factory=list)
+    direction: str = "out"          # "out" (about to kexec) or "in" (received)
+    setup_data_phys: int | None = None
+    _root: object = None
+
+    @property
+    def root(self) -> _root.RootFdt:
+        """The decoded root FDT (raises FdtError when it does not decode)."""
+        if self._root is None:
+            if self.root_blob is None:
+                raise KhoDecodeError("KHO root FDT", self.source, "no root FDT found")
+            self._root = _root.decode_root(self.root_blob, self.root_phys if self.root_phys is not None
+                                           else self.root_blob_origin)
+        return self._root
+
+    def blob_of(self, name: str) -> bytes | None:
+        """A sub-blob's bytes: from memory at its address (blob-size bytes,
+        or the FDT's totalsize), else from the debugfs copy."""
+        st = self.root.subtree(name) if self.root_blob is not None else None
+        if self.mem is not None and st is not None and st.phys:
+            try:
+                if st.size is not None:
+                    return self.mem.read(st.phys, min(st.size, 1 << 24), f"sub-blob {name}")
+                head = self.mem.read(st.phys, 40, f"sub-blob {name}")
+                ts = _fdt.totalsize(head) if head[:4] == b"\xd0\x0d\xfe\xed" else PAGE_SIZE
+                return self.mem.read(st.phys, min(max(ts, 40), 1 << 20), f"sub-blob {name}")
+            except KhoDecodeError:
+                pass
+        return self.sub_blobs.get(name)
+
+
+def _read(path: str, what: str, cap: int = 1 << 24) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(cap + 1)
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read {what}: {e.strerror}") from None
+    if len(data) > cap:
+        raise UsageError(f"{path}: {what} larger than {cap} bytes")
+    return data
+
+
+def _find_root_in_memory(mem, prefix: bytes, hints: list[int]) -> int | None:
+    want = prefix[:min(len(prefix), 64)]
+    for phys in hints:
+        try:
+            if mem.read(phys, len(want)) == want:
+                return phys
+        except KhoDecodeError:
+            continue
+    # scan page starts of what the source holds (sparse extracts are small;
+    # a full dump costs one read per page, bounded by its size)
+    for start, end in mem.ranges():
+        if end - start > 1 << 32:
+            continue
+        at = (start + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+        while at + len(want) <= end:
+            n = min(end - at, 1 << 24)
+            chunk = mem.read(at, n)
+            for off in range(0, n - len(want) + 1, PAGE_SIZE):
+                if chunk[off:off + len(want)] == want:
+                    return at + off
+            at += n
+    return None
+
+
+def load(path: str, mem=None, fdt_phys: int | None = None) -> Handover:
+    """Open a debugfs-style directory (``.../kho``, ``.../kho/out``,
+    ``.../kho/in``) or a root FDT file, with optional memory."""
+    if not os.path.exists(path):
+        raise UsageError(f"{path}: no such file or directory")
+    ho = Handover(source=path, mem=mem)
+    if os.path.isdir(path):
+        d = path
+        if os.path.isdir(os.path.join(d, "out")) or os.path.isdir(os.path.join(d, "in")):
+            d = os.path.join(d, "out") if os.path.exists(os.path.join(d, "out", "fdt")) or not \
+                os.path.isdir(os.path.join(d, "in")) else os.path.join(d, "in")
+        ho.direction = "in" if os.path.basename(os.path.normpath(d)) == "in" else "out"
+        fdt_path = os.path.join(d, "fdt")
+        if os.path.isfile(fdt_path):
+            ho.root_blob = _read(fdt_path, "root FDT", 1 << 20)
+            ho.root_blob_origin = fdt_path
+        elif ho.direction == "out":
+            ho.quirks.append(Quirk("debugfs-no-out-fdt",
+                                   f"{d} has no fdt: a kernel that was itself booted through KHO does not "
+                                   "create out/fdt in debugfs (its outgoing FDT is still handed over)"))
+        for name in ("scratch_phys", "scratch_len"):
+            p = os.path.join(d, name)
+            if os.path.isfile(p):
+                vals = structs.parse_debugfs_scratch(_read(p, name, 1 << 20).decode("utf-8", "replace"), p)
+                setattr(ho, "_" + name, vals)
+        phys, lens = getattr(ho, "_scratch_phys", None), getattr(ho, "_scratch_len", None)
+        if phys is not None and lens is not None:
+            if len(phys) != len(lens):
+                raise KhoDecodeError("debugfs scratch_phys/scratch_len", d,
+                                     f"{len(phys)} addresses but {len(lens)} sizes")
+            ho.scratch = [structs.KhoScratch(a, s) for a, s in zip(phys, lens)]
+            ho.scratch_origin = os.path.join(d, "scratch_phys")
+        sub = os.path.join(d, "sub_fdts")
+        if os.path.isdir(sub):
+            for name in sorted(os.listdir(sub)):
+                p = os.path.join(sub, name)
+                if os.path.isfile(p) and "." not in name:
+                    ho.sub_blobs[name] = _read(p, f"sub-blob {name}", 1 << 24)
+    else:
+        ho.root_blob = _read(path, "root FDT", 1 << 20)
+        ho.root_blob_origin = path
+        ho.direction = "file"
+
+    if ho.root_blob is not None:
+        h = _fdt.header(ho.root_blob)
+        if h and h.magic == _fdt.FDT_MAGIC and h.totalsize > len(ho.root_blob):
+            ho.quirks.append(Quirk("debugfs-fdt-truncated",
+                                   f"{ho.root_blob_origin} holds {len(ho.root_blob)} bytes but its header says "
+                                   f"totalsize {h.totalsize}: debugfs keeps the size the FDT had at kho_init, "
+                                   "sub-trees added later grew it in place"
+                                   + ("; reading the full FDT from memory" if mem is not None else
+                                      "; give --mem to read the full FDT")))
+
+    if mem is not None:
+        hints = [fdt_phys] if fdt_phys else []
+        kd_found = None
+        try:
+            for at, kd in structs.find_setup_data(mem):
+                kd_found = (at, kd)
+                hints.append(kd.fdt_addr)
+                break
+        except KhoDecodeError:
+            pass
+        if kd_found:
+            ho.setup_data_phys = kd_found[0]
+            ho.scratch_phys, ho.scratch_len = kd_found[1].scratch_addr, kd_found[1].scratch_size
+        if fdt_phys is not None:
+            ho.root_phys = fdt_phys
+        elif ho.root_blob is not None:
+            ho.root_phys = _find_root_in_memory(mem, ho.root_blob, hints)
+        elif kd_found:
+            ho.root_phys = kd_found[1].fdt_addr
+        if ho.root_phys is not None:
+            ho.root_blob = _root.read_root_from_memory(mem, ho.root_phys)
+            ho.root_blob_origin = f"memory at 0x{ho.root_phys:x}"
+        if not ho.scratch and kd_found:
+            try:
+                data = mem.read(kd_found[1].scratch_addr, min(kd_found[1].scratch_size, 1 << 16), "kho_scratch array")
+                areas, _ = structs.decode_scratch(data)
+                if any(a.size or a.addr for a in areas):
+                    ho.scratch = areas
+                    ho.scratch_origin = f"memory at 0x{kd_found[1].scratch_addr:x}"
+            except KhoDecodeError:
+                pass
+    if ho.root_blob is None:
+        raise UsageError(f"{path}: no root FDT (no fdt file, and no memory to find one in)")
+    return ho

@@ -1,0 +1,313 @@
+"""Scenarios: a machine, a chain of kernels, steps; and ``kho simulate``.
+
+TOML format (``kho simulate FILE.toml``)::
+
+    [machine]
+    ram = [[0x100000, 0x40000000, 0]]     # [start, end, nid] per range
+    seed = 1
+
+    [[kernel]]                             # boots cold
+    profile = "B-prefix"                   # any generation name
+    cmdline = "kho=on"
+
+    [[kernel]]                             # booted by the first kexec
+    profile = "B"
+
+    [[step]]                               # applied to the running kernel
+    do = "finalize"                        # see STEPS below
+    [[step]]
+    do = "kexec_file_load"
+    [[step]]
+    do = "kexec"                           # the next [[kernel]] boots
+
+Steps: ``finalize``, ``abort``, ``kexec_file_load``, ``kexec``,
+``preserve`` (``order``: allocate a folio and preserve it), ``vmalloc``
+(``pages``: preserve a vmalloc area for the next kernel),
+``restore_vmalloc``, ``corrupt`` (``what`` = ``zero-fdt`` | ``zero-map`` |
+``compatible`` with ``value``: rewrite the handover before the jump).
+After every step the invariants are checked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+
+from .. import profiles as P
+from ..abi import fdt as _fdt
+from ..abi import structs
+from ..errors import UsageError
+from .kernel import Kernel
+from .machine import Machine, Violation, PAGE_SIZE
+
+try:
+    import tomllib
+except ImportError:  # pragma: no cover
+    tomllib = None
+
+GiB = 1 << 30
+
+
+def _chain(prof_old, prof_new, steps, cmd="kho=on", n=2):
+    kernels = [{"profile": prof_old, "cmdline": cmd}] + [{"profile": prof_new, "cmdline": cmd}] * (n - 1)
+    return {"machine": {"ram": [[0x100000, GiB, 0]]}, "kernel": kernels, "step": steps}
+
+
+def _rt(p):
+    fin = [{"do": "finalize"}] if P.get_profile(p).finalize else []
+    return fin + [{"do": "kexec_file_load"}, {"do": "kexec"}]
+
+
+BUILTIN = {
+    "seed-bug": ("6.19 before the fix: KHO on, never finalized; the next kernel adopts the old scratch, "
+                 "forgets the handover and frees scratch twice",
+                 _chain("B-prefix", "B-prefix", [{"do": "kexec_file_load"}, {"do": "kexec"}])),
+    "seed-fixed": ("6.19 with 'kho: validate preserved memory map during population': the same handover is "
+                   "rejected in kho_populate, the next kernel cold-boots",
+                   _chain("B", "B", [{"do": "kexec_file_load"}, {"do": "kexec"}])),
+    "chain-3": ("7.2: three kernels, kexec-metadata counts the kexecs",
+                _chain("E", "E", _rt("E") + _rt("E"), n=3)),
+    "vmalloc": ("7.2: a vmalloc area preserved and restored",
+                _chain("E", "E", [{"do": "vmalloc", "pages": 700}, {"do": "kexec_file_load"}, {"do": "kexec"},
+                                  {"do": "restore_vmalloc"}])),
+    "abort-a0": ("6.16: finalize then abort, then kexec: the stale FDT still points at the freed chunk list",
+                 _chain("A0", "A0", [{"do": "preserve", "order": 2}, {"do": "finalize"}, {"do": "abort"},
+                                     {"do": "kexec_file_load"}, {"do": "kexec"}])),
+    "unfinalized-a0": ("6.16: kexec without finalize hands over an unwritten FDT page",
+                       _chain("A0", "A0", [{"do": "kexec_file_load"}, {"do": "kexec"}])),
+    "compat-6.17-6.18": ("6.17 -> 6.18: 512-byte bitmaps read as 4 KiB ones",
+                         _chain("A0", "A1", [{"do": "preserve", "order": 0}, {"do": "preserve", "order": 0},
+                                             {"do": "finalize"}, {"do": "kexec_file_load"}, {"do": "kexec"}])),
+    "reserve-mem": ("7.2: a reserve_mem region revived from KHO",
+                    {"machine": {"ram": [[0x100000, GiB, 0]]},
+                     "kernel": [{"profile": "E", "cmdline": "kho=on reserve_mem=4M:4K:oracle_rmem "
+                                                            "kho_scratch=16M,96M,32M"}] * 2,
+                     "step": [{"do": "kexec_file_load"}, {"do": "kexec"}]}),
+}
+for _p in P.PROFILES:
+    BUILTIN[f"roundtrip-{_p}"] = (f"{_p}: test_kho round trip", _chain(_p, _p, _rt(_p)))
+
+
+class Run:
+    """A scenario in progress: the machine, the kernels so far, the log."""
+
+    def __init__(self, spec: dict, name: str = "scenario"):
+        self.spec = spec
+        self.name = name
+        m = spec.get("machine", {})
+        ram = [tuple(int(x, 0) if isinstance(x, str) else int(x) for x in r) for r in m.get("ram", [[0x100000, GiB, 0]])]
+        ram = [(r[0], r[1], r[2] if len(r) > 2 else 0) for r in ram]
+        self.machine = Machine(ram=ram)
+        self.seed = int(m.get("seed", 1))
+        self.kernels_spec = spec.get("kernel") or [{"profile": "E"}]
+        self.violations: list[Violation] = []
+        self.log: list[str] = []
+        self.kernels: list[Kernel] = []
+        self.events: list[dict] = []
+
+    @property
+    def cur(self) -> Kernel:
+        return self.kernels[-1]
+
+    def _boot_first(self):
+        ks = self.kernels_spec[0]
+        k = Kernel(self.machine, ks.get("profile", "E"), ks.get("cmdline", "kho=on"), ks.get("release"),
+                   "kernel 1", self.violations, seed=self.seed,
+                   test_kho_max_mem=int(ks.get("test_kho_max_mem", 1 << 20)))
+        self._emit_boot(k, lambda: k.boot())
+
+    def _emit_boot(self, k, fn):
+        before = len(self.violations)
+        k2 = fn()
+        self.log.append(f"--- {k2.name}: {k2.p.name} ({k2.p.kernels}, {k2.release}), cmdline: {k2.cmdline}")
+        self.kernels.append(k2)
+        self.log.extend(k2.log)
+        self._check(k2, before)
+
+    def _check(self, k, before):
+        for v in self.violations[before:]:
+            self.log.append(f"!!! {v.kernel}: {v.kind} [0x{v.start:x}-0x{v.end:x}) during {v.step}: {v.detail}")
+
+    def step(self, st: dict):
+        do = st.get("do")
+        k = self.cur
+        before = len(self.violations)
+        n_log = len(k.log)
+        if do == "finalize":
+            rc = k.finalize()
+            self.log.append(f"    [{k.name}] finalize -> {rc}")
+        elif do == "abort":
+            rc = k.abort()
+            self.log.append(f"    [{k.name}] abort -> {rc}")
+        elif do == "kexec_file_load":
+            rc = k.kexec_file_load()
+            kd = k.image and k.image.get("kho_data")
+            self.log.append(f"    [{k.name}] kexec_file_load -> {rc}"
+                            + (f" (handover: fdt 0x{kd.fdt_addr:x}, scratch array 0x{kd.scratch_addr:x}+"
+                               f"0x{kd.scratch_size:x})" if kd else " (no KHO handover)"))
+        elif do == "kexec":
+            i = len(self.kernels)
+            if i >= len(self.kernels_spec):
+                raise UsageError(f"{self.name}: step kexec but no [[kernel]] #{i + 1} to boot")
+            ks = self.kernels_spec[i]
+            self.log.extend(k.log[n_log:])
+            # invariant: the decoded map equals what the old kernel preserved
+            self._check_map(k)
+            self._emit_boot(k, lambda: k.kexec(ks.get("profile", "E"), ks.get("cmdline"), ks.get("release"),
+                                               name=f"kernel {i + 1}"))
+            self._check_reservations(k, self.cur)
+            return
+        elif do == "preserve":
+            order = int(st.get("order", 0))
+            phys = k.alloc_pages(order)
+            rc = k.preserve_folio(phys, order, "scenario")
+            self.log.append(f"    [{k.name}] preserve folio 0x{phys:x} order {order} -> {rc}")
+        elif do == "vmalloc":
+            n = int(st.get("pages", 4))
+            pages = []
+            for i in range(n):
+                pg = k.alloc_pages(0)
+                k.m.mem.write(pg, struct.pack("<QQ", 0x564D414C4C4F4321, i))
+                pages.append(pg)
+            desc = k.preserve_vmalloc(pages, "vmalloc area")
+            blob_phys = k.alloc_preserve(16, "vmalloc descriptor")
+            k.m.mem.write(blob_phys, desc.pack())
+            rc = k.add_subtree("vmalloc-test", blob_phys, 16)
+            self.log.append(f"    [{k.name}] preserve vmalloc area of {n} pages -> {rc}")
+        elif do == "restore_vmalloc":
+            from .incoming import retrieve_subtree
+            err, phys, size, lines = retrieve_subtree(k.p, k.kho_in_fdt, "vmalloc-test")
+            ok = False
+            if not err and k.restore_folio(phys) is not None:
+                desc = structs.KhoVmalloc.unpack(k.m.mem.read(phys, 16))
+                blocks, chunks = structs.decode_vmalloc(k.m.mem, desc)
+                ok = all(k.restore_folio(p) is not None for p in blocks + chunks) and all(
+                    k.m.mem.read(p, 16) == struct.pack("<QQ", 0x564D414C4C4F4321, i) for i, p in enumerate(blocks))
+            self.log.append(f"vmalloc-test: restore {'succeeded' if ok else 'failed'}")
+        elif do == "corrupt":
+            self._corrupt(k, st)
+        else:
+            raise UsageError(f"{self.name}: unknown step {do!r}")
+        self.log.extend(k.log[n_log:])
+        self._check(k, before)
+
+    def _corrupt(self, k, st):
+        what = st.get("what")
+        kd = k.image and k.image.get("kho_data")
+        if not kd:
+            raise UsageError(f"{self.name}: corrupt needs a loaded handover (kexec_file_load first)")
+        mem = k.m.mem
+        if what == "zero-fdt":
+            mem.write(kd.fdt_addr, bytes(PAGE_SIZE))
+        elif what in ("zero-map", "compatible"):
+            from ..abi.root import RootFdtPage
+            page = RootFdtPage(k.p, mem.read(kd.fdt_addr, PAGE_SIZE))
+            if what == "zero-map":
+                page.set_mem_map(0)
+            else:
+                off = page.find_prop_value(0, "compatible")
+                val = str(st.get("value", "kho-v0")).encode()
+                page.buf[off:off + len(val)] = val
+            mem.write(kd.fdt_addr, bytes(page.buf))
+        else:
+            raise UsageError(f"{self.name}: unknown corruption {what!r}")
+        self.log.append(f"    [{k.name}] corrupt {what}")
+
+    def _check_map(self, k):
+        if not k.image or not k.image.get("kho_data") or k.p.fdt_built_at == "finalize" and not k.finalized:
+            return
+        if k.p.finalize == "serialize" and not k.finalized:
+            return
+        decoded = set(k.decoded_map())
+        truth = set(k.preserved.blocks)
+        for phys, order in sorted(truth - decoded):
+            self.violations.append(Violation("preservation-missing-from-map", phys, phys + (PAGE_SIZE << order),
+                                             f"preserved (order {order}) but not in the outgoing map", k.name,
+                                             "kexec"))
+
+    def _check_reservations(self, old, new):
+        if not new.populate or not new.populate.accepted:
+            return
+        truth = set(old.preserved.blocks)
+        got = set(new.pages.preserved) | new.pages.restored
+        got_blocks = {(p, o) for p, o in new.pages.preserved.items()}
+        reserved = {p for p, _ in truth}
+        for phys in sorted(set(new.pages.preserved) - reserved):
+            o = new.pages.preserved[phys]
+            self.violations.append(Violation("reserved-but-not-preserved", phys, phys + (PAGE_SIZE << o),
+                                             f"the new kernel reserved order {o} from the map, the old kernel "
+                                             "did not preserve it", new.name, "kho_memory_init"))
+        if new.pages.preserved or new.pages.restored:
+            for phys, order in sorted(truth):
+                if phys not in got:
+                    self.violations.append(Violation("preserved-not-reserved", phys, phys + (PAGE_SIZE << order),
+                                                     "preserved by the old kernel, not reserved by the new one",
+                                                     new.name, "kho_memory_init"))
+        self._check(new, len(self.violations))
+
+    def run(self):
+        self._boot_first()
+        for st in self.spec.get("step", []):
+            self.step(st)
+        return self
+
+    def result(self) -> dict:
+        return {
+            "scenario": self.name,
+            "log": self.log,
+            "violations": [v.as_dict() for v in self.violations],
+            "kernels": [{
+                "name": k.name, "profile": k.p.name, "release": k.release,
+                "kho_enabled": k.kho_enable, "is_kho_boot": k.is_kho_boot(),
+                "populate": None if k.populate is None else ("accepted" if k.populate.accepted else "rejected"),
+                "scratch": [{"addr": a.addr, "size": a.size} for a in k.scratch],
+                "preserved_blocks": len(k.preserved.blocks),
+                "reserved_from_map": len(k.pages.preserved) + len(k.pages.restored),
+                "restored": len(k.pages.restored),
+                "unrestored": len(k.pages.preserved),
+                "kexec_count_in": k.kexec_count_in,
+            } for k in self.kernels],
+        }
+
+
+def load_spec(name: str) -> tuple[str, dict]:
+    if name in BUILTIN:
+        return name, BUILTIN[name][1]
+    if os.path.isfile(name):
+        if tomllib is None:  # pragma: no cover
+            raise UsageError("TOML scenarios need Python 3.11+")
+        try:
+            with open(name, "rb") as f:
+                return name, tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise UsageError(f"{name}: {e}") from None
+    raise UsageError(f"{name!r}: not a built-in scenario (kho simulate --list) nor a TOML file")
+
+
+def simulate(name: str) -> dict:
+    n, spec = load_spec(name)
+    return Run(spec, n).run().result()
+
+
+def run_cli(args) -> int:
+    if args.list:
+        for n, (desc, _) in BUILTIN.items():
+            print(f"{n:20} {desc}")
+        return 0
+    res = simulate(args.scenario)
+    if args.json:
+        print(json.dumps(res, indent=2 if args.pretty else None))
+    else:
+        print(f"scenario {res['scenario']}")
+        for line in res["log"]:
+            print(line)
+        print()
+        if res["violations"]:
+            print(f"INVARIANTS: {len(res['violations'])} violation(s)")
+            for v in res["violations"]:
+                print(f"  {v['kind']}: [0x{v['start']:x}-0x{v['end']:x}) in {v['kernel']} during {v['step']}: "
+                      f"{v['detail']}")
+        else:
+            print("INVARIANTS: no violation")
+    return 1 if res["violations"] else 0

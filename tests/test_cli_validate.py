@@ -1,0 +1,142 @@
+"""kho inspect / validate on real artifacts and on corruptions of them."""
+
+import json
+import shutil
+
+import pytest
+
+from conftest import oracle, reserve_lines
+from pykho.cli import main
+
+A_OUT = oracle("A-selftest", "stage1-debugfs", "kho", "out")
+A_MEM = "sparse:" + oracle("A-selftest", "ram-stage1.sparse.tar.xz")
+B_OUT = oracle("B-luo-memblock-chain", "stage1-debugfs", "kho", "out")
+B_MEM = "sparse:" + oracle("B-luo-memblock-chain", "ram-stage1.sparse.tar.xz")
+
+
+def run_json(capsys, *argv):
+    rc = main(list(argv) + ["-j"])
+    return rc, json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("out,mem,name", [(A_OUT, A_MEM, "A-selftest"), (B_OUT, B_MEM, "B-luo-memblock-chain")])
+def test_inspect_json_on_real_handovers(capsys, out, mem, name):
+    rc, rep = run_json(capsys, "inspect", out, "--mem", mem)
+    assert rc == 0
+    assert rep["compatible"] == "kho-v4" and rep["generation"] == "E"
+    assert [tuple(b) for b in rep["preserved"]] == reserve_lines(open(oracle(name, "stage2-dmesg.txt")).read())
+    assert {"name", "phys", "size"} <= set(rep["subtrees"][0])
+    assert rep["scratch"][0]["size"] > 0
+    assert rep["quirks"][0]["code"] == "debugfs-fdt-truncated"
+
+
+def test_inspect_default_is_bundled_real_handover(capsys):
+    assert main(["inspect"]) == 0
+    out = capsys.readouterr().out
+    assert "kho-v4" in out and "24 blocks" in out
+
+
+@pytest.mark.parametrize("out,mem", [(A_OUT, A_MEM), (B_OUT, B_MEM)])
+def test_real_handovers_validate_clean(capsys, out, mem):
+    rc, rep = run_json(capsys, "validate", out, "--mem", mem)
+    assert rc == 0
+    assert rep["verdict"]["populate"] == "accepted"
+    assert rep["verdict"]["log"][:2] == ["KHO: found kexec handover data.", "KHO: exec from: 7.2.13 (count 1)"]
+    assert not [f for f in rep["findings"] if f["severity"] == "error"]
+    assert rep["summary"]["blocks"] > 0
+
+
+def test_stage2_in_fdt_validates(capsys):
+    rc, rep = run_json(capsys, "validate", oracle("B-luo-memblock-chain", "stage2-debugfs", "kho", "in", "fdt"))
+    assert rc == 0 and rep["verdict"]["populate"] == "accepted"
+
+
+@pytest.mark.parametrize("case,line", [
+    ("C-zero-fdt", "KHO: setup: handover FDT (0x1000) is invalid: -9"),
+    ("C-compat-kho-v3", "KHO: setup: handover FDT (0x1000) is incompatible with 'kho-v4': 1"),
+    ("C-zero-mem-map", "KHO: disabling KHO revival"),
+])
+def test_fault_injection_verdicts_match_the_real_kernel(capsys, case, line):
+    rc, rep = run_json(capsys, "validate", oracle(case, "fdt-page-after-injection.bin"), "--target", "E")
+    assert rc == 1
+    assert rep["verdict"]["populate"] == "rejected"
+    assert rep["verdict"]["log"][0] == line
+    assert rep["verdict"]["log"][-1] == "KHO: disabling KHO revival"
+    real = open(oracle(case, "stage2-dmesg_kho.txt")).read()
+    assert "disabling KHO revival" in real
+    assert line.split("(0x")[0] in real
+
+
+def _copy(tmp_path, src):
+    d = tmp_path / "out"
+    shutil.copytree(src, d)
+    return d
+
+
+def test_corruptions_give_findings(capsys, tmp_path):
+    import tarfile
+    from pykho.abi import root
+    ram = tmp_path / "ram"
+    with tarfile.open(oracle("A-selftest", "ram-stage1.sparse.tar.xz")) as tf:
+        tf.extractall(ram)
+    fdt_file = ram / "000000317000.bin"
+    page = bytearray(fdt_file.read_bytes())
+    # radix root entry pointing outside the memory given
+    rootnode = ram / "000000306000.bin"
+    orig = rootnode.read_bytes()
+    bad = bytearray(orig)
+    bad[0:8] = (0x7FFF0000000).to_bytes(8, "little")
+    rootnode.write_bytes(bytes(bad))
+    rc, rep = run_json(capsys, "validate", A_OUT, "--mem", f"sparse:{ram}")
+    assert rc == 1 and any(f["code"] == "radix-pointer-outside" for f in rep["findings"])
+    # a cycle: a table entry pointing back at the root
+    bad = bytearray(orig)
+    bad[8:16] = (0x306000).to_bytes(8, "little")
+    rootnode.write_bytes(bytes(bad))
+    rc, rep = run_json(capsys, "validate", A_OUT, "--mem", f"sparse:{ram}")
+    assert rc == 1 and any(f["code"] == "radix-shared-node" for f in rep["findings"])
+    rootnode.write_bytes(orig)
+    # scratch overlapping a preserved block
+    d = _copy(tmp_path, A_OUT)
+    (d / "scratch_phys").write_text("0x36c00000\n0x3d400000\n0x300000\n")
+    rc, rep = run_json(capsys, "validate", str(d), "--mem", f"sparse:{ram}")
+    assert rc == 1 and any(f["code"] == "preserved-in-scratch" for f in rep["findings"])
+    # compatible changed
+    p = root.RootFdtPage(__import__("pykho.profiles").profiles.E, page)
+    off = p.find_prop_value(0, "compatible")
+    p.buf[off:off + 6] = b"kho-v3"
+    fdt_file.write_bytes(bytes(p.buf))
+    rc, rep = run_json(capsys, "validate", A_OUT, "--mem", f"sparse:{ram}", "--fdt-phys", "0x317000", "--target", "7.2")
+    assert rc == 1 and rep["verdict"]["log"][0].endswith("is incompatible with 'kho-v4': 1")
+    assert any(f["code"] == "compatible-mismatch" for f in rep["findings"])
+
+
+def test_seed_bug_handover_verdicts_differ_by_target(capsys):
+    """A B-era handover with preserved-memory-map = 0: 6.19 before the fix
+    accepts it (and double-frees scratch), after the fix rejects it with -2."""
+    from pykho import profiles as P
+    from pykho.abi import root
+    page = root.build_root_at_boot(P.B, 0)
+    import tempfile, os
+    with tempfile.NamedTemporaryFile(suffix=".dtb", delete=False) as f:
+        f.write(page.blob())
+    try:
+        rc, pre = run_json(capsys, "validate", f.name, "--target", "B-prefix")
+        rc2, post = run_json(capsys, "validate", f.name, "--target", "B")
+    finally:
+        os.unlink(f.name)
+    assert pre["verdict"]["populate"] == "accepted"
+    assert post["verdict"]["log"] == ["KHO: disabling KHO revival: -2"]
+    assert rc == 1 and rc2 == 1
+
+
+def test_errors_are_one_line(capsys, tmp_path):
+    assert main(["inspect", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no such file" in err
+    junk = tmp_path / "junk.dtb"
+    junk.write_bytes(b"\xd0\x0d\xfe\xed" + b"\xff" * 60)
+    assert main(["inspect", str(junk)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kho inspect: KHO root FDT") and err.count("\n") == 1
+    assert main(["inspect", A_OUT, "--mem", "bogus:x"]) == 2

@@ -1,0 +1,171 @@
+"""The two-kernel model: the seed bug and its fix, round trips, chains, the real 7.2 log."""
+
+import re
+
+import pytest
+from hypothesis import HealthCheck, settings, strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from conftest import oracle
+from pykho import profiles as P
+from pykho.cli import main
+from pykho.model import compat
+from pykho.model.kernel import Kernel, parse_kho_scratch
+from pykho.model.machine import Machine
+from pykho.model.scenarios import BUILTIN, simulate
+
+
+def test_seed_bug_double_frees_scratch():
+    res = simulate("seed-bug")
+    k1, k2 = res["kernels"]
+    assert k2["populate"] == "accepted" and not k2["is_kho_boot"]
+    frees = [v for v in res["violations"] if v["kind"] == "double-free"]
+    assert frees and all(v["kernel"] == "kernel 2" and v["step"] == "initcalls" for v in frees)
+    # the double-freed ranges are the old kernel's scratch areas
+    scratch = [(a["addr"], a["addr"] + a["size"]) for a in k1["scratch"] if a["size"]]
+    for v in frees:
+        assert any(s <= v["start"] and v["end"] <= e for s, e in scratch)
+    assert "KHO: found kexec handover data." in res["log"]
+
+
+def test_seed_fixed_rejects_and_cold_boots():
+    res = simulate("seed-fixed")
+    assert "KHO: disabling KHO revival: -2" in res["log"]
+    assert res["violations"] == []
+    k1, k2 = res["kernels"]
+    assert k2["populate"] == "rejected"
+    assert k2["scratch"] and k2["scratch"] != k1["scratch"] or k2["scratch"]
+
+
+@pytest.mark.parametrize("gen", list(P.PROFILES))
+def test_roundtrip_every_generation(gen):
+    res = simulate(f"roundtrip-{gen}")
+    assert res["violations"] == []
+    assert "test_kho: KHO restore succeeded" in res["log"]
+    k2 = res["kernels"][1]
+    assert k2["is_kho_boot"] and k2["reserved_from_map"] == res["kernels"][0]["preserved_blocks"]
+
+
+def _kho_lines(text):
+    keep = ("KHO:", "test_kho:", "Revived memory", "luo:")
+    return [re.sub(r"^\[[ 0-9.]+\] ", "", l) for l in text.splitlines()
+            if any(k in l for k in keep) and "Command line" not in l and "command line" not in l]
+
+
+def test_model_new_kernel_lines_match_real_7_2():
+    real = _kho_lines(open(oracle("A-selftest", "stage2-dmesg.txt")).read())
+    res = simulate("roundtrip-E")
+    k2_log = res["log"][res["log"].index("--- kernel 2: E (7.2, 7.2.13), cmdline: kho=on") + 1:]
+    assert [l for l in k2_log if not l.startswith("    [")] == real
+
+
+def test_model_reserve_mem_lines_match_real_7_2():
+    real = [l for l in _kho_lines(open(oracle("B-luo-memblock-chain", "stage2-dmesg.txt")).read())
+            if not l.startswith("luo:")]
+    res = simulate("reserve-mem")
+    i = max(i for i, l in enumerate(res["log"]) if l.startswith("--- kernel 2"))
+    assert res["log"][i + 1:] == real
+
+
+def test_chain_counts_kexecs():
+    res = simulate("chain-3")
+    assert "KHO: exec from: 7.2.13 (count 1)" in res["log"]
+    assert "KHO: exec from: 7.2.13 (count 2)" in res["log"]
+    assert res["violations"] == []
+
+
+def test_vmalloc_and_abort_and_unfinalized():
+    assert "vmalloc-test: restore succeeded" in simulate("vmalloc")["log"]
+    ab = simulate("abort-a0")
+    assert any(v["kind"] == "reserved-but-not-preserved" for v in ab["violations"])
+    un = simulate("unfinalized-a0")
+    assert un["log"][-2:] == ["KHO: setup: handover FDT (0x100000) is invalid: -9", "KHO: disabling KHO revival: -22"] \
+        or "KHO: disabling KHO revival: -22" in un["log"]
+
+
+def test_compat_matrix_from_the_model():
+    cells = {(c["old"], c["new"]): c for c in compat.matrix()}
+    for g in P.PROFILES:
+        assert cells[(g, g)]["verdict"] == "restored"
+    assert cells[("A0", "A1")]["verdict"] == "corrupt"          # 512-byte bitmaps read as 4 KiB
+    assert cells[("A1", "D")]["verdict"] == "rejected"           # kho-v1 -> kho-v3
+    assert cells[("E", "D")]["log"][0] == "KHO: setup: handover FDT (0x101000) is incompatible with 'kho-v3': 1"
+    text = compat.render(list(cells.values()))
+    assert text.splitlines()[1].split()[:3] == ["A0", "ok", "BAD"]
+
+
+def test_simulate_cli_exit_codes(capsys):
+    assert main(["simulate", "seed-bug"]) == 1
+    assert "double-free" in capsys.readouterr().out
+    assert main(["simulate", "seed-fixed", "-j"]) == 0
+    assert main(["simulate", "no-such-scenario"]) == 2
+
+
+def test_toml_scenario(tmp_path):
+    f = tmp_path / "s.toml"
+    f.write_text('[machine]\nram = [[0x100000, 0x40000000, 0]]\n[[kernel]]\nprofile = "B"\n[[kernel]]\n'
+                 'profile = "B"\n[[step]]\ndo = "finalize"\n[[step]]\ndo = "kexec_file_load"\n'
+                 '[[step]]\ndo = "corrupt"\nwhat = "zero-map"\n[[step]]\ndo = "kexec"\n')
+    res = simulate(str(f))
+    assert "KHO: disabling KHO revival: -2" in res["log"]
+
+
+@pytest.mark.parametrize("gen,arg,ok", [("E", "16M,96M,32M", True), ("E", "0,0,0", False), ("E", "1M,2M,3Mx", False),
+                                        ("A0", "0,1M,1M", False), ("A0", "1M,1M,1Mx", True), ("E", "150%", True),
+                                        ("E", "12345678901%", False)])
+def test_kho_scratch_grammar(gen, arg, ok):
+    cfg, lines = parse_kho_scratch(P.get_profile(gen), arg)
+    assert (cfg is not None) == ok
+
+
+class OldKernelAPI(RuleBasedStateMachine):
+    """Random preserve/unpreserve/add/remove/finalize; the decoded map always
+    equals the model's own record of what is preserved."""
+
+    def __init__(self):
+        super().__init__()
+        self.k = None
+
+    @initialize(gen=st.sampled_from(["A1", "B", "C", "D", "E"]))
+    def boot(self, gen):
+        self.k = Kernel(Machine(ram=[(0x100000, 1 << 30, 0)]), gen, "kho=on").boot()
+        self.folios = []
+
+    @rule(order=st.integers(0, 4))
+    def preserve(self, order):
+        phys = self.k.alloc_pages(order)
+        if phys and self.k.preserve_folio(phys, order, "t") == 0:
+            self.folios.append((phys, order))
+
+    @rule(data=st.data())
+    def unpreserve(self, data):
+        if self.folios and self.k.p.name not in ("A0", "A1"):
+            f = data.draw(st.sampled_from(self.folios))
+            assert self.k.unpreserve_folio(*f) == 0
+            self.folios.remove(f)
+
+    @rule(name=st.sampled_from(["a", "b", "c"]))
+    def add_remove(self, name):
+        if self.k.p.fdt_built_at != "boot":
+            return
+        phys = self.k.alloc_preserve(64, name)
+        if self.k.add_subtree(name, phys, 64) == -P.EEXIST:
+            self.k.remove_subtree(self.k.subtrees[name][0])
+
+    @rule()
+    def finalize(self):
+        if self.k.p.finalize == "serialize":
+            assert self.k.finalize() == 0
+
+    @invariant()
+    def map_matches_record(self):
+        if self.k is None or self.k.p.finalize == "notifier":
+            return
+        if self.k.p.finalize == "serialize":
+            self.k.finalize()
+        assert sorted(self.k.decoded_map()) == sorted(self.k.preserved.blocks)
+
+
+TestOldKernelAPI = OldKernelAPI.TestCase
+TestOldKernelAPI.settings = settings(max_examples=15, stateful_step_count=15, deadline=None,
+                                     suppress_health_check=[HealthCheck.too_slow])

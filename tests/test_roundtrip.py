@@ -1,0 +1,303 @@
+"""Encode-then-decode round trips for every codec (hypothesis)."""
+
+import struct
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from pykho import profiles as P
+from pykho.abi import chunks, clients, radix, root, structs
+from pykho.abi import fdt as F
+from pykho.memory import SparseMemory
+
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+RAM_TOP = 1 << 40
+
+
+class Bump:
+    """A page allocator handing out zeroed pages from a region kept apart."""
+
+    def __init__(self, mem, base=0xF0_0000_0000):
+        self.mem, self.next = mem, base
+
+    def page(self):
+        p = self.next
+        self.next += 4096
+        return p
+
+    def alloc(self, size):
+        """Pages for page-sized requests, packed 512-byte objects (kmalloc-512) otherwise."""
+        align = 4096 if size >= 4096 else 512
+        p = (self.next + align - 1) & ~(align - 1)
+        self.next = p + size
+        return p
+
+
+def blocks_strategy(max_order=10, top=1 << 36):
+    def mk(t):
+        pfn, order = t
+        return ((pfn >> order) << order) << 12, order
+    return st.lists(st.tuples(st.integers(0, (top >> 12) - 1), st.integers(0, max_order)).map(mk),
+                    max_size=60)
+
+
+def kernel_radix_order(blocks):
+    """The order the kernel's walk yields: ascending key (depth first, ascending)."""
+    return sorted(set(blocks), key=lambda b: radix.encode_key(*b))
+
+
+def test_radix_spec_vectors():
+    assert radix.encode_key(0x1000, 0) == 0x10000000000001
+    assert radix.encode_key(0x200000, 9) == 0x80000000001
+    assert radix.encode_key(0x40000000, 10) == 0x40000000100
+    k = radix.encode_key(0x123456000, 0)
+    assert k == 0x10000000123456
+    assert [radix.table_index(k, L) for L in (5, 4, 3, 2, 1)] == [2, 0, 0, 0, 36]
+    assert radix.bitmap_index(k) == 13398
+    assert radix.table_index(radix.encode_key(0x200000, 9), 4) == 2
+    assert radix.bitmap_index(radix.encode_key(0x40000000, 10)) == 256
+
+
+@SETTINGS
+@given(blocks_strategy())
+def test_radix_roundtrip(blocks):
+    mem = SparseMemory([(0, RAM_TOP)])
+    bump = Bump(mem)
+    tree = radix.encode(blocks, mem, bump.page)
+    got = radix.walk(mem, tree.root)
+    assert got == kernel_radix_order(blocks)
+    for phys, order in got:
+        assert radix.decode_key(radix.encode_key(phys, order)) == (phys, order)
+
+
+@SETTINGS
+@given(blocks_strategy(), st.data())
+def test_radix_delete(blocks, data):
+    mem = SparseMemory([(0, RAM_TOP)])
+    bump = Bump(mem)
+    tree = radix.encode(blocks, mem, bump.page)
+    uniq = sorted(set(blocks))
+    gone = data.draw(st.lists(st.sampled_from(uniq), unique=True)) if uniq else []
+    for b in gone:
+        assert tree.delete(*b)
+    assert radix.walk(mem, tree.root) == kernel_radix_order(set(uniq) - set(gone))
+
+
+def test_radix_add_failure_frees_branch():
+    mem = SparseMemory([(0, RAM_TOP)])
+    pages = iter([0x10000, 0x11000, 0x12000])   # root + 2 nodes, then failure
+    freed = []
+    tree = radix.RadixTree(mem, lambda: next(pages, None), freed.append)
+    assert tree.add(0x1000, 0) == -12
+    assert freed == [0x11000, 0x12000]
+    assert mem.read(0x10000, 4096) == bytes(4096)   # anchor slot cleared
+    assert radix.walk(mem, tree.root) == []
+
+
+@pytest.mark.parametrize("bits", [512 * 8, 4096 * 8])
+@SETTINGS
+@given(blocks=blocks_strategy(top=1 << 34))
+def test_chunks_roundtrip(bits, blocks):
+    mem = SparseMemory([(0, RAM_TOP)])
+    bump = Bump(mem)
+    tr = chunks.ChunkTracker(bits)
+    for b in blocks:
+        tr.add(*b)
+    first, pages = chunks.encode(tr, mem, bump.alloc)
+    got = chunks.walk(mem, first, bits)
+    assert got == list(tr.blocks())
+    assert sorted(got) == sorted(set(blocks))
+    w = chunks.ChunkWalk(mem, first, bits, strict=True)
+    list(w.blocks())
+    orders = [c.order for c in w.chunks]
+    assert orders == sorted(orders)                   # a new chunk per order, ascending
+    guess = chunks.guess_preserve_bits(mem, first)[0]
+    # either detected, or undetectable because both readings agree
+    assert guess == bits or chunks.walk(mem, first, guess) == got
+
+
+def test_chunk_boundaries_and_mismatched_bitmap_size():
+    """256 bitmaps of one order need two chunks; reading 512-byte bitmaps
+    as 4 KiB ones (6.17 -> 6.18) yields blocks that were never preserved."""
+    mem = SparseMemory([(0, RAM_TOP)])
+    bump = Bump(mem)
+    tr = chunks.ChunkTracker(4096)
+    for i in range(256):
+        tr.add(i * (4096 << 12), 0)
+    tr.add(0x5000, 3)
+    first, pages = chunks.encode(tr, mem, bump.alloc)
+    w = chunks.ChunkWalk(mem, first, 4096, strict=True)
+    got = list(w.blocks())
+    assert [(c.order, c.num_elms) for c in w.chunks] == [(0, 255), (0, 1), (3, 1)]
+    assert got == list(tr.blocks())
+    assert chunks.guess_preserve_bits(mem, first)[0] == 4096
+    # 6.18 reads each 512-byte bitmap as 4 KiB: the next 3584 bytes are other
+    # bitmaps, so their bits become blocks 16 MiB further on
+    wrong = chunks.walk(mem, first, 32768, strict=False)
+    assert set(got) < set(wrong)
+
+
+@SETTINGS
+@given(st.lists(st.tuples(st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1)), max_size=20),
+       st.integers(0, 15))
+def test_scratch_roundtrip(areas, tail):
+    objs = [structs.KhoScratch(a, s) for a, s in areas]
+    data = structs.encode_scratch(objs) + b"\x01" * tail
+    got, left = structs.decode_scratch(data)
+    assert got == objs and left == tail
+    assert structs.parse_debugfs_scratch(structs.format_debugfs_scratch([a.addr for a in objs]), "x") == \
+        [a.addr for a in objs]
+
+
+U64 = st.integers(0, 2**64 - 1)
+
+
+@SETTINGS
+@given(U64, U64, U64, U64, U64)
+def test_setup_data_roundtrip(a, b, c, d, nxt):
+    mem = SparseMemory([(0, 1 << 30)])
+    kd = structs.KhoData(a, b, c, d)
+    mem.write(0x1000, structs.encode_setup_data(kd, nxt))
+    assert structs.decode_setup_data(mem, 0x1000) == (nxt, 10, kd)
+
+
+@SETTINGS
+@given(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.sampled_from([1, 2]),
+       st.sampled_from([1, 2]))
+def test_chosen_roundtrip(fdt_phys, sphys, slen, ac, sc):
+    blob = structs.encode_chosen(fdt_phys, sphys, slen, ac, sc)
+    assert structs.decode_chosen(blob) == (fdt_phys, 4096 if sc == 2 or 4096 < 2**32 else 0, sphys, slen)
+
+
+@SETTINGS
+@given(st.lists(st.integers(1, 2**40).map(lambda x: x << 12), max_size=1100), st.integers(0, 3))
+def test_vmalloc_roundtrip(blocks, order):
+    mem = SparseMemory([(0, RAM_TOP)])
+    bump = Bump(mem)
+    desc, chunk_pages = structs.encode_vmalloc_chunks(mem, bump.page, blocks, order)
+    got, pages = structs.decode_vmalloc(mem, structs.KhoVmalloc.unpack(desc.pack()))
+    assert got == blocks and pages == chunk_pages
+    assert len(chunk_pages) == len(blocks) // structs.KHO_VMALLOC_SIZE + 1
+
+
+@SETTINGS
+@given(st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), max_size=64), st.integers(0, 2**32 - 1))
+def test_kexec_metadata_roundtrip(rel, count):
+    md = structs.KexecMetadata(1, rel, count)
+    data = md.pack()
+    assert len(data) == 73
+    assert structs.decode_kexec_metadata(data) == md
+
+
+def test_kexec_metadata_kernel_messages():
+    with pytest.raises(Exception, match=r"kexec-metadata blob too small \(3 bytes\)"):
+        structs.decode_kexec_metadata(b"\x01\0\0")
+    with pytest.raises(Exception, match=r"kexec-metadata version 2 not supported \(expected 1\)"):
+        structs.decode_kexec_metadata(struct.pack("<I", 2) + bytes(69))
+    with pytest.raises(Exception, match=r"too small for v1 \(72 < 73\)"):
+        structs.decode_kexec_metadata(struct.pack("<I", 1) + bytes(68))
+
+
+@SETTINGS
+@given(st.lists(st.binary(min_size=1, max_size=80), max_size=200), st.sampled_from([16, 64, 80]))
+def test_blocks_roundtrip(entries, size):
+    mem = SparseMemory([(0, RAM_TOP)])
+    bump = Bump(mem)
+    entries = [e[:size].ljust(size, b"\0") for e in entries]
+    head, pages = structs.encode_blocks(mem, bump.page, entries, size)
+    got, gpages = structs.decode_blocks(mem, head, size)
+    assert got == entries and gpages == pages
+
+
+def test_blocks_cycle_and_count_checks():
+    mem = SparseMemory([(0, RAM_TOP)])
+    mem.write(0x1000, struct.pack("<QQ", 0x2000, 1))
+    mem.write(0x2000, struct.pack("<QQ", 0x1000, 1))
+    with pytest.raises(Exception, match="Block set is corrupted"):
+        structs.decode_blocks(mem, 0x1000, 64)
+    mem.write(0x3000, struct.pack("<QQ", 0, 0))
+    with pytest.raises(Exception, match="Block contains invalid entry count: 0"):
+        structs.decode_blocks(mem, 0x3000, 64)
+
+
+NAMES = st.text(alphabet="abcdefghijklmnopqrstuvwxyz_-0123456789", min_size=1, max_size=20)
+
+
+@pytest.mark.parametrize("prof", list(P.PROFILES.values()), ids=lambda p: p.name)
+@SETTINGS
+@given(mm=U64, subs=st.lists(st.tuples(NAMES, U64, st.integers(0, 2**32)), max_size=12, unique_by=lambda t: t[0]))
+def test_root_fdt_roundtrip(prof, mm, subs):
+    if prof.fdt_built_at == "finalize":
+        blob, err = root.build_root_at_finalize(prof, mm, [(n, p) for n, p, _ in subs])
+        assert err == 0
+        order = [n for n, _, _ in subs]
+        assert F.header(blob).off_mem_rsvmap == 48
+    else:
+        page = root.build_root_at_boot(prof, mm)
+        for n, p, s in subs:
+            assert page.add_subtree(n, p, s) == 0
+        blob = page.blob()
+        order = [n for n, _, _ in reversed(subs)]         # newest first
+        assert F.header(blob).off_mem_rsvmap == (40 if subs else 48)
+    r = root.decode_root(blob)
+    assert r.compatible == prof.compatible and r.mem_map == mm
+    assert [s.name for s in r.subtrees] == order
+    want = {n: (p, s) for n, p, s in subs}
+    for s in r.subtrees:
+        assert s.prop == prof.subtree_prop and s.phys == want[s.name][0]
+        assert s.size == (want[s.name][1] if prof.size_prop else None)
+
+
+def test_spec_worked_vector_fresh_and_edited_root():
+    page = root.build_root_at_boot(P.B, 0)
+    blob = page.blob()
+    assert len(blob) == 152
+    assert blob[:40].hex() == "d00dfeed00000098000000400000007800000030000000110000001000000000000000200000003800000000"[:80]
+    assert blob[-32:] == b"preserved-memory-map\0compatible\0"
+    assert page.add_subtree("kho_test", 0x1234000) == 0
+    blob = page.blob()
+    assert len(blob) == 188
+    assert blob[:40].hex() == "d00dfeed000000bc0000003800000098000000280000001100000010000000000000002400000060"
+    assert blob.endswith(b"preserved-memory-map\0compatible\0fdt\0")
+    assert bytes.fromhex("0040230100000000") in blob
+
+
+def test_add_subtree_errors():
+    page = root.build_root_at_boot(P.E, 0x1000)
+    assert page.add_subtree("a", 0x2000, 1) == 0
+    assert page.add_subtree("a", 0x3000, 1) == -P.EEXIST
+    n = 0
+    while True:                                   # fill the page
+        rc = page.add_subtree(f"n{n:04d}" + "x" * 40, 0x4000 + n, 8)
+        if rc:
+            break
+        n += 1
+    assert rc == -P.ENOMEM and n > 10
+    r = root.decode_root(page.blob())              # still a valid FDT, no half node
+    assert all(s.phys is not None and s.size is not None for s in r.subtrees)
+    assert page.remove_subtree(0x2000)
+    assert root.decode_root(page.blob()).subtree("a") is None
+
+
+@SETTINGS
+@given(st.lists(st.tuples(NAMES, U64, U64), max_size=8, unique_by=lambda t: t[0]))
+def test_memblock_roundtrip(regions):
+    rs = [clients.ReserveMem(*r) for r in regions]
+    blob, err = clients.encode_memblock(rs)
+    assert err == 0 and clients.decode_memblock(blob) == rs
+
+
+@SETTINGS
+@given(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), U64, st.integers(0, 2**32 - 1))
+def test_kho_test_roundtrip(nr, csum, first, pages):
+    desc = structs.KhoVmalloc(first, pages, 1, 0)
+    blob, err = clients.encode_kho_test(nr, csum, desc)
+    t = clients.decode_kho_test(blob)
+    assert (t.nr_folios, t.csum, t.folios_info) == (nr, csum, desc)
+
+
+@SETTINGS
+@given(U64, U64, U64)
+def test_luo_ser_roundtrip(num, spa, fpa):
+    luo = clients.decode_luo(clients.encode_luo_ser(num, spa, fpa))
+    assert (luo.compatible, luo.liveupdate_num, luo.sessions_pa, luo.flbs_pa) == ("luo-v5", num, spa, fpa)
