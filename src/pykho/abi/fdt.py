@@ -47,6 +47,9 @@ FDT_ERR_BADVERSION = 10
 FDT_ERR_BADSTRUCTURE = 11
 FDT_ERR_BADLAYOUT = 12
 
+#: deepest node nesting parse() follows (it recurses once per level)
+MAX_DEPTH = 200
+
 #: never read more than this many bytes of an FDT from untrusted memory
 FDT_READ_CAP = 1 << 20
 
@@ -177,14 +180,20 @@ def parse(blob: bytes, structure: str = "FDT", where=None, max_nodes: int = 1000
     buf = bytearray(blob[:_libfdt.fdt_totalsize(bytearray(blob[:FDT_HEADER_SIZE]))])
     count = [0]
 
-    def node_at(off: int, name: str) -> FdtNode:
+    def node_at(off: int, name: str, depth: int = 0) -> FdtNode:
         count[0] += 1
         if count[0] > max_nodes:
             raise FdtError(structure, where, -FDT_ERR_BADSTRUCTURE, f"more than {max_nodes} nodes")
+        if depth > MAX_DEPTH:
+            raise FdtError(structure, where, -FDT_ERR_BADSTRUCTURE, f"nodes nested deeper than {MAX_DEPTH}")
         node = FdtNode(name=name, offset=off)
         poff = _libfdt.fdt_first_property_offset(buf, off)
         while poff >= 0:
-            got = _libfdt.fdt_get_property_by_offset(buf, poff)
+            try:
+                got = _libfdt.fdt_get_property_by_offset(buf, poff)
+            except (SystemError, UnicodeDecodeError):
+                raise FdtError(structure, where, -FDT_ERR_BADSTRUCTURE,
+                               f"property at struct offset {poff} of node {name!r}: name is not UTF-8 text") from None
             if not isinstance(got, list):
                 raise FdtError(structure, where, int(got), f"property at struct offset {poff}")
             pname, pval = _name(got[0]), bytes(got[1]) if got[1] is not None else b""
@@ -194,9 +203,13 @@ def parse(blob: bytes, structure: str = "FDT", where=None, max_nodes: int = 1000
             raise FdtError(structure, where, poff, f"properties of node {name!r}")
         coff = _libfdt.fdt_first_subnode(buf, off)
         while coff >= 0:
-            got = _libfdt.fdt_get_name(buf, coff)
+            try:
+                got = _libfdt.fdt_get_name(buf, coff)
+            except (SystemError, UnicodeDecodeError):
+                raise FdtError(structure, where, -FDT_ERR_BADSTRUCTURE,
+                               f"node at struct offset {coff}: name is not UTF-8 text") from None
             cname = _name(got[0]) if isinstance(got, list) else "?"
-            node.children.append(node_at(coff, cname))
+            node.children.append(node_at(coff, cname, depth + 1))
             coff = _libfdt.fdt_next_subnode(buf, coff)
         if coff != -FDT_ERR_NOTFOUND:
             raise FdtError(structure, where, coff, f"subnodes of node {name!r}")
@@ -325,7 +338,10 @@ class FdtPage:
     def subnodes(self, parent: int = 0):
         off = _libfdt.fdt_first_subnode(self.buf, parent)
         while off >= 0:
-            yield off, _name(_libfdt.fdt_get_name(self.buf, off)[0])
+            try:
+                yield off, _name(_libfdt.fdt_get_name(self.buf, off)[0])
+            except (SystemError, UnicodeDecodeError):
+                yield off, "?"
             off = _libfdt.fdt_next_subnode(self.buf, off)
 
     def getprop(self, node: int, name: str) -> tuple[bytes | None, int]:

@@ -6,6 +6,8 @@ All of them open files read-only; none has a write method.
 from __future__ import annotations
 
 import io
+import lzma
+import zlib
 import mmap
 import os
 import struct
@@ -83,6 +85,16 @@ class SparseDir(_Segments):
         if os.path.isdir(path):
             self._load(lambda n: open(os.path.join(path, n), "rb").read(), path)
         elif os.path.isfile(path) and tarfile.is_tarfile(path):
+            try:
+                self._load_tar(path)
+            except (tarfile.TarError, EOFError, OSError, ValueError, lzma.LZMAError, zlib.error) as e:
+                raise KhoDecodeError("sparse extract archive", path, f"unreadable archive: {e}") from None
+        else:
+            raise UsageError(f"{path}: not a sparse extract directory or tar archive")
+        self._finish()
+
+    def _load_tar(self, path):
+        if True:
             with tarfile.open(path) as tf:
                 members = {os.path.normpath(m.name): m for m in tf.getmembers() if m.isfile()}
 
@@ -94,9 +106,6 @@ class SparseDir(_Segments):
                         raise KhoDecodeError("sparse extract", f"{path}:{n}", "member larger than 4 GiB")
                     return tf.extractfile(m).read()
                 self._load(get, path)
-        else:
-            raise UsageError(f"{path}: not a sparse extract directory or tar archive")
-        self._finish()
 
     def _load(self, get, path):
         try:
