@@ -1619,7 +1619,13 @@ def execute(family: str, case: dict, limit: float = 1.0, rss_jump_kb: int | None
     "hang", "lie" or "memory" and tag is the result or error code (or the
     crash signature)."""
     fam = REGISTRY[family]
-    use_alarm = limit and limit > 0 and hasattr(signal, "setitimer")
+    use_alarm = bool(limit and limit > 0 and hasattr(signal, "setitimer"))
+    if use_alarm and signal.getsignal(signal.SIGALRM) is not _on_alarm:
+        import threading
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGALRM, _on_alarm)
+        else:
+            use_alarm = False
     rss0 = _maxrss_kb() if rss_jump_kb else 0
     t0 = time.perf_counter()
     kind, tag, detail = "result", "ok", ""

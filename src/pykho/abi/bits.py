@@ -122,6 +122,97 @@ def length(arr) -> int:
 
 
 # ---------------------------------------------------------------------------
+# Batches: runs of same-order bitmaps scanned with one numpy pass.
+
+def _joined(pages) -> bytes:
+    return pages[0] if len(pages) == 1 else b"".join(pages)
+
+
+def is_full(bitmap) -> bool:
+    """Every bit set (a bytes compare, no scan)."""
+    n = len(bitmap)
+    full = _FULL.get(n)
+    if full is None:
+        full = _FULL[n] = b"\xff" * n
+    return bitmap == full
+
+
+_FULL: dict[int, bytes] = {}
+
+
+def _batch_idx(pages, full: bool, row_bits: int):
+    if full:
+        return np.arange(len(pages) * row_bits, dtype=np.int64)
+    return set_bits(_joined(pages))
+
+
+def radix_batch_phys(pages, keys, shift: int, full: bool = False):
+    """Phys of every set bit of radix leaves ``pages`` (key prefixes ``keys``,
+    one order, ``shift = 12 + order``), leaf after leaf: what
+    :func:`phys_of` gives leaf by leaf, as one array.  ``full``: every
+    page has every bit set (no scan needed)."""
+    idx = _batch_idx(pages, full, 1 << 15)
+    if not len(idx):
+        return idx.view(np.uint64)
+    k0 = keys[0]
+    if keys[-1] - k0 == (len(keys) - 1) << 15:         # consecutive leaves
+        u = idx.view(np.uint64)
+        u += np.uint64(k0)
+    else:
+        deltas = np.array([k - (r << 15) for r, k in enumerate(keys)], dtype=np.uint64)
+        u = deltas[idx >> 15]
+        u += idx.view(np.uint64)
+    return np.left_shift(u, np.uint64(shift), out=u)
+
+
+def chunk_batch_phys(bitmaps, starts, nbits_log2: int, shift: int, full: bool = False):
+    """``start + (bit << shift)`` (mod 2**64) of every set bit of same-sized
+    bitmaps ``bitmaps`` (``2**nbits_log2`` bits each) with ``starts``, bitmap
+    after bitmap: what :func:`offsets` gives one by one, as one array."""
+    idx = _batch_idx(bitmaps, full, 1 << nbits_log2)
+    if not len(idx):
+        return idx.view(np.uint64)
+    step = (1 << nbits_log2) << shift
+    s0 = starts[0]
+    if all(s == s0 + r * step for r, s in enumerate(starts)):
+        u = np.left_shift(idx.view(np.uint64), np.uint64(shift), out=idx.view(np.uint64))
+        u += np.uint64(s0 & MASK64)
+        return u
+    deltas = np.array([(s - r * step) & MASK64 for r, s in enumerate(starts)], dtype=np.uint64)
+    u = deltas[idx >> nbits_log2]
+    u += np.left_shift(idx.view(np.uint64), np.uint64(shift))
+    return u
+
+
+def batch_counts(pages):
+    """Per bitmap of ``pages`` (equal sizes, whole u64 words): (set bits,
+    first set bit, one past the last set bit), the last two None when empty."""
+    if np is None or len(pages[0]) % 8:
+        out = []
+        for pg in pages:
+            v = int.from_bytes(pg, "little")
+            out.append((v.bit_count(), (v & -v).bit_length() - 1, v.bit_length()) if v else (0, None, None))
+        return out
+    a = np.frombuffer(_joined(pages), dtype="<u8").reshape(len(pages), -1)
+    if hasattr(np, "bitwise_count"):
+        cnt = np.bitwise_count(a).sum(axis=1, dtype=np.int64)
+    else:  # pragma: no cover - numpy < 2.0
+        cnt = np.unpackbits(a.view(np.uint8), axis=1).sum(axis=1, dtype=np.int64)
+    nz = a != 0
+    rows = np.arange(len(pages))
+    first = nz.argmax(axis=1)
+    last = a.shape[1] - 1 - nz[:, ::-1].argmax(axis=1)
+    out = []
+    for n, f, fw, l, lw in zip(cnt.tolist(), first.tolist(), a[rows, first].tolist(), last.tolist(),
+                               a[rows, last].tolist()):
+        if n:
+            out.append((n, (f << 6) + (fw & -fw).bit_length() - 1, (l << 6) + lw.bit_length()))
+        else:
+            out.append((0, None, None))
+    return out
+
+
+# ---------------------------------------------------------------------------
 # Counting walks: a summary of a memory map without per-block objects.
 
 PAGE_SHIFT = 12
@@ -165,10 +256,6 @@ class MapSummary:
                 f"duplicates={self.duplicates}, overlaps={self.overlaps}, problems={len(self.problems)})")
 
 
-def bitmap_int(bitmap: bytes) -> int:
-    return int.from_bytes(bitmap, "little")
-
-
 class BlockSets:
     """Overlap and duplicate check over bitmaps of naturally aligned blocks.
 
@@ -184,7 +271,7 @@ class BlockSets:
     MAX_REPORTS = 64
 
     def __init__(self):
-        self.recs: list[tuple] = []
+        self.recs: list[list] = []   # [start, end, order, first, bits or None, where, bitmap, lo]
 
     def add(self, order: int, first: int, v: int, where: int) -> None:
         if not v:
@@ -194,13 +281,27 @@ class BlockSets:
             v >>= lo
             first += lo
         sh = order + PAGE_SHIFT
-        self.recs.append((first << sh, (first + v.bit_length()) << sh, order, first, v, where))
+        self.recs.append([first << sh, (first + v.bit_length()) << sh, order, first, v, where, None, 0])
+
+    def add_bitmap(self, order: int, first: int, bitmap, lo: int, hi: int, where: int) -> None:
+        """A bitmap as bytes whose set bits are ``lo .. hi-1`` (see
+        :func:`batch_counts`); made an int only if another bitmap's span meets it."""
+        sh = order + PAGE_SHIFT
+        self.recs.append([(first + lo) << sh, (first + hi) << sh, order, first + lo, None, where, bitmap, lo])
+
+    @staticmethod
+    def _bits(r) -> int:
+        v = r[4]
+        if v is None:
+            lo = r[7]
+            v = r[4] = int.from_bytes(r[6][lo >> 3:], "little") >> (lo & 7)
+        return v
 
     def check(self, summary: MapSummary, report) -> None:
         recs = sorted(self.recs, key=_start)
         self._reported = 0
         self._summary, self._report = summary, report
-        active: list[tuple] = []
+        active: list[list] = []
         for r in recs:
             if active:
                 s = r[0]
@@ -223,12 +324,12 @@ class BlockSets:
         hsh, lsh = hi[2] + PAGE_SHIFT, lo[2] + PAGE_SHIFT
         hb0 = s >> hsh
         nh = ((e - 1) >> hsh) - hb0 + 1
-        hs = (hi[4] >> (hb0 - hi[3])) & ((1 << nh) - 1)
+        hs = (self._bits(hi) >> (hb0 - hi[3])) & ((1 << nh) - 1)
         if not hs:
             return
         lb0 = s >> lsh
         nl = ((e - 1) >> lsh) - lb0 + 1
-        ls = (lo[4] >> (lb0 - lo[3])) & ((1 << nl) - 1)
+        ls = (self._bits(lo) >> (lb0 - lo[3])) & ((1 << nl) - 1)
         if not ls:
             return
         d = hi[2] - lo[2]

@@ -265,33 +265,73 @@ class ChunkWalk:
             for p in bits.tolist(physs):
                 yield p, order
 
+    def _bitmap_batches(self, limit: list[int], split_full: bool = False):
+        """Elements in walk order, consecutive ones of one order grouped:
+        ``(order, full, phys_starts, bitmaps, bitmap phys)``, at most
+        ``limit[0]`` a group; with ``split_full`` full bitmaps are grouped
+        apart, at most ``limit[1]`` a group, and flagged."""
+        group = None
+        starts: list[int] = []
+        maps: list = []
+        where: list[int] = []
+        for order, phys_start, shift, bitmap, bm in self._bitmaps():
+            g = (order, split_full and bits.is_full(bitmap))
+            if starts and (g != group or len(starts) >= limit[g[1]]):
+                yield group[0], group[1], starts, maps, where
+                starts, maps, where = [], [], []
+            group = g
+            starts.append(phys_start)
+            maps.append(bitmap)
+            where.append(bm)
+        if starts:
+            yield group[0], group[1], starts, maps, where
+
+    def batches(self, max_blocks: int = 1 << 16):
+        """:meth:`leaves` with consecutive bitmaps of one order joined: the
+        same ``(order, phys array)`` content in the same order, one numpy
+        pass per batch (none to scan a full bitmap), batches aiming at
+        ``max_blocks`` blocks as :meth:`RadixWalk.batches` does."""
+        nb = self.preserve_bits
+        if not bits.HAVE_NUMPY or nb <= 0 or nb & (nb - 1) or nb % 64:
+            yield from self.leaves()
+            return
+        limit = [16, max(1, max_blocks // nb)]
+        cap = max(64, 2 * limit[1])
+        for order, full, starts, maps, _ in self._bitmap_batches(limit, split_full=True):
+            physs = bits.chunk_batch_phys(maps, starts, nb.bit_length() - 1, order + PAGE_SHIFT, full)
+            if not full:
+                limit[0] = max(1, min(cap, max_blocks * len(maps) // (len(physs) + 1)))
+            if len(physs):
+                yield order, physs
+
     def summarize(self) -> bits.MapSummary:
         """Count what the walk visits, and check that no two blocks share memory.
 
         The same walk as :meth:`leaves` (same ``chunks``, ``bitmaps`` and
-        ``problems``), a bitmap counted with one popcount, overlapping or
-        duplicate blocks (two elements for one bitmap index, elements of
-        different orders covering the same memory) looked for with
+        ``problems``), bitmaps counted by popcount, overlapping or duplicate
+        blocks (two elements for one bitmap index, elements of different
+        orders covering the same memory) looked for with
         :class:`bits.BlockSets` and added to ``problems``.  An element whose
         ``phys_start`` is not a multiple of its block size is a problem
         (``chunk-unaligned-start``) and left out of the overlap check.
         """
         out = bits.MapSummary()
         sets = bits.BlockSets()
-        for order, phys_start, shift, bitmap, bm in self._bitmaps():
-            v = int.from_bytes(bitmap, "little")
-            if not v:
-                continue
-            n = v.bit_count()
-            out.count(order, n)
-            if phys_start & ((1 << shift) - 1):
-                out.unchecked += n
-                self._problem(KhoDecodeError("kho-v1 bitmap", bm,
-                                             f"phys_start 0x{phys_start:x} is not a multiple of the order-{order} "
-                                             f"block size; its {n} blocks are not checked for overlaps",
-                                             code="chunk-unaligned-start"))
-                continue
-            sets.add(order, phys_start >> shift, v, bm)
+        for order, _, starts, maps, where in self._bitmap_batches([64, 64]):
+            shift = order + PAGE_SHIFT
+            total = 0
+            for phys_start, bitmap, bm, (n, lo, hi) in zip(starts, maps, where, bits.batch_counts(maps)):
+                if not n:
+                    continue
+                total += n
+                if phys_start & ((1 << shift) - 1):
+                    out.unchecked += n
+                    self._problem(KhoDecodeError(
+                        "kho-v1 bitmap", bm, f"phys_start 0x{phys_start:x} is not a multiple of the order-{order} "
+                        f"block size; its {n} blocks are not checked for overlaps", code="chunk-unaligned-start"))
+                    continue
+                sets.add_bitmap(order, phys_start >> shift, bitmap, lo, hi, bm)
+            out.count(order, total)
         sets.check(out, self._problem)
         out.problems = self.problems
         return out

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from ..errors import KhoDecodeError, MemoryFault
+from ..memory.base import SparseMemory
 from . import bits
 
 PAGE_SHIFT = 12
@@ -246,10 +247,14 @@ class RadixWalk:
         self.problems.append(err)
 
     def _read_node(self, phys: int, level: int, parent: int | None, idx: int | None) -> bytes | None:
-        where = "root node" if parent is None else f"level {level} node (entry {idx} of 0x{parent:x})"
+        if type(self.mem) is SparseMemory and not phys & (PAGE_SIZE - 1):
+            page = self.mem.page_view(phys >> PAGE_SHIFT)    # a page ever written: no copy
+            if page is not None:
+                return page
         try:
-            return self.mem.read(phys, PAGE_SIZE, f"radix {where}")
+            return self.mem.read(phys, PAGE_SIZE, "radix node")
         except MemoryFault as e:
+            where = "root node" if parent is None else f"level {level} node (entry {idx} of 0x{parent:x})"
             self._problem(KhoDecodeError(f"radix {where}", phys,
                                          f"page is not in {e.source}", code="radix-pointer-outside"))
             return None
@@ -327,30 +332,83 @@ class RadixWalk:
             for p in bits.tolist(physs):
                 yield p, order
 
+    def _leaf_batches(self, limit: list[int], split_full: bool = False):
+        """Leaves in walk order, consecutive ones of one order grouped:
+        ``(order, full, keys, pages, phys)``, at most ``limit[0]`` leaves a
+        group; with ``split_full`` full leaves (every bit set) are grouped
+        apart, at most ``limit[1]`` a group, and flagged.  ``limit`` is read
+        at every leaf (a consumer may tune it).  A leaf whose bits do not
+        share one order comes alone with order None."""
+        group = None
+        keys: list[int] = []
+        pages: list = []
+        where: list[int] = []
+        for phys, page, key in self._leaf_pages():
+            order = KHO_ORDER_0_LOG2 + 1 - (key | (LEAF_BITS - 1)).bit_length()
+            if order < 0 or KHO_ORDER_0_LOG2 - order < KHO_BITMAP_SIZE_LOG2:
+                if keys:
+                    yield group[0], group[1], keys, pages, where
+                    keys, pages, where = [], [], []
+                yield None, False, [key], [page], [phys]
+                continue
+            g = (order, split_full and bits.is_full(page))
+            if keys and (g != group or len(keys) >= limit[g[1]]):
+                yield group[0], group[1], keys, pages, where
+                keys, pages, where = [], [], []
+            group = g
+            keys.append(key)
+            pages.append(page)
+            where.append(phys)
+        if keys:
+            yield group[0], group[1], keys, pages, where
+
+    def batches(self, max_blocks: int = 1 << 16):
+        """:meth:`leaves` with consecutive leaves of one order joined: the
+        same ``(order, phys array)`` content in the same order, one numpy
+        pass per batch (none to scan a full leaf).  Batches aim at
+        ``max_blocks`` blocks (small arrays stay in cache): full leaves
+        ``max_blocks / 32768`` at a time, others as many as the blocks per
+        leaf seen last allow (1 to 64)."""
+        if not bits.HAVE_NUMPY:
+            yield from self.leaves()
+            return
+        limit = [16, max(1, max_blocks >> KHO_BITMAP_SIZE_LOG2)]
+        for order, full, keys, pages, where in self._leaf_batches(limit, split_full=True):
+            if order is None:
+                yield from self._leaf(where[0], pages[0], keys[0])
+                continue
+            physs = bits.radix_batch_phys(pages, keys, PAGE_SHIFT + order, full)
+            if not full:
+                limit[0] = max(1, min(64, max_blocks * len(pages) // (len(physs) + 1)))
+            if len(physs):
+                yield order, physs
+
     def summarize(self) -> bits.MapSummary:
         """Count what the walk visits, and check that no two blocks share memory.
 
         The same walk as :meth:`leaves` (same ``nodes``, same ``problems``),
-        but a leaf is counted with one popcount instead of being turned into
+        but leaves are counted by popcount instead of being turned into
         addresses, and overlapping or duplicate blocks are looked for with
         :class:`bits.BlockSets` (found ones are added to ``problems``, raised
         with ``strict``).  Nothing per block is built.
         """
         out = bits.MapSummary()
         sets = bits.BlockSets()
-        for phys, page, key in self._leaf_pages():
-            order = KHO_ORDER_0_LOG2 + 1 - (key | (LEAF_BITS - 1)).bit_length()
-            if order < 0 or KHO_ORDER_0_LOG2 - order < KHO_BITMAP_SIZE_LOG2:
+        for order, _, keys, pages, where in self._leaf_batches([64, 64]):
+            if order is None:
                 # no order, or one per bit: the per-bit path says what is wrong
-                for o, physs in self._leaf(phys, page, key):
+                for o, physs in self._leaf(where[0], pages[0], keys[0]):
                     for p in bits.tolist(physs):
                         out.count(o, 1)
-                        sets.add(o, p >> (PAGE_SHIFT + o), 1, phys)
+                        sets.add(o, p >> (PAGE_SHIFT + o), 1, where[0])
                 continue
-            v = int.from_bytes(page, "little")
-            if v:
-                out.count(order, v.bit_count())
-                sets.add(order, key & ((1 << (KHO_ORDER_0_LOG2 - order)) - 1), v, phys)
+            total = 0
+            mask = (1 << (KHO_ORDER_0_LOG2 - order)) - 1
+            for key, page, phys, (n, lo, hi) in zip(keys, pages, where, bits.batch_counts(pages)):
+                if n:
+                    total += n
+                    sets.add_bitmap(order, key & mask, page, lo, hi, phys)
+            out.count(order, total)
         sets.check(out, self._problem)
         out.problems = self.problems
         return out
