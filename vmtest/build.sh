@@ -50,9 +50,10 @@ else
     rm -f "$bdir/.kernel-complete"
     mkdir -p "$kbuild"
     mk() { make -s -C "$VMTEST_KSRC" O="$kbuild" ARCH=x86_64 "$@"; }
-    mk tinyconfig >/dev/null
+    mk tinyconfig >"$bdir/config.log" 2>&1
     cat "$frag" >> "$kbuild/.config"
-    mk olddefconfig >/dev/null
+    # (kconfig warns about every symbol the fragment reassigns: that is expected)
+    mk olddefconfig >>"$bdir/config.log" 2>&1
     # every line of the fragment must have survived olddefconfig
     bad=0
     while IFS= read -r line; do

@@ -1,0 +1,553 @@
+/*
+ * walker.c - a C reference walker for pykho's benchmark (bench/run.py).
+ *
+ * Walks a KHO preserved-memory map held in a memory image the same way the
+ * incoming kernel does, and validates it the way pykho's summarize() does:
+ *
+ *   radix (kho-v2..v4): __kho_radix_walk_tree - depth first from level 5,
+ *     table entries in ascending index, leaf bits in ascending order
+ *     (for_each_set_bit), key decoded per bit (kho_radix_decode_key);
+ *   chunks (kho-v1): kho_mem_deserialize - chunk by chunk, element by
+ *     element, bit by bit.
+ *
+ * Every visited block is "reserved" by a callback that counts blocks, bytes
+ * and blocks per order and sums the physical addresses (a check value pykho's
+ * decode reproduces).  Then the overlap / duplicate check: every non-empty
+ * bitmap becomes a record (order, first block, bits); records are sorted by
+ * the memory they span and each pair of records whose spans intersect is
+ * compared (the larger blocks' bits spread over the smaller ones'), the same
+ * algorithm as pykho.abi.bits.BlockSets, so both report the same counts.
+ *
+ * --popcount counts each bitmap with popcount instead of visiting each bit
+ * (what pykho's summarize() does); the default is the kernel's per-bit walk.
+ *
+ * Image file (written by bench/run.py): "KHOIMG1\0", u64 npages, u64
+ * pfn[npages] ascending, then the npages pages.  Pages not in the image
+ * read as zero, as pykho's SparseMemory does for RAM never written.
+ *
+ * usage: walker IMAGE radix ROOT [REPS] [--popcount]
+ *        walker IMAGE chunks FIRST PRESERVE_BITS [REPS] [--popcount]
+ * prints one JSON object.
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "walker.c reads the image's little-endian words natively"
+#endif
+
+typedef unsigned __int128 u128;
+
+#define PAGE_SHIFT 12
+#define PAGE_SIZE 4096
+#define KHO_ORDER_0_LOG2 52
+#define KHO_TABLE_SIZE_LOG2 9
+#define KHO_BITMAP_SIZE_LOG2 15
+#define KHO_TREE_MAX_DEPTH 6
+#define LEAF_BITS (1u << KHO_BITMAP_SIZE_LOG2)
+#define KHOSER_BITMAP_SIZE 255
+#define MAX_CHUNKS (1u << 22)
+
+/* ---- the memory image ---- */
+static uint64_t npages;
+static uint64_t *pfns;
+static uint8_t *pages;
+static uint8_t zero_page[PAGE_SIZE] __attribute__((aligned(64)));
+static uint64_t missing_reads;
+
+/* Memory for [phys, phys+size): a pointer into the image, the zero page for
+ * memory never written, NULL when the span crosses pages not stored together. */
+static const uint8_t *p2v(uint64_t phys, uint64_t size)
+{
+	uint64_t pfn = phys >> PAGE_SHIFT, last = (phys + size - 1) >> PAGE_SHIFT;
+	uint64_t lo = 0, hi = npages;
+
+	while (lo < hi) {
+		uint64_t mid = (lo + hi) / 2;
+		if (pfns[mid] < pfn)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	if (lo < npages && pfns[lo] == pfn) {
+		if (lo + (last - pfn) < npages && pfns[lo + (last - pfn)] == last)
+			return pages + lo * PAGE_SIZE + (phys & (PAGE_SIZE - 1));
+		return NULL;
+	}
+	if (pfn == last) {
+		missing_reads++;
+		return zero_page + (phys & (PAGE_SIZE - 1));
+	}
+	return NULL;
+}
+
+/* ---- what the walk counts ---- */
+struct stats {
+	uint64_t blocks, bytes_lo, bytes_hi, physsum;
+	uint64_t by_order[64];
+	uint64_t problems, duplicates, overlaps, unaligned;
+};
+static struct stats st;
+static int popcount_mode;
+
+static inline void reserve(uint64_t phys, unsigned order)
+{
+	/* the kernel's callback: memblock_reserve + page->private = order */
+	u128 b = (u128)st.bytes_hi << 64 | st.bytes_lo;
+	b += (u128)1 << (PAGE_SHIFT + order);
+	st.bytes_lo = (uint64_t)b;
+	st.bytes_hi = (uint64_t)(b >> 64);
+	st.blocks++;
+	st.by_order[order]++;
+	st.physsum += phys;
+}
+
+static inline void count_many(unsigned order, uint64_t n)
+{
+	u128 b = (u128)st.bytes_hi << 64 | st.bytes_lo;
+	b += (u128)n << (PAGE_SHIFT + order);
+	st.bytes_lo = (uint64_t)b;
+	st.bytes_hi = (uint64_t)(b >> 64);
+	st.blocks += n;
+	st.by_order[order] += n;
+}
+
+/* ---- records for the overlap check ---- */
+struct rec {
+	u128 start, end;        /* bytes spanned, first to last set bit */
+	uint64_t first;         /* block index (at order) of bit `off` */
+	const uint64_t *bits;
+	uint32_t off, n;        /* bits [off, off+n) of `bits` */
+	unsigned order;
+	uint64_t where;
+};
+static struct rec *recs;
+static size_t nrecs, caprecs;
+static uint64_t one_bit_words[64];   /* 1 << i, bitmaps of single-block records */
+
+static void add_record(unsigned order, uint64_t first, const uint64_t *bits, uint32_t nbits, uint64_t where)
+{
+	uint32_t nw = (nbits + 63) / 64, lo = UINT32_MAX, hi = 0;
+
+	for (uint32_t w = 0; w < nw; w++)
+		if (bits[w]) {
+			lo = w * 64 + __builtin_ctzll(bits[w]);
+			break;
+		}
+	if (lo == UINT32_MAX)
+		return;
+	for (uint32_t w = nw; w-- > 0;)
+		if (bits[w]) {
+			hi = w * 64 + 64 - __builtin_clzll(bits[w]);
+			break;
+		}
+	if (nrecs == caprecs) {
+		caprecs = caprecs ? 2 * caprecs : 4096;
+		recs = realloc(recs, caprecs * sizeof(*recs));
+		if (!recs) {
+			perror("realloc");
+			exit(1);
+		}
+	}
+	struct rec *r = &recs[nrecs++];
+	r->order = order;
+	r->first = first + lo;
+	r->bits = bits;
+	r->off = lo;
+	r->n = hi - lo;
+	r->start = (u128)r->first << (order + PAGE_SHIFT);
+	r->end = (u128)(r->first + r->n) << (order + PAGE_SHIFT);
+	r->where = where;
+}
+
+/* 64 bits of a record from bit `pos` (relative to r->first), 0 past the end */
+static inline uint64_t rec_word(const struct rec *r, uint64_t pos)
+{
+	if (pos >= r->n)
+		return 0;
+	uint64_t p = pos + r->off, w = p / 64, b = p % 64;
+	uint64_t nw = (r->off + r->n + 63) / 64;
+	uint64_t x = r->bits[w] >> b;
+	if (b && w + 1 < nw)
+		x |= r->bits[w + 1] << (64 - b);
+	if (r->n - pos < 64)
+		x &= (1ull << (r->n - pos)) - 1;
+	return x;
+}
+
+static uint64_t rec_count(const struct rec *r, uint64_t pos, uint64_t len)
+{
+	uint64_t c = 0;
+	for (uint64_t i = 0; i < len; i += 64) {
+		uint64_t x = rec_word(r, pos + i);
+		if (len - i < 64)
+			x &= (1ull << (len - i)) - 1;
+		c += __builtin_popcountll(x);
+	}
+	return c;
+}
+
+static void pair(const struct rec *a, const struct rec *b)
+{
+	if (a->order < b->order) {
+		const struct rec *t = a;
+		a = b;
+		b = t;
+	}
+	const struct rec *hi = a, *lo = b;
+	u128 s = a->start > b->start ? a->start : b->start;
+	u128 e = a->end < b->end ? a->end : b->end;
+	unsigned hsh = hi->order + PAGE_SHIFT, lsh = lo->order + PAGE_SHIFT, d = hi->order - lo->order;
+	u128 hb0 = s >> hsh, nh = ((e - 1) >> hsh) - hb0 + 1;
+	u128 lb0 = s >> lsh, nl = ((e - 1) >> lsh) - lb0 + 1;
+	uint64_t n = 0;
+
+	for (u128 j = 0; j < nh; j += 64) {
+		uint64_t x = rec_word(hi, (uint64_t)(hb0 - hi->first + j));
+		if (nh - j < 64)
+			x &= (1ull << (uint64_t)(nh - j)) - 1;
+		while (x) {
+			unsigned k = __builtin_ctzll(x);
+			x &= x - 1;
+			u128 blk = hb0 + j + k;
+			u128 c0 = blk << d, c1 = (blk + 1) << d;
+			if (c0 < lb0)
+				c0 = lb0;
+			if (c1 > lb0 + nl)
+				c1 = lb0 + nl;
+			if (c1 > c0)
+				n += rec_count(lo, (uint64_t)(c0 - lo->first), (uint64_t)(c1 - c0));
+		}
+	}
+	if (d == 0)
+		st.duplicates += n;
+	else
+		st.overlaps += n;
+}
+
+static int cmp_rec(const void *x, const void *y)
+{
+	const struct rec *a = x, *b = y;
+	return a->start < b->start ? -1 : a->start > b->start;
+}
+
+static void check_overlaps(void)
+{
+	size_t *active = malloc((nrecs + 1) * sizeof(size_t)), na = 0;
+
+	qsort(recs, nrecs, sizeof(*recs), cmp_rec);
+	for (size_t i = 0; i < nrecs; i++) {
+		size_t k = 0;
+		for (size_t j = 0; j < na; j++)
+			if (recs[active[j]].end > recs[i].start)
+				active[k++] = active[j];
+		na = k;
+		for (size_t j = 0; j < na; j++)
+			pair(&recs[active[j]], &recs[i]);
+		active[na++] = i;
+	}
+	free(active);
+}
+
+/* ---- visited set (shared nodes, chunk cycles) ---- */
+static uint64_t *seen;
+static size_t seen_cap, seen_n;
+
+static int seen_add(uint64_t p)
+{
+	if (2 * (seen_n + 1) > seen_cap) {
+		size_t oc = seen_cap;
+		uint64_t *old = seen;
+		seen_cap = oc ? 2 * oc : 1 << 16;
+		seen = calloc(seen_cap, sizeof(uint64_t));
+		seen_n = 0;
+		for (size_t i = 0; i < oc; i++)
+			if (old[i])
+				seen_add(old[i] - 1);
+		free(old);
+	}
+	size_t h = (size_t)((p >> 12) * 0x9E3779B97F4A7C15ull) & (seen_cap - 1);
+	while (seen[h]) {
+		if (seen[h] == p + 1)
+			return 0;
+		h = (h + 1) & (seen_cap - 1);
+	}
+	seen[h] = p + 1;
+	seen_n++;
+	return 1;
+}
+
+/* ---- radix ---- */
+static void walk_leaf(const uint64_t *bm, uint64_t key, uint64_t leaf_phys)
+{
+	unsigned top = 64 - __builtin_clzll(key | (LEAF_BITS - 1));
+	int order = KHO_ORDER_0_LOG2 + 1 - (int)top;
+
+	if (order < 0) {        /* no valid order: pykho reports radix-bad-key */
+		st.problems++;
+		return;
+	}
+	if (KHO_ORDER_0_LOG2 - order < KHO_BITMAP_SIZE_LOG2) {
+		/* the order bit is inside the leaf: each bit decodes alone */
+		for (unsigned w = 0; w < LEAF_BITS / 64; w++) {
+			uint64_t x = bm[w];
+			while (x) {
+				unsigned b = __builtin_ctzll(x);
+				x &= x - 1;
+				uint64_t k = key | (w * 64 + b);
+				int o = KHO_ORDER_0_LOG2 + 1 - (64 - __builtin_clzll(k));
+				if (o < 0 || o > KHO_ORDER_0_LOG2) {
+					st.problems++;
+					continue;
+				}
+				uint64_t phys = k << (PAGE_SHIFT + o);
+				reserve(phys, o);
+				add_record(o, phys >> (PAGE_SHIFT + o), &one_bit_words[0], 1, leaf_phys);
+			}
+		}
+		return;
+	}
+	if (popcount_mode) {
+		uint64_t n = 0;
+		for (unsigned w = 0; w < LEAF_BITS / 64; w++)
+			n += __builtin_popcountll(bm[w]);
+		if (n)
+			count_many(order, n);
+	} else {
+		for (unsigned w = 0; w < LEAF_BITS / 64; w++) {
+			uint64_t x = bm[w];
+			while (x) {
+				unsigned b = __builtin_ctzll(x);
+				x &= x - 1;
+				unsigned o;
+				uint64_t k = key | (w * 64 + b);
+				/* kho_radix_decode_key */
+				o = KHO_ORDER_0_LOG2 - (64 - __builtin_clzll(k)) + 1;
+				reserve(k << (PAGE_SHIFT + o), o);
+			}
+		}
+	}
+	add_record(order, key & ((1ull << (KHO_ORDER_0_LOG2 - order)) - 1), bm, LEAF_BITS, leaf_phys);
+}
+
+static void walk_tree(const uint64_t *table, unsigned level, uint64_t start)
+{
+	for (unsigned i = 0; i < PAGE_SIZE / 8; i++) {
+		if (!table[i])
+			continue;
+		unsigned shift = (level - 1) * KHO_TABLE_SIZE_LOG2 + KHO_BITMAP_SIZE_LOG2;
+		uint64_t key = start | ((uint64_t)i << shift);
+		uint64_t phys = table[i];
+		if (!seen_add(phys)) {  /* a shared node: walked once */
+			st.problems++;
+			continue;
+		}
+		if (phys & (PAGE_SIZE - 1))
+			st.problems++;  /* reported, walked anyway */
+		const uint64_t *node = (const uint64_t *)p2v(phys, PAGE_SIZE);
+		if (!node) {
+			st.problems++;
+			continue;
+		}
+		if (level == 1)
+			walk_leaf(node, key, phys);
+		else
+			walk_tree(node, level - 1, key);
+	}
+}
+
+static void walk_radix(uint64_t root)
+{
+	const uint64_t *node;
+
+	if (!root)
+		return;
+	seen_add(root);
+	node = (const uint64_t *)p2v(root, PAGE_SIZE);
+	if (!node) {
+		st.problems++;
+		return;
+	}
+	walk_tree(node, KHO_TREE_MAX_DEPTH - 1, 0);
+}
+
+/* ---- chunk list ---- */
+static void walk_chunks(uint64_t first, uint32_t preserve_bits)
+{
+	uint64_t at = first, nchunks = 0;
+	uint32_t nbytes = preserve_bits / 8, nw = preserve_bits / 64;
+
+	while (at) {
+		if (!seen_add(at) || ++nchunks > MAX_CHUNKS) {
+			st.problems++;
+			return;
+		}
+		const uint8_t *c = p2v(at, PAGE_SIZE);
+		if (!c) {
+			st.problems++;
+			return;
+		}
+		uint64_t next, phys_start, bmp;
+		uint32_t order, num;
+		memcpy(&next, c, 8);
+		memcpy(&order, c + 8, 4);
+		memcpy(&num, c + 12, 4);
+		if (num > KHOSER_BITMAP_SIZE) {
+			st.problems++;
+			num = KHOSER_BITMAP_SIZE;
+		}
+		unsigned shift = order + PAGE_SHIFT;
+		for (uint32_t i = 0; i < num; i++) {
+			memcpy(&phys_start, c + 16 + 16 * i, 8);
+			memcpy(&bmp, c + 24 + 16 * i, 8);
+			const uint64_t *bm = (const uint64_t *)p2v(bmp, nbytes);
+			if (!bm) {
+				st.problems++;
+				continue;
+			}
+			if (shift >= 64)
+				continue;
+			if (popcount_mode) {
+				uint64_t n = 0;
+				for (uint32_t w = 0; w < nw; w++)
+					n += __builtin_popcountll(bm[w]);
+				if (n)
+					count_many(order, n);
+			} else {
+				for (uint32_t w = 0; w < nw; w++) {
+					uint64_t x = bm[w];
+					while (x) {
+						unsigned b = __builtin_ctzll(x);
+						x &= x - 1;
+						reserve(phys_start + ((uint64_t)(w * 64 + b) << shift), order);
+					}
+				}
+			}
+			if (phys_start & ((1ull << shift) - 1)) {
+				uint64_t n = 0;
+				for (uint32_t w = 0; w < nw; w++)
+					n += __builtin_popcountll(bm[w]);
+				if (n) {
+					st.unaligned += n;
+					st.problems++;
+				}
+				continue;
+			}
+			add_record(order, phys_start >> shift, bm, preserve_bits, bmp);
+		}
+		at = next;
+	}
+}
+
+static double now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void load(const char *path)
+{
+	FILE *f = fopen(path, "rb");
+	char magic[8];
+
+	if (!f || fread(magic, 1, 8, f) != 8 || memcmp(magic, "KHOIMG1", 8) ||
+	    fread(&npages, 8, 1, f) != 1) {
+		fprintf(stderr, "%s: not a KHOIMG1 image\n", path);
+		exit(2);
+	}
+	pfns = malloc(npages * 8 + 8);
+	pages = aligned_alloc(PAGE_SIZE, npages * PAGE_SIZE + PAGE_SIZE);
+	if (!pfns || !pages || fread(pfns, 8, npages, f) != npages ||
+	    fread(pages, PAGE_SIZE, npages, f) != npages) {
+		fprintf(stderr, "%s: short image\n", path);
+		exit(2);
+	}
+	fclose(f);
+}
+
+int main(int argc, char **argv)
+{
+	int chunks, reps = 1, a = 4;
+	uint64_t start;
+	uint32_t preserve_bits = 0;
+	double best_walk = 1e30, best_check = 1e30;
+
+	for (int i = 1; i < argc; i++)
+		if (!strcmp(argv[i], "--popcount")) {
+			popcount_mode = 1;
+			memmove(&argv[i], &argv[i + 1], (argc - i) * sizeof(char *));
+			argc--;
+			i--;
+		}
+	if (argc < 4) {
+		fprintf(stderr, "usage: %s IMAGE radix ROOT [REPS] [--popcount]\n"
+			"       %s IMAGE chunks FIRST PRESERVE_BITS [REPS] [--popcount]\n", argv[0], argv[0]);
+		return 2;
+	}
+	chunks = !strcmp(argv[2], "chunks");
+	start = strtoull(argv[3], NULL, 0);
+	if (chunks) {
+		if (argc < 5)
+			return 2;
+		preserve_bits = strtoul(argv[4], NULL, 0);
+		a = 5;
+	}
+	if (argc > a)
+		reps = atoi(argv[a]);
+	for (int i = 0; i < 64; i++)
+		one_bit_words[i] = 1ull << i;
+	load(argv[1]);
+
+	for (int r = 0; r < reps; r++) {
+		memset(&st, 0, sizeof(st));
+		nrecs = 0;
+		missing_reads = 0;
+		if (seen)
+			memset(seen, 0, seen_cap * sizeof(uint64_t));
+		seen_n = 0;
+		double t0 = now();
+		if (chunks)
+			walk_chunks(start, preserve_bits);
+		else
+			walk_radix(start);
+		double t1 = now();
+		check_overlaps();
+		double t2 = now();
+		if (t1 - t0 < best_walk)
+			best_walk = t1 - t0;
+		if (t2 - t1 < best_check)
+			best_check = t2 - t1;
+	}
+
+	u128 bytes = (u128)st.bytes_hi << 64 | st.bytes_lo;
+	char dec[48], *q = dec + sizeof(dec) - 1;
+	*q = 0;
+	do {
+		*--q = '0' + (int)(bytes % 10);
+		bytes /= 10;
+	} while (bytes);
+	printf("{\"mode\": \"%s\", \"reps\": %d, \"walk_s\": %.9f, \"check_s\": %.9f, \"total_s\": %.9f, "
+	       "\"blocks\": %llu, \"bytes\": %s, \"duplicates\": %llu, \"overlaps\": %llu, "
+	       "\"unaligned\": %llu, \"problems\": %llu, \"records\": %zu, \"missing_reads\": %llu, ",
+	       popcount_mode ? "popcount" : "per-bit", reps, best_walk, best_check, best_walk + best_check,
+	       (unsigned long long)st.blocks, q,
+	       (unsigned long long)st.duplicates, (unsigned long long)st.overlaps,
+	       (unsigned long long)st.unaligned, (unsigned long long)st.problems, nrecs,
+	       (unsigned long long)missing_reads);
+	if (popcount_mode)
+		printf("\"physsum\": null, ");
+	else
+		printf("\"physsum\": %llu, ", (unsigned long long)st.physsum);
+	printf("\"by_order\": {");
+	for (int o = 0, sep = 0; o < 64; o++)
+		if (st.by_order[o]) {
+			printf("%s\"%d\": %llu", sep ? ", " : "", o, (unsigned long long)st.by_order[o]);
+			sep = 1;
+		}
+	printf("}}\n");
+	return 0;
+}
