@@ -169,3 +169,30 @@ class OldKernelAPI(RuleBasedStateMachine):
 TestOldKernelAPI = OldKernelAPI.TestCase
 TestOldKernelAPI.settings = settings(max_examples=15, stateful_step_count=15, deadline=None,
                                      suppress_health_check=[HealthCheck.too_slow])
+
+
+def test_explorer_finds_the_seed_bug_class_by_itself():
+    from pykho.model.explore import explore
+    pre = explore("B-prefix", runs=40, seed=7)
+    seed_class = [v for v in pre["violations"].values()
+                  if v["example"]["kind"] == "double-free" and v["example"]["step"] == "initcalls"]
+    assert seed_class, pre["violations"].keys()
+    minimal = pre["violations"]["double-free"]["minimal"]
+    assert [s["do"] for s in minimal["step"]] == ["kexec_file_load", "kexec"]   # never finalized
+    assert "faults" not in minimal["kernel"][1]
+    assert not pre["model_errors"]
+    # the fixed kernel: the same lifecycles, no double free from an unfinalized handover
+    post = explore("B", runs=150, seed=7)
+    assert not post["model_errors"]
+    for kind, v in post["violations"].items():
+        assert not (kind == "double-free" and v["example"]["step"] == "initcalls")
+    clean = explore("B", runs=60, seed=7, faults=False)
+    assert clean["violations"] == {}
+
+
+def test_explorer_minimal_scenario_replays(tmp_path):
+    from pykho.model.explore import explore, to_toml
+    res = explore("B-prefix", runs=5, seed=3)
+    f = tmp_path / "min.toml"
+    f.write_text(to_toml(res["violations"]["double-free"]["minimal"], "replay"))
+    assert main(["simulate", str(f)]) == 1

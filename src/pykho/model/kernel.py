@@ -128,7 +128,8 @@ class Kernel:
 
     def __init__(self, machine: Machine, profile: P.Profile | str, cmdline: str = "kho=on",
                  release: str | None = None, name: str = "kernel", violations: list | None = None,
-                 seed: int = 1, kern_reserved: int = 52 * MiB, test_kho_max_mem: int = 1 * MiB):
+                 seed: int = 1, kern_reserved: int = 52 * MiB, test_kho_max_mem: int = 1 * MiB,
+                 faults: dict | None = None):
         self.m = machine
         self.p = P.get_profile(profile)
         self.cmdline = cmdline
@@ -166,6 +167,10 @@ class Kernel:
         self.step = "boot"
         self.early_lines: list[str] = []
         self.restored_ok: dict[str, bool] = {}
+        # fault injection: how many of the next allocations fail at each site
+        faults = faults or {}
+        self.memblock.faults.arm(int(faults.get("memblock", 0)), int(faults.get("memblock_after", 0)))
+        self.pages.faults.arm(int(faults.get("page", 0)), int(faults.get("page_after", 0)))
 
     # ------------------------------------------------------------------ log
     def _log(self, *lines):
@@ -359,18 +364,48 @@ class Kernel:
         return self.kho_in_fdt is not None
 
     def kho_init(self):
+        """``kho_init``: radix root / tracker, the root FDT page, kexec-metadata,
+        then the incoming debugfs (KHO boot) or CMA scratch (cold boot).
+
+        Any failure takes the kernel's error path: the FDT page is
+        unpreserved, the root freed, every scratch area handed to
+        ``free_reserved_area`` and KHO disabled.  On a KHO boot those scratch
+        pages are already in the buddy allocator (released at memmap init /
+        memblock_free_all), so that path frees them a second time.
+        """
         if not self.kho_enable:
             return
+        err = self._kho_init()
+        if err:
+            self.set_step("kho_init error path")
+            if self.out_fdt_phys and (self.out_fdt_phys, 0) in self.preserved.blocks:
+                self._track(self.out_fdt_phys, 0, "", add=False)
+            for a in self.scratch:
+                if a.size:
+                    self.pages.free(a.addr, a.end, "kho_init error path: free_reserved_area on scratch")
+            self.kho_enable = False
+            self.out_fdt = None
+            self.radix_tree = None
+            self.tracker = None
+            self.set_step("initcalls")
+
+    def _kho_init(self) -> int:
         p = self.p
         if p.map_format == "radix":
             self.radix_tree = radix.RadixTree(self.m.mem, self._alloc_page, self._free_page)
+            if not self.radix_tree.root:
+                return -P.ENOMEM
         else:
             self.tracker = _chunks.ChunkTracker(p.preserve_bits)
         if p.fdt_built_at == "finalize":
             # A: kho_init allocates the page; finalize writes and preserves it
             self.out_fdt_phys = self.alloc_pages(0)
+            if not self.out_fdt_phys:
+                return -P.ENOMEM
         if p.fdt_built_at == "boot":
             phys = self.alloc_preserve(PAGE_SIZE, "root FDT")
+            if not phys:
+                return -P.ENOMEM
             mm = self.radix_tree.root if self.radix_tree else 0
             self.out_fdt = _root.build_root_at_boot(p, mm)
             self.out_fdt_phys = phys
@@ -382,15 +417,21 @@ class Kernel:
                 self.kexec_count_in = md.kexec_count if md else 0
             meta = structs.KexecMetadata(1, self.release, self.kexec_count_in + 1).pack()
             mphys = self.alloc_preserve(len(meta), "kexec-metadata")
-            self.m.mem.write(mphys, meta)
-            self.add_subtree(structs.KHO_METADATA_NODE_NAME, mphys, len(meta))
+            err = -P.ENOMEM if not mphys else 0
+            if not err:
+                self.m.mem.write(mphys, meta)
+                err = self.add_subtree(structs.KHO_METADATA_NODE_NAME, mphys, len(meta))
+            if err:
+                self._log(f"KHO: failed to initialize kexec-metadata subtree: {err}")
+                return err
         if self.is_kho_boot():
-            return
+            return 0
         # cold boot (or a handover the kernel forgot): scratch becomes CMA,
         # its pages go to the buddy allocator
         for a in self.scratch:
             if a.size:
                 self.pages.free(a.addr, a.end, "kho_init: init_cma_reserved_pageblock on scratch")
+        return 0
 
     # -------------------------------------------------------- page helpers
     def _scratch_set(self) -> IntervalSet:
@@ -447,6 +488,8 @@ class Kernel:
     def preserve_folio(self, phys: int, order: int, owner: str = "folio") -> int:
         if not self.kho_enable:
             return -P.EOPNOTSUPP
+        if not phys:
+            return -P.EINVAL
         if self.p.finalize == "notifier" and self.finalized:
             return -P.EBUSY
         return self._track(phys, order, owner)
@@ -482,10 +525,20 @@ class Kernel:
             return 0
         return phys
 
-    def preserve_vmalloc(self, data_pages: list[int], owner: str) -> structs.KhoVmalloc:
+    def preserve_vmalloc(self, data_pages: list[int], owner: str) -> structs.KhoVmalloc | None:
+        """``kho_preserve_vmalloc``; None when a chunk page cannot be allocated."""
         for p in data_pages:
             self.preserve_folio(p, 0, owner)
-        desc, chunk_pages = structs.encode_vmalloc_chunks(self.m.mem, self._alloc_page, data_pages, 0)
+
+        def page():
+            p = self._alloc_page()
+            if not p:
+                raise MemoryError("vmalloc chunk")
+            return p
+        try:
+            desc, chunk_pages = structs.encode_vmalloc_chunks(self.m.mem, page, data_pages, 0)
+        except MemoryError:
+            return None
         for c in chunk_pages:
             self.preserve_folio(c, 0, owner + " vmalloc chunk")
         return desc
@@ -529,8 +582,11 @@ class Kernel:
             fdt_phys = self.out_fdt_phys
             self.preserve_folio(fdt_phys, 0, "root FDT")
             self._notifiers_finalize()
-            first, self.chunk_pages = _chunks.encode(self.tracker, self.m.mem, self._kmalloc)
-            blob, err = _root.build_root_at_finalize(p, first, self.notifier_subtrees)
+            try:
+                first, self.chunk_pages = _chunks.encode(self.tracker, self.m.mem, self._kmalloc)
+                blob, err = _root.build_root_at_finalize(p, first, self.notifier_subtrees)
+            except MemoryError:
+                blob, err = b"", -P.ENOMEM
             if err:
                 self._log(f"KHO: Failed to convert KHO state tree: {err}")
                 self.abort()
@@ -541,7 +597,11 @@ class Kernel:
             return 0
         # B: (re)serialise the chunk list and swap the map value in place
         self.set_step("finalize")
-        first, self.chunk_pages = _chunks.encode(self.tracker, self.m.mem, self._kmalloc)
+        try:
+            first, chunk_pages = _chunks.encode(self.tracker, self.m.mem, self._kmalloc)
+        except MemoryError:
+            return -P.ENOMEM             # kho_finalize fails, the old map stays
+        self.chunk_pages = chunk_pages
         self.out_fdt.set_mem_map(first)
         self._sync_fdt()
         self.finalized = True
@@ -619,15 +679,21 @@ class Kernel:
         nr = len(folios)
         fdt_order = max(0, (nr * 8 + PAGE_SIZE - 1).bit_length() - PAGE_SHIFT)
         fdt_phys = self.alloc_pages(fdt_order)
+        if not fdt_phys:
+            return
         self.preserve_folio(fdt_phys, fdt_order, "test_kho FDT")
         if self.p.test_kho_vmalloc:
             info = b"".join((p | o).to_bytes(8, "little") for p, o in folios)
             pages = []
             for i in range(0, max(len(info), 1), PAGE_SIZE):
                 pg = self.alloc_pages(0)
+                if not pg:
+                    return
                 self.m.mem.write(pg, info[i:i + PAGE_SIZE])
                 pages.append(pg)
             desc = self.preserve_vmalloc(pages, "test_kho folios_info")
+            if desc is None:
+                return
             blob, err = clients.encode_kho_test(nr, st["csum"], desc, size=nr * 8 + PAGE_SIZE)
         else:
             blob, err = clients.encode_kho_test(nr, st["csum"], None, [p | o for p, o in folios],

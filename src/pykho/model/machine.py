@@ -24,6 +24,25 @@ ARCH_LOW_ADDRESS_LIMIT = 0xFFFFFFFF
 PAGEBLOCK = 2 << 20
 
 
+class FaultSite:
+    """Fault injection at one allocation site: of the calls made from now on,
+    skip ``after`` and fail the next ``count``."""
+
+    def __init__(self, count: int = 0, after: int = 0):
+        self.count, self.after, self.calls, self.injected = count, after, 0, 0
+
+    def arm(self, count: int, after: int = 0):
+        self.count, self.after, self.calls = count, after, 0
+
+    def fail(self) -> bool:
+        i = self.calls
+        self.calls += 1
+        if self.after <= i < self.after + self.count:
+            self.injected += 1
+            return True
+        return False
+
+
 class IntervalSet:
     """Disjoint half-open intervals, merged on insert."""
 
@@ -133,7 +152,7 @@ class Memblock:
         self.reserved_kern = IntervalSet()
         self.noinit = IntervalSet()
         self.scratch_only = False
-        self.fail_next_alloc = 0     # fault injection: fail this many allocations
+        self.faults = FaultSite()
 
     def add(self, base, size, nid=0, flags=0):
         for r in self.memory:
@@ -177,8 +196,7 @@ class Memblock:
         A zero-sized request returns the aligned top of the highest free gap
         without reserving anything (what 7.2's global scratch of size 0 gets).
         """
-        if self.fail_next_alloc:
-            self.fail_next_alloc -= 1
+        if self.faults.fail():
             return 0
         for r in sorted(self.memory, key=lambda r: r.base, reverse=True):
             if self.scratch_only and not r.flags & MEMBLOCK_KHO_SCRATCH:
@@ -222,7 +240,7 @@ class PageAllocator:
         self.violations = violations
         self.kernel = kernel_name
         self.step = ""
-        self.fail_next_alloc = 0
+        self.faults = FaultSite()
 
     def _v(self, kind, s, e, detail):
         self.violations.append(Violation(kind, s, e, detail, self.kernel, self.step))
@@ -237,8 +255,7 @@ class PageAllocator:
 
     def alloc(self, size: int, high_first: bool = False, within: IntervalSet | None = None,
               avoid: IntervalSet | None = None, align: int = PAGE_SIZE) -> int:
-        if self.fail_next_alloc:
-            self.fail_next_alloc -= 1
+        if self.faults.fail():
             return 0
         items = list(self.free_set)
         if high_first:

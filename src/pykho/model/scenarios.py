@@ -114,7 +114,7 @@ class Run:
         ks = self.kernels_spec[0]
         k = Kernel(self.machine, ks.get("profile", "E"), ks.get("cmdline", "kho=on"), ks.get("release"),
                    "kernel 1", self.violations, seed=self.seed,
-                   test_kho_max_mem=int(ks.get("test_kho_max_mem", 1 << 20)))
+                   test_kho_max_mem=int(ks.get("test_kho_max_mem", 1 << 20)), faults=ks.get("faults"))
         self._emit_boot(k, lambda: k.boot())
 
     def _emit_boot(self, k, fn):
@@ -146,6 +146,10 @@ class Run:
             self.log.append(f"    [{k.name}] kexec_file_load -> {rc}"
                             + (f" (handover: fdt 0x{kd.fdt_addr:x}, scratch array 0x{kd.scratch_addr:x}+"
                                f"0x{kd.scratch_size:x})" if kd else " (no KHO handover)"))
+        elif do == "kexec" and k.image is None:
+            # reboot(LINUX_REBOOT_CMD_KEXEC) without a loaded image: -EINVAL
+            self.log.append(f"    [{k.name}] kexec: no image loaded (-EINVAL); scenario ends")
+            self.ended = True
         elif do == "kexec":
             i = len(self.kernels)
             if i >= len(self.kernels_spec):
@@ -155,7 +159,7 @@ class Run:
             # invariant: the decoded map equals what the old kernel preserved
             self._check_map(k)
             self._emit_boot(k, lambda: k.kexec(ks.get("profile", "E"), ks.get("cmdline"), ks.get("release"),
-                                               name=f"kernel {i + 1}"))
+                                               name=f"kernel {i + 1}", faults=ks.get("faults")))
             self._check_reservations(k, self.cur)
             return
         elif do == "preserve":
@@ -166,14 +170,19 @@ class Run:
         elif do == "vmalloc":
             n = int(st.get("pages", 4))
             pages = []
+            rc = -P.ENOMEM
             for i in range(n):
                 pg = k.alloc_pages(0)
+                if not pg:
+                    break
                 k.m.mem.write(pg, struct.pack("<QQ", 0x564D414C4C4F4321, i))
                 pages.append(pg)
-            desc = k.preserve_vmalloc(pages, "vmalloc area")
-            blob_phys = k.alloc_preserve(16, "vmalloc descriptor")
-            k.m.mem.write(blob_phys, desc.pack())
-            rc = k.add_subtree("vmalloc-test", blob_phys, 16)
+            else:
+                desc = k.preserve_vmalloc(pages, "vmalloc area")
+                blob_phys = k.alloc_preserve(16, "vmalloc descriptor") if desc else 0
+                if blob_phys:
+                    k.m.mem.write(blob_phys, desc.pack())
+                    rc = k.add_subtree("vmalloc-test", blob_phys, 16)
             self.log.append(f"    [{k.name}] preserve vmalloc area of {n} pages -> {rc}")
         elif do == "restore_vmalloc":
             from .incoming import retrieve_subtree
@@ -187,6 +196,17 @@ class Run:
             self.log.append(f"vmalloc-test: restore {'succeeded' if ok else 'failed'}")
         elif do == "corrupt":
             self._corrupt(k, st)
+        elif do == "fault":
+            site = st.get("site", "page")
+            tgt = k.pages if site == "page" else k.memblock
+            tgt.faults.arm(int(st.get("count", 1)), int(st.get("after", 0)))
+            self.log.append(f"    [{k.name}] fault: fail {st.get('count', 1)} {site} allocation(s) "
+                            f"after {st.get('after', 0)}")
+        elif do == "unpreserve":
+            if k.preserved.blocks:
+                phys, order = sorted(k.preserved.blocks)[int(st.get("index", 0)) % len(k.preserved.blocks)]
+                rc = k.unpreserve_folio(phys, order)
+                self.log.append(f"    [{k.name}] unpreserve 0x{phys:x} order {order} -> {rc}")
         else:
             raise UsageError(f"{self.name}: unknown step {do!r}")
         self.log.extend(k.log[n_log:])
@@ -196,7 +216,10 @@ class Run:
         what = st.get("what")
         kd = k.image and k.image.get("kho_data")
         if not kd:
-            raise UsageError(f"{self.name}: corrupt needs a loaded handover (kexec_file_load first)")
+            self.log.append(f"    [{k.name}] corrupt {what}: no handover loaded, nothing to corrupt")
+            return
+        self._check_map(k)          # judge the map as the old kernel wrote it
+        k.map_checked = True
         mem = k.m.mem
         if what == "zero-fdt":
             mem.write(kd.fdt_addr, bytes(PAGE_SIZE))
@@ -215,6 +238,8 @@ class Run:
         self.log.append(f"    [{k.name}] corrupt {what}")
 
     def _check_map(self, k):
+        if getattr(k, "map_checked", False):
+            return
         if not k.image or not k.image.get("kho_data") or k.p.fdt_built_at == "finalize" and not k.finalized:
             return
         if k.p.finalize == "serialize" and not k.finalized:
@@ -247,8 +272,11 @@ class Run:
         self._check(new, len(self.violations))
 
     def run(self):
+        self.ended = False
         self._boot_first()
         for st in self.spec.get("step", []):
+            if self.ended:
+                break
             self.step(st)
         return self
 
