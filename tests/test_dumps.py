@@ -124,6 +124,12 @@ def test_qemu_elf_and_raw_dumps_read_back(dumps):
     for s, end in mem.written_ranges():
         assert e.read(s, end - s) == mem.read(s, end - s) == r.read(s, end - s)
     assert any(s == 0x100000 for s, _ in e.ranges()) or e.contains(0x100000, 4096)
+    # our PT_LOAD reader agrees with pyelftools
+    from elftools.elf.elffile import ELFFile
+    with open(elf, "rb") as f:
+        segs = sorted((sg["p_paddr"], sg["p_paddr"] + sg["p_filesz"]) for sg in ELFFile(f).iter_segments()
+                      if sg["p_type"] == "PT_LOAD" and sg["p_filesz"])
+    assert e.ranges() == segs
 
 
 @pytest.mark.parametrize("kind", ["elf", "raw"])
@@ -175,3 +181,20 @@ def test_map_svg_and_png(tmp_path, capsys):
     png = tmp_path / "m.png"
     assert main(["map", str(d), "--mem", f"sparse:{memdir}", "--out", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_vmcore_through_drgn(tmp_path, capsys):
+    """An ELF vmcore with VMCOREINFO (as kdump writes) read through drgn."""
+    pytest.importorskip("drgn")
+    kdumpling = pytest.importorskip("kdumpling")
+    mem, d, blocks = build_handover(tmp_path)
+    b = kdumpling.KdumpBuilder(arch="x86_64")
+    b.set_vmcoreinfo("OSRELEASE=7.2.13\nPAGESIZE=4096\nKERNELOFFSET=0\n"
+                     "SYMBOL(swapper_pg_dir)=ffffffff82a0c000\n")
+    for s, e in mem.written_ranges():
+        b.add_memory_segment(phys_addr=s, data=mem.read(s, e - s))
+    core = tmp_path / "vmcore"
+    b.write(str(core))
+    rc = main(["validate", str(d), "--mem", f"vmcore:{core}", "--blocks", "-j"])
+    rep = json.loads(capsys.readouterr().out)
+    assert rc == 0 and [tuple(x) for x in rep["preserved"]] == blocks

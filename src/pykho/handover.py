@@ -80,6 +80,14 @@ def _read(path: str, what: str, cap: int = 1 << 24) -> bytes:
     return data
 
 
+#: memory larger than this is not scanned for the root FDT or setup_data
+SCAN_LIMIT = 8 << 30
+
+
+def _scannable(mem) -> bool:
+    return sum(e - s for s, e in mem.ranges()) <= SCAN_LIMIT
+
+
 def _find_root_in_memory(mem, prefix: bytes, hints: list[int]) -> int | None:
     want = prefix[:min(len(prefix), 64)]
     for phys in hints:
@@ -89,7 +97,9 @@ def _find_root_in_memory(mem, prefix: bytes, hints: list[int]) -> int | None:
         except KhoDecodeError:
             continue
     # scan page starts of what the source holds (sparse extracts are small;
-    # a full dump costs one read per page, bounded by its size)
+    # a full dump costs one read per page, bounded by SCAN_LIMIT)
+    if not _scannable(mem):
+        return None
     for start, end in mem.ranges():
         if end - start > 1 << 32:
             continue
@@ -159,9 +169,14 @@ def load(path: str, mem=None, fdt_phys: int | None = None) -> Handover:
 
     if mem is not None:
         hints = [fdt_phys] if fdt_phys else []
+        live = getattr(mem, "kho_out_fdt_phys", None)
+        if live is not None and fdt_phys is None:
+            p = live()
+            if p:
+                hints.append(p)
         kd_found = None
         try:
-            for at, kd in structs.find_setup_data(mem):
+            for at, kd in (structs.find_setup_data(mem) if _scannable(mem) else ()):
                 kd_found = (at, kd)
                 hints.append(kd.fdt_addr)
                 break
@@ -179,6 +194,10 @@ def load(path: str, mem=None, fdt_phys: int | None = None) -> Handover:
         if ho.root_phys is not None:
             ho.root_blob = _root.read_root_from_memory(mem, ho.root_phys)
             ho.root_blob_origin = f"memory at 0x{ho.root_phys:x}"
+        elif ho.root_blob is not None and not _scannable(mem):
+            ho.quirks.append(Quirk("root-fdt-not-located",
+                                   f"{mem.name} is larger than {SCAN_LIMIT >> 30} GiB and was not scanned for the "
+                                   "root FDT; give --fdt-phys (or vmlinux debug info for --mem live)"))
         if not ho.scratch and kd_found:
             try:
                 data = mem.read(kd_found[1].scratch_addr, min(kd_found[1].scratch_size, 1 << 16), "kho_scratch array")

@@ -185,9 +185,39 @@ class DrgnMemory(PhysMemory):
         self.prog = prog
         self._drgn = drgn
         self.name = f"vmcore {vmcore}" if vmcore else "live kernel (/proc/kcore)"
+        self._ranges = self._find_ranges(vmcore)
+        self._starts_cache = None
+
+    @staticmethod
+    def _find_ranges(vmcore):
+        """RAM ranges: the PT_LOAD segments of an ELF vmcore, System RAM of
+        /proc/iomem for the live kernel, else everything (reads still fault)."""
+        try:
+            if vmcore:
+                return ElfDump(vmcore).ranges()
+            with open("/proc/iomem") as f:
+                out = []
+                for line in f:
+                    if not line.startswith(" ") and line.rstrip().endswith(": System RAM"):
+                        a, b = line.split(":")[0].strip().split("-")
+                        out.append((int(a, 16), int(b, 16) + 1))
+                if out and out[-1][1] > 1:
+                    return out
+        except Exception:
+            pass
+        return [(0, 1 << 52)]
+
+    def kho_out_fdt_phys(self) -> int | None:
+        """The running kernel's outgoing root FDT (needs vmlinux debug info)."""
+        try:
+            from drgn.helpers.linux.mm import virt_to_phys
+            fdt = self.prog["kho_out"].fdt
+            return int(virt_to_phys(fdt).value_()) if fdt.value_() else None
+        except Exception:
+            return None
 
     def ranges(self):
-        return [(0, 1 << 52)]
+        return self._ranges
 
     def read(self, phys, size, structure="memory"):
         from ..errors import MemoryFault
