@@ -61,19 +61,46 @@ def walker(profile: P.Profile, mem, mem_map: int, strict: bool = False, preserve
     return _chunks.ChunkWalk(mem, mem_map, preserve_bits or profile.preserve_bits, strict=strict)
 
 
+class Progress:
+    """One status line on stderr during long walks, only on a terminal."""
+
+    def __init__(self, what: str):
+        import sys
+        import time
+        self.on = sys.stderr.isatty()
+        self.what, self.t0, self.last, self.time, self.err = what, time.time(), 0.0, time.time, sys.stderr
+
+    def update(self, leaves: int, blocks: int):
+        if self.on and self.time() - self.last > 0.5:
+            self.last = self.time()
+            self.err.write(f"\r{self.what}: {leaves} leaves, {blocks} blocks, {self.last - self.t0:.1f} s")
+            self.err.flush()
+
+    def done(self):
+        if self.on and self.last:
+            self.err.write("\r" + " " * 70 + "\r")
+            self.err.flush()
+
+
 def summarize_walk(w, want_blocks: bool = False):
     """(summary dict, blocks list or None, problems) of one pass over a walker."""
     by_order: Counter = Counter()
     total = 0
     nbytes = 0
     blocks = [] if want_blocks else None
+    prog = Progress("walking the preserved memory map")
+    leaves = 0
     for order, physs in w.leaves():
+        leaves += 1
+        if leaves & 63 == 0:
+            prog.update(leaves, total)
         n = len(physs)
         by_order[order] += n
         total += n
         nbytes += n << (order + PAGE_SHIFT)
         if want_blocks:
             blocks.extend([p, order] for p in (physs.tolist() if hasattr(physs, "tolist") else physs))
+    prog.done()
     if isinstance(w, radix.RadixWalk):
         meta = {"radix_nodes": sum(1 for n in w.nodes if n.level > 0),
                 "radix_leaves": sum(1 for n in w.nodes if n.level == 0)}

@@ -312,6 +312,35 @@ class _Layered(SparseMemory):
         return self.base.read(phys, size, structure)
 
 
+def render_rich(rep: dict) -> bool:
+    """Findings as a rich table on a terminal; False when rich is absent."""
+    import sys
+    if not sys.stdout.isatty():
+        return False
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        return False
+    c = Console()
+    c.print(f"[bold]KHO handover[/] {rep['source']}: generation {rep['generation']} ({rep['generation_evidence']})")
+    if "summary" in rep:
+        s = rep["summary"]
+        c.print(f"preserved map: {s['blocks']} blocks, {s['bytes']} bytes")
+    t = Table("severity", "code", "message", "where")
+    colour = {ERROR: "red", WARNING: "yellow", INFO: "dim"}
+    for f in sorted(rep["findings"], key=lambda f: {ERROR: 0, WARNING: 1, INFO: 2}[f["severity"]]):
+        t.add_row(f"[{colour[f['severity']]}]{f['severity']}[/]", f["code"], f["message"], f["where"])
+    c.print(t)
+    v = rep["verdict"]
+    ok = v["populate"] == "accepted"
+    c.print(f"[bold]verdict[/] for {v['target']} ({v['target_kernels']}): kho_populate "
+            f"[{'green' if ok else 'red'}]{v['populate']}[/]; {v.get('outcome', '')}")
+    for line in v["log"]:
+        c.print(f"  | {line}", markup=False)
+    return True
+
+
 def render(rep: dict) -> str:
     L = [f"KHO handover from {rep['source']}: generation {rep['generation']} ({rep['generation_evidence']})"]
     if "summary" in rep:
@@ -353,5 +382,6 @@ def validate_path(args) -> int:
     else:
         if getattr(args, "builtin", False):
             print("(no PATH given: the bundled handover of a real Linux 7.2.13 kernel, test_kho selftest)")
-        print(render(rep))
+        if not render_rich(rep):
+            print(render(rep))
     return exit_code(rep)
