@@ -140,3 +140,39 @@ def test_errors_are_one_line(capsys, tmp_path):
     err = capsys.readouterr().err
     assert err.startswith("kho inspect: KHO root FDT") and err.count("\n") == 1
     assert main(["inspect", A_OUT, "--mem", "bogus:x"]) == 2
+
+
+def test_every_real_debugfs_copy(capsys):
+    """stage 1 out/ (truncated FDT): A is completed byte-exact, B cannot be;
+    stage 2 in/: accepted; a KHO-booted out/ without fdt: a clear error."""
+    from pykho.handover import load
+    a = load(oracle("A-selftest", "stage1-debugfs", "kho"))
+    assert a.root_blob == open(oracle("A-selftest", "ram-stage1-out-fdt-full.dtb"), "rb").read()
+    rc, rep = run_json(capsys, "validate", oracle("A-selftest", "stage1-debugfs", "kho"))
+    assert rc == 0 and rep["verdict"]["populate"] == "accepted"
+    rc, rep = run_json(capsys, "validate", oracle("B-luo-memblock-chain", "stage1-debugfs", "kho"))
+    assert rc == 2 and rep["verdict"]["populate"] == "unknown"
+    assert {"debugfs-fdt-truncated", "debugfs-luo-not-serialized"} <= {f["code"] for f in rep["findings"]}
+    for name in ("A-selftest", "B-luo-memblock-chain"):
+        rc, rep = run_json(capsys, "validate", oracle(name, "stage2-debugfs", "kho", "in"))
+        assert rc == 0 and rep["verdict"]["log"] == ["KHO: found kexec handover data."]
+    rc, rep = run_json(capsys, "validate", oracle("B-luo-memblock-chain", "stage2-debugfs", "kho", "in"))
+    assert "debugfs-luo-freed" in {f["code"] for f in rep["findings"]}
+    assert main(["validate", oracle("A-selftest", "stage2-debugfs", "kho", "out")]) == 2
+    assert "booted through KHO" in capsys.readouterr().err
+
+
+def test_verdict_is_the_model_booted_on_the_capture(capsys):
+    """The target kernel's model, booted on the real 7.2 capture, prints the
+    real boot-2 KHO lines (test_kho included: B's capture holds its folios)."""
+    import re
+    rc, rep = run_json(capsys, "validate", B_OUT, "--mem", B_MEM)
+    real = [re.sub(r"^\[[ 0-9.]+\] ", "", l) for l in
+            open(oracle("B-luo-memblock-chain", "stage2-dmesg.txt")).read().splitlines()
+            if l.split("] ", 1)[-1].startswith(("KHO: found", "KHO: exec from", "test_kho:"))]
+    assert rep["verdict"]["log"] == real
+    assert rep["verdict"]["clients"]["kho_test"] == "restore succeeded"
+    assert rep["verdict"]["model_violations"] == []
+    # A's capture has no folio data: the verdict says it cannot predict test_kho
+    rc, rep = run_json(capsys, "validate", A_OUT, "--mem", A_MEM)
+    assert rep["verdict"]["clients"]["kho_test"].startswith("not predicted")

@@ -29,9 +29,12 @@ family in turn (equal time per family; ``--max-inputs`` caps a family so
 the others get its time).  Every failing input is saved as JSON under ``--crash-dir`` (the case
 itself, plus seed/family/index) and :func:`replay` runs it again.
 
-Time limit: each input runs under ``SIGALRM`` (raising a ``BaseException``
-that decoders cannot swallow); a parent watchdog kills a worker stuck in C
-for longer than ``--hard-seconds`` and records the input it was on.
+Time limit: each input runs under an interval timer (``ITIMER_PROF``, the
+worker's CPU time, by default, so that a loaded machine does not turn slow
+inputs into hangs; ``--clock wall`` for ``ITIMER_REAL``) whose signal raises
+a ``BaseException`` that decoders cannot swallow; a parent watchdog kills a
+worker that makes no progress for ``--hard-seconds`` of wall time and records
+the input it was on.
 """
 
 from __future__ import annotations
@@ -1591,20 +1594,65 @@ def generate(seed: int, family: str, index: int) -> dict:
     return REGISTRY[family].generate(rng, corpus_for(seed, family))
 
 
+_ARMED = [False]
+#: what the per-input limit measures: "cpu" (the worker's CPU time, immune to
+#: a loaded machine; ITIMER_PROF/SIGPROF) or "wall" (ITIMER_REAL/SIGALRM)
+CLOCK = ["cpu"]
+
+
+def _timer():
+    if CLOCK[0] == "wall":
+        return signal.ITIMER_REAL, signal.SIGALRM, time.perf_counter
+    return signal.ITIMER_PROF, signal.SIGPROF, time.process_time
+
+
 def _on_alarm(signum, frame):
-    raise InputTimeout()
+    if _ARMED[0]:
+        raise InputTimeout()
+
+
+def call_with_limit(fn, limit: float):
+    """``fn()`` under a time limit (CPU seconds by default, see :data:`CLOCK`):
+    raises :class:`InputTimeout` when it runs past ``limit`` seconds (in Python code; a single long C call is
+    interrupted when it returns).  The timer repeats every 50 ms until
+    disarmed, so a timeout swallowed where Python cannot propagate an
+    exception (a ``__del__``, a weakref callback) is raised again."""
+    import threading
+    if not limit or limit <= 0 or not hasattr(signal, "setitimer") \
+            or threading.current_thread() is not threading.main_thread():
+        return fn()
+    which, signum, _clock = _timer()
+    if signal.getsignal(signum) is not _on_alarm:
+        signal.signal(signum, _on_alarm)
+    _ARMED[0] = True
+    signal.setitimer(which, limit, 0.05)
+    try:
+        try:
+            return fn()
+        finally:
+            _ARMED[0] = False
+    finally:
+        _ARMED[0] = False
+        signal.setitimer(which, 0)
 
 
 def _maxrss_kb() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def _signature(exc: BaseException) -> str:
+def _chain(exc: BaseException) -> str:
+    """The pykho functions on the traceback, outermost first ("via decode_luo > decode_blocks")."""
+    names = [fr.name for fr in traceback.extract_tb(exc.__traceback__)
+             if "pykho" in fr.filename and not fr.filename.endswith("fuzz.py")]
+    return "via " + " > ".join(names) if names else "via ?"
+
+
+def _signature(exc: BaseException, skip=("fuzz.py",)) -> str:
     """Exception type + innermost pykho frame (for de-duplication)."""
     tb = traceback.extract_tb(exc.__traceback__)
     where = "?"
     for fr in reversed(tb):
-        if "pykho" in fr.filename and not fr.filename.endswith("fuzz.py"):
+        if "pykho" in fr.filename and not fr.filename.endswith(skip):
             where = f"{Path(fr.filename).name}:{fr.lineno}:{fr.name}"
             break
     else:
@@ -1619,26 +1667,16 @@ def execute(family: str, case: dict, limit: float = 1.0, rss_jump_kb: int | None
     "hang", "lie" or "memory" and tag is the result or error code (or the
     crash signature)."""
     fam = REGISTRY[family]
-    use_alarm = bool(limit and limit > 0 and hasattr(signal, "setitimer"))
-    if use_alarm and signal.getsignal(signal.SIGALRM) is not _on_alarm:
-        import threading
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGALRM, _on_alarm)
-        else:
-            use_alarm = False
     rss0 = _maxrss_kb() if rss_jump_kb else 0
-    t0 = time.perf_counter()
+    clock = _timer()[2]
+    t0 = clock()
     kind, tag, detail = "result", "ok", ""
     try:
-        if use_alarm:
-            signal.setitimer(signal.ITIMER_REAL, limit)
-        try:
-            tag = fam.run(case)
-        finally:
-            if use_alarm:
-                signal.setitimer(signal.ITIMER_REAL, 0)
-    except InputTimeout:
-        kind, tag, detail = "hang", "timeout", traceback.format_exc(limit=-12)
+        tag = call_with_limit(lambda: fam.run(case), limit)
+    except InputTimeout as e:
+        # the tag names where the time went (innermost pykho frame)
+        kind, tag = "hang", _signature(e, ("fuzz.py", "base.py", "bits.py")).replace("InputTimeout", "timeout")
+        detail = _chain(e) + "\n" + traceback.format_exc(limit=-12)
     except Lie as e:
         kind, tag, detail = "lie", f"Lie@{family}", str(e)
     except KhoDecodeError as e:
@@ -1648,12 +1686,12 @@ def execute(family: str, case: dict, limit: float = 1.0, rss_jump_kb: int | None
         tag = type(e).__name__
         str(e)
     except RecursionError as e:
-        kind, tag, detail = "crash", _signature(e), traceback.format_exc(limit=-8)
+        kind, tag, detail = "crash", _signature(e), _chain(e)[:300] + "\n" + traceback.format_exc(limit=-8)
     except Exception as e:  # noqa: BLE001 - this is what we are looking for
-        kind, tag, detail = "crash", _signature(e), traceback.format_exc()
-    elapsed = time.perf_counter() - t0
+        kind, tag, detail = "crash", _signature(e), _chain(e) + "\n" + traceback.format_exc()
+    elapsed = clock() - t0
     if kind == "result" and limit and elapsed > limit:
-        kind, tag, detail = "hang", "slow", f"{elapsed:.2f} s"
+        kind, tag, detail = "hang", "slow", f"{elapsed:.2f} s ({CLOCK[0]} time)"
     if kind == "result" and rss_jump_kb:
         jump = _maxrss_kb() - rss0
         if jump > rss_jump_kb:
@@ -1717,13 +1755,16 @@ def _limit_memory(mb: int):
 
 def _worker(wid: int, jobs: int, seed: int, families: list[str], limit: float, stop_at: float,
             max_per_family: int | None, resume: dict, skip: set, queue, hb, crash_dir: str, mem_mb: int,
-            rss_jump_mb: int, keep: int):
+            rss_jump_mb: int, keep: int, clock: str = "cpu"):
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGALRM, _on_alarm)
+    CLOCK[0] = clock
+    signal.signal(_timer()[1], _on_alarm)
     _limit_memory(mem_mb)
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 1000))
     nxt = {f: resume.get(f, wid) for f in families}
     saved = Counter()
+    # short campaigns use shorter slices so that every family gets rounds
+    slice_s = max(0.01, min(SLICE, (stop_at - time.time()) / (8 * max(1, len(families)))))
     try:
         for f in families:
             corpus_for(seed, f)
@@ -1738,7 +1779,7 @@ def _worker(wid: int, jobs: int, seed: int, families: list[str], limit: float, s
                 bad = []
                 n = 0
                 t_start = time.perf_counter()
-                t_end = t_start + SLICE
+                t_end = t_start + slice_s
                 while time.perf_counter() < t_end:
                     i = nxt[f]
                     if max_per_family is not None and i >= max_per_family:
@@ -1763,7 +1804,8 @@ def _worker(wid: int, jobs: int, seed: int, families: list[str], limit: float, s
                         if saved[(f, kind, tag)] < keep:
                             saved[(f, kind, tag)] += 1
                             path = save_failure(crash_dir, seed, f, i, kind, tag, detail, case)
-                        bad.append((kind, tag, i, path, detail.splitlines()[-1] if detail else ""))
+                        lines = detail.splitlines() if detail else [""]
+                        bad.append((kind, tag, i, path, lines[-1], lines[0]))
                     if time.time() >= stop_at:
                         break
                 queue.put(("batch", wid, f, n, dict(counts), bad, nxt[f], _maxrss_kb(),
@@ -1782,7 +1824,7 @@ class Campaign:
     def __init__(self, seconds: float, families=None, jobs: int | None = None, seed: int = 0,
                  crash_dir: str = "fuzz-crashes", limit: float = 1.0, hard_seconds: float = 20.0,
                  max_per_family: int | None = None, mem_mb: int = 3072, rss_jump_mb: int = 256,
-                 keep: int = 5, progress: float = 0.0, out=sys.stdout):
+                 keep: int = 5, progress: float = 0.0, out=sys.stdout, clock: str = "cpu"):
         self.seconds = seconds
         self.families = list(families or FAMILIES)
         self.jobs = max(1, jobs or os.cpu_count() or 1)
@@ -1796,6 +1838,7 @@ class Campaign:
         self.keep = keep
         self.progress = progress
         self.out = out
+        self.clock = clock
 
     def run(self) -> dict:
         import multiprocessing as mp
@@ -1816,7 +1859,8 @@ class Campaign:
         def start(w):
             p = ctx.Process(target=_worker, args=(w, self.jobs, self.seed, self.families, self.limit, stop_at,
                                                   self.max_per_family, nxt[w], skip[w], queue, hb,
-                                                  self.crash_dir, self.mem_mb, self.rss_jump_mb, self.keep),
+                                                  self.crash_dir, self.mem_mb, self.rss_jump_mb, self.keep,
+                                                  self.clock),
                             daemon=True)
             hb[3 * w] = time.time()
             p.start()
@@ -1841,8 +1885,9 @@ class Campaign:
                     peak_rss[w] = max(peak_rss.get(w, 0), rss)
                     for (kind, tag), c in counts.items():
                         results[f][(kind, tag)] += c
-                    for kind, tag, i, path, last in bads:
-                        bad.append({"family": f, "kind": kind, "tag": tag, "index": i, "path": path, "last": last})
+                    for kind, tag, i, path, last, chain in bads:
+                        bad.append({"family": f, "kind": kind, "tag": tag, "index": i, "path": path, "last": last,
+                                    "chain": chain})
                 elif msg[0] == "done":
                     _, w, rss = msg
                     peak_rss[w] = max(peak_rss.get(w, 0), rss)
@@ -1883,6 +1928,7 @@ class Campaign:
         child_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         summary = {
             "seed": self.seed, "jobs": self.jobs, "seconds": self.seconds, "wall": wall, "limit": self.limit,
+            "clock": self.clock,
             "families": self.families,
             "inputs": {f: inputs[f] for f in self.families},
             "busy_seconds": {f: round(busy[f], 4) for f in self.families},
@@ -1908,7 +1954,8 @@ class Campaign:
             path = save_failure(self.crash_dir, self.seed, f, i, kind, "killed", why, case)
         except Exception:  # noqa: BLE001
             path = save_failure(self.crash_dir, self.seed, f, i, kind, "killed", why, None)
-        bad.append({"family": f, "kind": kind, "tag": "killed", "index": i, "path": path, "last": why})
+        bad.append({"family": f, "kind": kind, "tag": "killed", "index": i, "path": path, "last": why,
+                    "chain": ""})
         skip[w].add((f, i))
         nxt[w][f] = max(nxt[w].get(f, w), i + self.jobs)
 
@@ -1917,7 +1964,7 @@ def format_summary(s: dict) -> str:
     lines = []
     fams = s["families"]
     lines.append(f"kho fuzz: seed {s['seed']}, {s['jobs']} jobs, {s['wall']:.1f} s wall, "
-                 f"per-input limit {s['limit']} s")
+                 f"per-input limit {s['limit']} s ({s.get('clock', 'cpu')} time)")
     w = max(len(f) for f in fams)
     lines.append(f"{'family':<{w}}  {'inputs':>10}  {'/s':>7}  results by code")
     for f in fams:
@@ -1942,7 +1989,8 @@ def format_summary(s: dict) -> str:
             key = (b["family"], b["kind"], b["tag"])
             seen[key] += 1
             if seen[key] <= 1:
-                lines.append(f"  {b['family']} {b['kind']} {b['tag']} input {b['index']}: {b['last']}"
+                lines.append(f"  {b['family']} {b['kind']} {b['tag']} input {b['index']}: {b['last']} "
+                             f"({b.get('chain', '')[:160]})"
                              + (f"  -> {b['path']}" if b["path"] else ""))
         dup = sum(v - 1 for v in seen.values())
         if dup:
@@ -1954,9 +2002,35 @@ def format_summary(s: dict) -> str:
 # atheris (coverage-guided, optional)
 
 
+def _instrument_pykho(atheris) -> int:
+    """Coverage-instrument pykho's own functions (the decoders), not every
+    loaded module (instrument_all takes minutes with numpy loaded)."""
+    import inspect
+    n = 0
+    for name, mod in list(sys.modules.items()):
+        if not name.startswith("pykho.") or name == "pykho.fuzz" or mod is None:
+            continue
+        for obj in list(vars(mod).values()):
+            targets = []
+            if inspect.isfunction(obj) and obj.__module__ == name:
+                targets.append(obj)
+            elif inspect.isclass(obj) and obj.__module__ == name:
+                targets += [v for v in vars(obj).values() if inspect.isfunction(v)]
+            for fn in targets:
+                try:
+                    atheris.instrument_func(fn)
+                    n += 1
+                except Exception:  # noqa: BLE001 - some code objects cannot be instrumented
+                    pass
+    return n
+
+
 def run_atheris(family: str, seconds: float, seed: int, crash_dir: str, limit: float) -> int:
     """Coverage-guided fuzzing of one family with atheris: the fuzzer's bytes
-    choose the generator's random stream (structured) or are the blob itself."""
+    seed the generator's random stream (structured), or, when the first byte
+    is 0, are the blob itself.  Like libFuzzer it stops at the first crash,
+    hang, lie or memory finding (saved under ``crash_dir``, exit non-zero) and
+    otherwise exits 0 after ``seconds``."""
     try:
         import atheris
     except ImportError:
@@ -1964,7 +2038,6 @@ def run_atheris(family: str, seconds: float, seed: int, crash_dir: str, limit: f
         return 2
     fam = REGISTRY[family]
     corpus = corpus_for(seed, family)
-    signal.signal(signal.SIGALRM, _on_alarm)
     found = [0]
 
     def one(data: bytes):
@@ -1980,12 +2053,14 @@ def run_atheris(family: str, seconds: float, seed: int, crash_dir: str, limit: f
             found[0] += 1
             path = save_failure(crash_dir, seed, family, -1, kind, tag, detail, case)
             print(f"{kind} {tag}: {path}", file=sys.stderr)
+            # libFuzzer stops at the first finding and exits non-zero
+            raise RuntimeError(f"kho fuzz --atheris: {family} {kind} {tag}; input saved to {path}")
 
+    os.makedirs(crash_dir, exist_ok=True)
+    # libFuzzer's own (wall-clock) timeout only backs up our CPU-time limit
     args = [sys.argv[0], f"-max_total_time={int(seconds)}", f"-seed={seed or 1}", "-rss_limit_mb=4096",
-            f"-timeout={max(2, int(limit * 5))}"]
-    with atheris.instrument_imports():
-        pass
-    atheris.instrument_all()
+            f"-timeout={max(30, int(limit * 30))}", f"-artifact_prefix={os.path.join(crash_dir, '')}"]
+    _instrument_pykho(atheris)
     atheris.Setup(args, one)
     try:
         atheris.Fuzz()
@@ -2014,6 +2089,9 @@ def configure_parser(p: argparse.ArgumentParser):
     p.add_argument("--seed", type=int, default=0, help="campaign seed (default 0)")
     p.add_argument("--crash-dir", default="fuzz-crashes", help="where failing inputs are saved (default ./fuzz-crashes)")
     p.add_argument("--limit", type=float, default=1.0, help="per-input time limit in seconds (default 1)")
+    p.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
+                   help="what --limit measures: the worker's CPU time (default; a loaded machine does not "
+                        "turn slow inputs into hangs) or wall-clock time")
     p.add_argument("--hard-seconds", type=float, default=20.0,
                    help="kill a worker that makes no progress for this long (default 20)")
     p.add_argument("--max-inputs", type=int, default=None,
@@ -2042,8 +2120,9 @@ def run(args) -> int:
     if getattr(args, "atheris", False):
         fams = args.family or ["fdt"]
         return run_atheris(fams[0], args.seconds, args.seed, args.crash_dir, args.limit)
+    CLOCK[0] = getattr(args, "clock", "cpu")
     c = Campaign(args.seconds, args.family, args.jobs, args.seed, args.crash_dir, args.limit, args.hard_seconds,
-                 args.max_inputs, args.mem_mb, args.rss_jump_mb, args.keep, args.progress)
+                 args.max_inputs, args.mem_mb, args.rss_jump_mb, args.keep, args.progress, clock=CLOCK[0])
     s = c.run()
     print(format_summary(s))
     if args.json:

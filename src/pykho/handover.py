@@ -208,5 +208,78 @@ def load(path: str, mem=None, fdt_phys: int | None = None) -> Handover:
             except KhoDecodeError:
                 pass
     if ho.root_blob is None:
-        raise UsageError(f"{path}: no root FDT (no fdt file, and no memory to find one in)")
+        hint = ""
+        if any(q.code == "debugfs-no-out-fdt" for q in ho.quirks):
+            hint = ("; this kernel was booted through KHO, so debugfs has no out/fdt: use in/ for the handover it "
+                    "received, or --mem with a dump to find the outgoing FDT")
+        raise UsageError(f"{path}: no root FDT (no fdt file, and no memory to find one in){hint}")
+    if mem is None and any(q.code == "debugfs-fdt-truncated" for q in ho.quirks):
+        _reconstruct_strings(ho)
+    _luo_quirks(ho)
     return ho
+
+
+def _reconstruct_strings(ho: Handover) -> None:
+    """Complete a truncated debugfs ``out/fdt``.
+
+    The file is the current page cut at the size the FDT had at
+    ``kho_init``.  What is cut is known: the struct block always ends with
+    the root's END_NODE and FDT_END tokens, and root FDTs of kernels that
+    build at boot hold the same property names in the same order.  The
+    completion is used only when every surviving byte agrees with it, the
+    header's sizes match it, and ``fdt_check_full`` passes; otherwise the
+    file is left as it is.
+    """
+    from . import profiles as P
+    blob = ho.root_blob
+    h = _fdt.header(blob)
+    tail = bytes.fromhex("0000000200000009")            # END_NODE (root), FDT_END
+    s_end = h.off_dt_struct + h.size_dt_struct
+    if s_end != h.off_dt_strings or h.off_dt_strings + h.size_dt_strings != h.totalsize or \
+            len(blob) < s_end - len(tail):
+        return
+    if blob[s_end - len(tail):min(len(blob), s_end)] != tail[:max(0, min(len(blob), s_end) - (s_end - len(tail)))]:
+        return
+    struct_part = blob[:s_end - len(tail)] + tail
+    for prof in P.PROFILES.values():
+        if prof.fdt_built_at != "boot":
+            continue
+        page = _root.build_root_at_boot(prof, 0)
+        page.add_subtree("x", 0, 0)
+        ref = page.blob()
+        rh = _fdt.header(ref)
+        strings = ref[rh.off_dt_strings:rh.off_dt_strings + rh.size_dt_strings]
+        have = blob[s_end:]
+        if len(strings) != h.size_dt_strings or not strings.startswith(have):
+            continue
+        full = struct_part + strings
+        if _fdt.check_full(full) == 0:
+            ho.root_blob = full
+            ho.quirks.append(Quirk("debugfs-fdt-completed",
+                                   f"completed the cut {h.totalsize - len(blob)} bytes: the root's closing tokens "
+                                   "and the fixed property names of a root FDT built at boot (the tree itself "
+                                   "was all in the file); give --mem to read the real bytes"))
+            return
+
+
+def _luo_quirks(ho: Handover) -> None:
+    """LUO's blob in debugfs: before the reboot its sessions are not
+    serialised yet (7.2 does that in kernel_kexec); after a KHO boot LUO has
+    freed the page the in/ blob still points at."""
+    from .abi import clients
+    blob = ho.sub_blobs.get(clients.LUO_KHO_ENTRY_NAME)
+    if blob is None or ho.mem is not None:
+        return
+    try:
+        luo = clients.decode_luo(blob)
+    except KhoDecodeError:
+        if ho.direction == "in":
+            ho.quirks.append(Quirk("debugfs-luo-freed",
+                                   "in/sub_fdts/LUO does not decode: LUO frees the incoming luo_ser page during "
+                                   "early init while debugfs keeps pointing at it; the real bytes are in the "
+                                   "previous kernel's memory at the jump"))
+        return
+    if ho.direction == "out" and luo.sessions_pa == 0:
+        ho.quirks.append(Quirk("debugfs-luo-not-serialized",
+                               "out/sub_fdts/LUO has sessions_pa = 0: LUO serialises its sessions only in "
+                               "kernel_kexec(), so only memory captured at the jump shows them"))

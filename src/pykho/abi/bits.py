@@ -329,7 +329,11 @@ class BlockSets:
             return
         lb0 = s >> lsh
         nl = ((e - 1) >> lsh) - lb0 + 1
-        ls = (self._bits(lo) >> (lb0 - lo[3])) & ((1 << nl) - 1)
+        ls = self._bits(lo)
+        if lb0 != lo[3]:
+            ls >>= lb0 - lo[3]
+        if ls.bit_length() > nl:
+            ls &= (1 << nl) - 1
         if not ls:
             return
         d = hi[2] - lo[2]
@@ -360,6 +364,16 @@ def _start(r):
 
 def _spread(v: int, d: int, off: int, n: int) -> int:
     """Bits ``off .. off+n`` of ``v`` with every bit repeated ``2**d`` times."""
+    if 3 <= d <= 12:
+        # whole bytes per bit: one table lookup per byte of v
+        table = _SPREAD.get(d)
+        if table is None:
+            f = 1 << (d - 3)
+            table = _SPREAD[d] = [b"".join((b"\xff" if x >> i & 1 else b"\x00") * f for i in range(8))
+                                  for x in range(256)]
+        full = int.from_bytes(b"".join([table[x] for x in v.to_bytes((v.bit_length() + 7) >> 3, "little")]),
+                              "little")
+        return (full >> off) & ((1 << n) - 1)
     if np is not None and v.bit_count() > 32:
         nb = v.bit_length()
         b = np.unpackbits(np.frombuffer(v.to_bytes((nb + 7) >> 3, "little"), dtype=np.uint8), bitorder="little")
@@ -375,3 +389,6 @@ def _spread(v: int, d: int, off: int, n: int) -> int:
         if z > a:
             m |= ((1 << (z - a)) - 1) << a
     return m
+
+
+_SPREAD: dict[int, list[bytes]] = {}

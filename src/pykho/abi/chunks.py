@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from ..errors import KhoDecodeError, MemoryFault
+from ..memory.base import SparseMemory
 from . import bits
 
 PAGE_SHIFT = 12
@@ -201,6 +202,13 @@ class ChunkWalk:
             raise err
         self.problems.append(err)
 
+    def _read(self, phys: int, size: int, structure: str):
+        if size == PAGE_SIZE and type(self.mem) is SparseMemory and not phys & (PAGE_SIZE - 1):
+            page = self.mem.page_view(phys >> PAGE_SHIFT)    # a page ever written: no copy
+            if page is not None:
+                return page
+        return self.mem.read(phys, size, structure)
+
     def leaves(self):
         for order, phys_start, shift, bitmap, _ in self._bitmaps():
             sb = bits.set_bits(bitmap)
@@ -229,7 +237,7 @@ class ChunkWalk:
                 return
             seen.add(at)
             try:
-                page = self.mem.read(at, PAGE_SIZE, "khoser_mem_chunk")
+                page = self._read(at, PAGE_SIZE, "khoser_mem_chunk")
             except MemoryFault as e:
                 self._problem(KhoDecodeError("khoser_mem_chunk", at, f"page is not in {e.source}",
                                              code="chunk-pointer-outside"))
@@ -245,7 +253,7 @@ class ChunkWalk:
             for i in range(num):
                 phys_start, bm = ELEMENT.unpack_from(page, 16 + 16 * i)
                 try:
-                    bitmap = self.mem.read(bm, nbytes, "kho-v1 bitmap")
+                    bitmap = self._read(bm, nbytes, "kho-v1 bitmap")
                 except MemoryFault as e:
                     self._problem(KhoDecodeError("kho-v1 bitmap", bm,
                                                  f"element {i} of chunk 0x{at:x}: {nbytes} bytes not in {e.source}",

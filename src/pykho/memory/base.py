@@ -197,3 +197,69 @@ class ReadOnlyView(PhysMemory):
 
     def _read(self, phys, size):
         return self.inner._read(phys, size)
+
+
+class CowMemory(SparseMemory):
+    """Copy-on-write RAM over a read-only source: the model boots a kernel on
+    a captured dump without ever writing to it.  Pages never written read
+    from ``base`` where it holds them, as ``fill`` elsewhere in ``ram``;
+    ``unknown_reads`` counts reads that fell outside what ``base`` holds.
+    """
+
+    def __init__(self, base: PhysMemory, ram: list[tuple[int, int]], name: str | None = None):
+        super().__init__(ram, 0, name or f"{base.name} (copy-on-write)")
+        self.base = base
+        self.unknown_reads = 0
+
+    def _page(self, pfn: int) -> bytes:
+        pg = self.pages.get(pfn)
+        if pg is not None:
+            return pg
+        phys = pfn << PAGE_SHIFT
+        if self.base.contains(phys, PAGE_SIZE):
+            return self.base.read(phys, PAGE_SIZE)
+        self.unknown_reads += 1
+        out = bytearray(PAGE_SIZE)
+        for s, e in self.base.ranges():
+            a, b = max(s, phys), min(e, phys + PAGE_SIZE)
+            if a < b:
+                out[a - phys:b - phys] = self.base.read(a, b - a)
+        return bytes(out)
+
+    def _read(self, phys: int, size: int) -> bytes:
+        parts = []
+        at, want = phys, size
+        while want:
+            off = at & (PAGE_SIZE - 1)
+            n = min(want, PAGE_SIZE - off)
+            parts.append(bytes(self._page(at >> PAGE_SHIFT)[off:off + n]))
+            at += n
+            want -= n
+        return b"".join(parts)
+
+    def write(self, phys: int, data: bytes) -> None:
+        first, last = phys >> PAGE_SHIFT, (phys + max(len(data), 1) - 1) >> PAGE_SHIFT
+        for pfn in range(first, last + 1):
+            if pfn not in self.pages and self.contains(pfn << PAGE_SHIFT, PAGE_SIZE):
+                self.pages[pfn] = bytearray(self._page(pfn))
+        super().write(phys, data)
+
+    def zero(self, phys: int, size: int) -> None:
+        """Really zero (forgetting a page would expose the base's bytes)."""
+        end = phys + size
+        at = phys
+        while at < end:
+            off = at & (PAGE_SIZE - 1)
+            n = min(end - at, PAGE_SIZE - off)
+            pfn = at >> PAGE_SHIFT
+            if n == PAGE_SIZE:
+                self.pages[pfn] = bytearray(PAGE_SIZE)
+            else:
+                self.write(at, bytes(n))
+            at += n
+
+    def scramble(self, phys: int, size: int, pattern: bytes = b"\xa5") -> None:
+        end = phys + size
+        for pfn in range(phys >> PAGE_SHIFT, (end + PAGE_SIZE - 1) >> PAGE_SHIFT):
+            if pfn in self.pages or self.base.contains(pfn << PAGE_SHIFT, 1):
+                self.pages[pfn] = bytearray((pattern * PAGE_SIZE)[:PAGE_SIZE])

@@ -129,7 +129,7 @@ class Kernel:
     def __init__(self, machine: Machine, profile: P.Profile | str, cmdline: str = "kho=on",
                  release: str | None = None, name: str = "kernel", violations: list | None = None,
                  seed: int = 1, kern_reserved: int = 52 * MiB, test_kho_max_mem: int = 1 * MiB,
-                 faults: dict | None = None):
+                 faults: dict | None = None, clients: tuple[str, ...] = ("test_kho", "memblock")):
         self.m = machine
         self.p = P.get_profile(profile)
         self.cmdline = cmdline
@@ -167,6 +167,7 @@ class Kernel:
         self.step = "boot"
         self.early_lines: list[str] = []
         self.restored_ok: dict[str, bool] = {}
+        self.clients = clients
         # fault injection: how many of the next allocations fail at each site
         faults = faults or {}
         self.memblock.faults.arm(int(faults.get("memblock", 0)), int(faults.get("memblock_after", 0)))
@@ -634,9 +635,7 @@ class Kernel:
 
     # ------------------------------------------------------------- clients
     def test_kho_init(self):
-        if not self.kho_enable and self.p.name not in ("A0", "A1"):
-            return
-        if not self.kho_enable:
+        if not self.kho_enable or "test_kho" not in self.clients:
             return
         err, phys, size, lines = retrieve_subtree(self.p, self.kho_in_fdt, clients.KHO_TEST_FDT)
         self._log(*lines)
