@@ -33,7 +33,7 @@ def test_inspect_json_on_real_handovers(capsys, out, mem, name):
 def test_inspect_default_is_bundled_real_handover(capsys):
     assert main(["inspect"]) == 0
     out = capsys.readouterr().out
-    assert "kho-v4" in out and "24 blocks" in out
+    assert "kho-v4" in out and "21 blocks" in out and "LUO luo-v5" in out
 
 
 @pytest.mark.parametrize("out,mem", [(A_OUT, A_MEM), (B_OUT, B_MEM)])

@@ -60,8 +60,8 @@ def test_model_new_kernel_lines_match_real_7_2():
 
 
 def test_model_reserve_mem_lines_match_real_7_2():
-    real = [l for l in _kho_lines(open(oracle("B-luo-memblock-chain", "stage2-dmesg.txt")).read())
-            if not l.startswith("luo:")]
+    real = _kho_lines(open(oracle("B-luo-memblock-chain", "stage2-dmesg.txt")).read())
+    assert any(l.startswith("luo: Retrieved") for l in real)
     res = simulate("reserve-mem")
     i = max(i for i, l in enumerate(res["log"]) if l.startswith("--- kernel 2"))
     assert res["log"][i + 1:] == real
@@ -196,3 +196,10 @@ def test_explorer_minimal_scenario_replays(tmp_path):
     f = tmp_path / "min.toml"
     f.write_text(to_toml(res["violations"]["double-free"]["minimal"], "replay"))
     assert main(["simulate", str(f)]) == 1
+
+
+def test_luo_memfd_session_survives():
+    res = simulate("luo-memfd")
+    assert res["violations"] == []
+    assert "luo: Retrieved live update data, liveupdate number: 1" in res["log"]
+    assert "memfd from LUO session 'test-session': content intact" in res["log"]

@@ -17,7 +17,7 @@ import sys
 from . import __version__
 from .errors import KhoError
 
-DEFAULT_HANDOVER = os.path.join(os.path.dirname(__file__), "data", "linux-7.2-selftest")
+DEFAULT_HANDOVER = os.path.join(os.path.dirname(__file__), "data", "linux-7.2-luo")
 
 
 def _default_paths(args):
@@ -25,7 +25,9 @@ def _default_paths(args):
     if getattr(args, "path", None) is None:
         args.path = os.path.join(DEFAULT_HANDOVER, "debugfs", "kho", "out")
         if args.mem is None:
-            args.mem = "sparse:" + os.path.join(DEFAULT_HANDOVER, "ram")
+            args.mem = "sparse:" + os.path.join(DEFAULT_HANDOVER, "ram.sparse.tar.xz")
+        if hasattr(args, "iomem") and args.iomem is None:
+            args.iomem = os.path.join(DEFAULT_HANDOVER, "iomem.txt")
         args.builtin = True
     else:
         args.builtin = False
@@ -59,7 +61,7 @@ def cmd_inspect(args) -> int:
         _dump_json(rep, args)
     else:
         if args.builtin:
-            print("(no PATH given: the bundled handover of a real Linux 7.2.13 kernel, test_kho selftest)")
+            print("(no PATH given: the bundled handover of a real Linux 7.2.13 kernel: test_kho, reserve_mem, LUO memfd sessions)")
         print(render(rep, show_blocks=args.blocks))
     return 0
 
@@ -115,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(p, "debugfs kho dir or a root FDT file")
     p.add_argument("--target", metavar="GEN", help="kernel that will receive it (default: the compatible's)")
     p.add_argument("--iomem", metavar="FILE", help="a copy of /proc/iomem: System RAM ranges")
+    p.add_argument("--cmdline", default="kho=on", help="the target kernel's command line (kho_scratch=, "
+                   "reserve_mem= are modelled); default 'kho=on'")
     p.add_argument("--blocks", action="store_true", help="also list every preserved block")
     p.set_defaults(func=cmd_validate)
 

@@ -63,7 +63,7 @@ class _Overlay(SparseMemory):
 
 
 def validate(ho: Handover, target: P.Profile | None = None, iomem: list[tuple[int, int]] | None = None,
-             want_blocks: bool = False) -> dict:
+             want_blocks: bool = False, cmdline: str = "kho=on") -> dict:
     F: list[Finding] = []
 
     def add(sev, code, msg, where=""):
@@ -190,7 +190,7 @@ def validate(ho: Handover, target: P.Profile | None = None, iomem: list[tuple[in
                           "outcome": "the root FDT file is cut short (debugfs quirk) and could not be completed: "
                                      "give --mem with memory captured at the jump"}
     else:
-        out["verdict"] = _verdict(ho, tgt, blob)
+        out["verdict"] = _verdict(ho, tgt, blob, cmdline, iomem)
         for mv in out["verdict"].get("model_violations", []):
             add(ERROR, "model-" + mv["kind"], f"the {tgt.name} kernel would hit {mv['kind']} during {mv['step']}: "
                 f"{mv['detail']}", f"0x{mv['start']:x}-0x{mv['end']:x}")
@@ -244,7 +244,7 @@ def _check_blocks(blocks, scratch, iomem, tgt, add):
                 f"0x{out[0][0]:x} order {out[0][1]}", _hex(out[0][0]))
 
 
-def _verdict(ho: Handover, tgt: P.Profile, blob: bytes) -> dict:
+def _verdict(ho: Handover, tgt: P.Profile, blob: bytes, cmdline: str = "kho=on", iomem=None) -> dict:
     fdt_phys = ho.root_phys
     mem = ho.mem
     scratch_phys = ho.scratch_phys
@@ -264,7 +264,7 @@ def _verdict(ho: Handover, tgt: P.Profile, blob: bytes) -> dict:
         overlay.write(scratch_phys, arr.ljust(scratch_len, b"\0")[:scratch_len])
         mem = _Layered(mem, overlay, scratch_phys, scratch_len)
     if ho.mem is not None and ho.root_phys is not None:
-        return _model_verdict(ho, tgt, mem, fdt_phys, scratch_phys, scratch_len)
+        return _model_verdict(ho, tgt, mem, fdt_phys, scratch_phys, scratch_len, iomem, cmdline)
     pop = kho_populate(tgt, mem, fdt_phys, PAGE_SIZE, scratch_phys, scratch_len)
     log = list(pop.lines)
     v = {"target": tgt.name, "target_kernels": tgt.kernels, "populate": "accepted" if pop.accepted else "rejected",
@@ -296,7 +296,7 @@ def _verdict(ho: Handover, tgt: P.Profile, blob: bytes) -> dict:
     return v
 
 
-def _model_verdict(ho, tgt, mem, fdt_phys, scratch_phys, scratch_len, iomem=None) -> dict:
+def _model_verdict(ho, tgt, mem, fdt_phys, scratch_phys, scratch_len, iomem=None, cmdline="kho=on") -> dict:
     """Boot the model's incoming kernel of generation ``tgt`` on the captured
     memory (copy-on-write: the source is never written) and report what it
     printed and broke.  Clients whose data is not in the memory given are
@@ -319,7 +319,7 @@ def _model_verdict(ho, tgt, mem, fdt_phys, scratch_phys, scratch_len, iomem=None
             clients_run.append("test_kho")
         else:
             notes["kho_test"] = "not predicted: test_kho's folio data is not in the memory given"
-    k = Kernel(machine, tgt, "kho=on", name="target kernel", clients=tuple(clients_run))
+    k = Kernel(machine, tgt, cmdline, name="target kernel", clients=tuple(clients_run) + ("memblock",))
     image = None
     for a in ho.scratch:
         if a.size >= 2 * Kernel.KERNEL_IMAGE_SIZE:
@@ -447,12 +447,12 @@ def validate_path(args) -> int:
                 iomem = parse_iomem(f.read())
         except OSError as e:
             raise UsageError(f"{args.iomem}: cannot read: {e.strerror}") from None
-    rep = validate(ho, tgt, iomem, want_blocks=args.blocks)
+    rep = validate(ho, tgt, iomem, want_blocks=args.blocks, cmdline=getattr(args, "cmdline", "kho=on"))
     if args.json:
         print(json.dumps(rep, indent=2 if args.pretty else None))
     else:
         if getattr(args, "builtin", False):
-            print("(no PATH given: the bundled handover of a real Linux 7.2.13 kernel, test_kho selftest)")
+            print("(no PATH given: the bundled handover of a real Linux 7.2.13 kernel: test_kho, reserve_mem, LUO memfd sessions)")
         if not render_rich(rep):
             print(render(rep))
     return exit_code(rep)

@@ -151,11 +151,18 @@ def radix_batch_phys(pages, keys, shift: int, full: bool = False):
     one order, ``shift = 12 + order``), leaf after leaf: what
     :func:`phys_of` gives leaf by leaf, as one array.  ``full``: every
     page has every bit set (no scan needed)."""
+    k0 = keys[0]
+    consecutive = keys[-1] - k0 == (len(keys) - 1) << 15
+    if full and consecutive:
+        # one arithmetic progression: base, base + 2**shift, ... (no scan at all)
+        base = (k0 << shift) & MASK64
+        last = base + (((len(keys) << 15) - 1) << shift)
+        if last <= MASK64:
+            return np.arange(base, last + 1, 1 << shift, dtype=np.uint64)
     idx = _batch_idx(pages, full, 1 << 15)
     if not len(idx):
         return idx.view(np.uint64)
-    k0 = keys[0]
-    if keys[-1] - k0 == (len(keys) - 1) << 15:         # consecutive leaves
+    if consecutive:
         u = idx.view(np.uint64)
         u += np.uint64(k0)
     else:
@@ -169,12 +176,17 @@ def chunk_batch_phys(bitmaps, starts, nbits_log2: int, shift: int, full: bool = 
     """``start + (bit << shift)`` (mod 2**64) of every set bit of same-sized
     bitmaps ``bitmaps`` (``2**nbits_log2`` bits each) with ``starts``, bitmap
     after bitmap: what :func:`offsets` gives one by one, as one array."""
+    step = (1 << nbits_log2) << shift
+    s0 = starts[0]
+    consecutive = all(s == s0 + r * step for r, s in enumerate(starts))
+    if full and consecutive:
+        last = s0 + (((len(starts) << nbits_log2) - 1) << shift)
+        if last <= MASK64:
+            return np.arange(s0, last + 1, 1 << shift, dtype=np.uint64)
     idx = _batch_idx(bitmaps, full, 1 << nbits_log2)
     if not len(idx):
         return idx.view(np.uint64)
-    step = (1 << nbits_log2) << shift
-    s0 = starts[0]
-    if all(s == s0 + r * step for r, s in enumerate(starts)):
+    if consecutive:
         u = np.left_shift(idx.view(np.uint64), np.uint64(shift), out=idx.view(np.uint64))
         u += np.uint64(s0 & MASK64)
         return u

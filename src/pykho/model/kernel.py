@@ -12,6 +12,7 @@ preserved pages handed out) are recorded as violations, not raised.
 from __future__ import annotations
 
 import random
+import struct
 from dataclasses import dataclass, field
 
 from .. import profiles as P
@@ -23,6 +24,11 @@ from .machine import (ARCH_LOW_ADDRESS_LIMIT, Machine, Memblock, PageAllocator, 
                       PAGE_SIZE, PAGE_SHIFT)
 
 MiB = 1 << 20
+
+
+def _errname(err: int) -> str:
+    from .incoming import ERRNAMES
+    return ERRNAMES.get(-err, str(err))
 
 
 def kstrtobool(s: str) -> bool | None:
@@ -129,7 +135,7 @@ class Kernel:
     def __init__(self, machine: Machine, profile: P.Profile | str, cmdline: str = "kho=on",
                  release: str | None = None, name: str = "kernel", violations: list | None = None,
                  seed: int = 1, kern_reserved: int = 52 * MiB, test_kho_max_mem: int = 1 * MiB,
-                 faults: dict | None = None, clients: tuple[str, ...] = ("test_kho", "memblock")):
+                 faults: dict | None = None, clients: tuple[str, ...] = ("test_kho", "memblock", "luo")):
         self.m = machine
         self.p = P.get_profile(profile)
         self.cmdline = cmdline
@@ -168,6 +174,11 @@ class Kernel:
         self.early_lines: list[str] = []
         self.restored_ok: dict[str, bool] = {}
         self.clients = clients
+        self.luo_enabled = False
+        self.luo_ser_phys = 0
+        self.luo_num_in = 0
+        self.luo_sessions: list[dict] = []          # outgoing: name, files [(token, memfd phys)]
+        self.luo_incoming: list = []                # decoded incoming sessions
         # fault injection: how many of the next allocations fail at each site
         faults = faults or {}
         self.memblock.faults.arm(int(faults.get("memblock", 0)), int(faults.get("memblock_after", 0)))
@@ -212,6 +223,7 @@ class Kernel:
         # early params
         self.set_step("early params")
         self.kho_enable = bool(kstrtobool(params.get("kho", "")) or False)
+        self.luo_enabled = bool(kstrtobool(params.get("liveupdate", "")) or False) and self.p.kho_blocks
         self.scratch_cfg = ("scale", 200)
         if "kho_scratch" in params:
             cfg, lines = parse_kho_scratch(self.p, params["kho_scratch"])
@@ -229,8 +241,10 @@ class Kernel:
         self.set_step("memblock_free_all")
         self.memblock_free_all()
         self.set_step("initcalls")
+        self.luo_early_startup()
         self.kho_init()
         self.test_kho_init()
+        self.luo_state_setup()
         self.reserve_mem_init()
         self.set_step("running")
         return self
@@ -736,6 +750,98 @@ class Kernel:
         except Exception:
             return False
 
+    # ----------------------------------------------------------------- LUO
+    def luo_early_startup(self):
+        """``liveupdate_early_init`` (7.2, luo-v5): read the incoming luo_ser,
+        restore the session block chain, free the luo_ser page."""
+        if not self.p.kho_blocks or "luo" not in self.clients:
+            return
+        if not self.kho_enable:
+            if self.luo_enabled:
+                self._log("luo: Disabling liveupdate because KHO is disabled")
+            self.luo_enabled = False
+            return
+        err, phys, size, lines = retrieve_subtree(self.p, self.kho_in_fdt, clients.LUO_KHO_ENTRY_NAME)
+        self._log(*lines)
+        if err:
+            if err != -P.ENOENT:
+                self._log(f"luo: failed to retrieve LUO state 'LUO' from KHO: {_errname(err)}")
+                self._luo_fail(err)
+            return
+        if size < clients.LUO_SER.size:
+            self._log(f"luo: LUO state is too small ({size} < {clients.LUO_SER.size})")
+            return self._luo_fail(-P.EINVAL)
+        raw = self.m.mem.read(phys, clients.LUO_SER.size)
+        if raw[:8].split(b"\0")[0] != clients.LUO_ABI_COMPATIBLE.encode() or raw[6:8] != b"\0\0":
+            self._log(f"luo: LUO state is incompatible with '{clients.LUO_ABI_COMPATIBLE}'")
+            return self._luo_fail(-P.EINVAL)
+        luo = clients.decode_luo(raw)
+        self.luo_num_in = luo.liveupdate_num
+        self._log(f"luo: Retrieved live update data, liveupdate number: {luo.liveupdate_num}")
+        try:
+            full = clients.decode_luo(raw, phys, self.m.mem)
+            self.luo_incoming = full.sessions
+            for p_ in structs.decode_blocks(self.m.mem, luo.sessions_pa, clients.LUO_SESSION_SER.size)[1]:
+                self.restore_folio(p_)
+        except Exception as e:
+            msg = getattr(e, "message", str(e))
+            self._log(f"luo: {msg.split(' (')[0]}")
+            self.restore_folio(phys)
+            return self._luo_fail(-P.EINVAL)
+        self.restore_folio(phys)                     # kho_restore_free(luo_ser)
+
+    def _luo_fail(self, err):
+        self.luo_enabled = False
+        self._log(f"luo: The incoming tree failed to initialize properly [{_errname(err)}], disabling live update")
+        self._violation("panic", 0, 0, "luo_restore_fail() panics the kernel")
+
+    def luo_state_setup(self):
+        if not self.luo_enabled or not self.kho_enable or "luo" not in self.clients:
+            return
+        phys = self.alloc_preserve(clients.LUO_SER.size, "luo_ser")
+        flb = self.alloc_preserve(PAGE_SIZE, "luo flb header")
+        if not phys or not flb:
+            self._log("luo: failed to allocate/preserve LUO state memory")
+            return
+        self.m.mem.write(flb, struct.pack("<QQ", 1, 0))
+        self.m.mem.write(phys, clients.encode_luo_ser(self.luo_num_in + 1, 0, flb))
+        self.luo_ser_phys = phys
+        self.add_subtree(clients.LUO_KHO_ENTRY_NAME, phys, clients.LUO_SER.size)
+
+    def luo_preserve_memfd(self, session: str, token: int, content: bytes) -> int:
+        """A session with one memfd (memfd-v2): the folio, its folio array in
+        vmalloc memory, the memfd_luo_ser, all preserved."""
+        if not self.luo_ser_phys:
+            return -P.EOPNOTSUPP
+        folio = self.alloc_pages(0)
+        if not folio:
+            return -P.ENOMEM
+        self.m.mem.write(folio, content[:PAGE_SIZE])
+        self.preserve_folio(folio, 0, f"memfd {session}")
+        arr = self.alloc_pages(0)
+        self.m.mem.write(arr, struct.pack("<QQ", (folio >> PAGE_SHIFT) | (3 << 52), 0))
+        desc = self.preserve_vmalloc([arr], f"memfd {session} folios")
+        ser = self.alloc_preserve(clients.MEMFD_LUO_SER.size, f"memfd {session}")
+        if desc is None or not ser:
+            return -P.ENOMEM
+        self.m.mem.write(ser, clients.MEMFD_LUO_SER.pack(0, len(content), 1, 0, 1, desc.pack()))
+        self.luo_sessions.append({"name": session, "files": [(token, ser)]})
+        return 0
+
+    def liveupdate_reboot(self):
+        """``liveupdate_reboot`` from kernel_kexec: serialise sessions into
+        KHO block chains and point luo_ser at them."""
+        if not self.luo_enabled or not self.luo_ser_phys or not self.luo_sessions:
+            return
+        page = lambda: self.alloc_preserve(PAGE_SIZE, "luo block")  # noqa: E731
+        sess = []
+        for s_ in self.luo_sessions:
+            files = [clients.LUO_FILE_SER.pack(b"memfd-v2", ser, tok) for tok, ser in s_["files"]]
+            head, _ = structs.encode_blocks(self.m.mem, page, files, clients.LUO_FILE_SER.size)
+            sess.append(clients.LUO_SESSION_SER.pack(s_["name"].encode(), head, len(files)))
+        head, _ = structs.encode_blocks(self.m.mem, page, sess, clients.LUO_SESSION_SER.size)
+        self.m.mem.write_u64(self.luo_ser_phys + 16, head)
+
     def reserve_mem_init(self):
         if self.kho_enable and self.reserve_mem and self.p.fdt_built_at == "boot":
             self._memblock_publish()
@@ -798,6 +904,7 @@ class Kernel:
               **kw) -> "Kernel":
         """The jump: copy segments, then the next kernel boots from them."""
         self.set_step("kexec")
+        self.liveupdate_reboot()
         if self.image is None:
             raise RuntimeError("kexec without a loaded image")
         kd = self.image["kho_data"]

@@ -79,9 +79,14 @@ BUILTIN = {
     "compat-6.17-6.18": ("6.17 -> 6.18: 512-byte bitmaps read as 4 KiB ones",
                          _chain("A0", "A1", [{"do": "preserve", "order": 0}, {"do": "preserve", "order": 0},
                                              {"do": "finalize"}, {"do": "kexec_file_load"}, {"do": "kexec"}])),
+    "luo-memfd": ("7.2: a LUO session preserving a memfd across kexec",
+                  {"machine": {"ram": [[0x100000, GiB, 0]]},
+                   "kernel": [{"profile": "E", "cmdline": "kho=on liveupdate=on"}] * 2,
+                   "step": [{"do": "luo_session", "name": "test-session", "token": 26},
+                            {"do": "kexec_file_load"}, {"do": "kexec"}, {"do": "luo_retrieve", "name": "test-session"}]}),
     "reserve-mem": ("7.2: a reserve_mem region revived from KHO",
                     {"machine": {"ram": [[0x100000, GiB, 0]]},
-                     "kernel": [{"profile": "E", "cmdline": "kho=on reserve_mem=4M:4K:oracle_rmem "
+                     "kernel": [{"profile": "E", "cmdline": "kho=on liveupdate=on reserve_mem=4M:4K:oracle_rmem "
                                                             "kho_scratch=16M,96M,32M"}] * 2,
                      "step": [{"do": "kexec_file_load"}, {"do": "kexec"}]}),
 }
@@ -196,6 +201,21 @@ class Run:
             self.log.append(f"vmalloc-test: restore {'succeeded' if ok else 'failed'}")
         elif do == "corrupt":
             self._corrupt(k, st)
+        elif do == "luo_session":
+            rc = k.luo_preserve_memfd(st.get("name", "session"), int(st.get("token", 1)),
+                                      str(st.get("content", "hello kexec world")).encode())
+            self.log.append(f"    [{k.name}] LUO session {st.get('name', 'session')!r} preserves a memfd -> {rc}")
+        elif do == "luo_retrieve":
+            want = str(st.get("content", "hello kexec world")).encode()
+            ok = False
+            for sess in k.luo_incoming:
+                if sess.name == st.get("name", "session"):
+                    for f in sess.files:
+                        if f.memfd and f.memfd.get("folios"):
+                            pfn = f.memfd["folios"][0]["pfn"]
+                            ok = k.restore_folio(pfn << 12) is not None and k.m.mem.read(pfn << 12, len(want)) == want
+            self.log.append(f"memfd from LUO session {st.get('name', 'session')!r}: "
+                            f"{'content intact' if ok else 'lost'}")
         elif do == "fault":
             site = st.get("site", "page")
             tgt = k.pages if site == "page" else k.memblock
