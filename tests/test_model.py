@@ -203,3 +203,14 @@ def test_luo_memfd_session_survives():
     assert res["violations"] == []
     assert "luo: Retrieved live update data, liveupdate number: 1" in res["log"]
     assert "memfd from LUO session 'test-session': content intact" in res["log"]
+
+
+def test_model_debugfs_has_the_real_7_2_layout():
+    """Cold 7.2 kernel: out/fdt keeps its kho_init size (233 bytes, as the
+    real one); a KHO-booted kernel has in/ and no out/fdt."""
+    res = simulate("roundtrip-E")
+    k1, k2 = res["kernels"]
+    real_len = len(open(oracle("A-selftest", "stage1-debugfs", "kho", "out", "fdt"), "rb").read())
+    assert k1["debugfs"]["kho/out/fdt"] == real_len == 233
+    assert "kho/out/fdt" not in k2["debugfs"] and "kho/in/fdt" in k2["debugfs"]
+    assert {"kho/out/scratch_phys", "kho/out/scratch_len"} <= set(k1["debugfs"])

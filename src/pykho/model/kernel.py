@@ -446,6 +446,8 @@ class Kernel:
         for a in self.scratch:
             if a.size:
                 self.pages.free(a.addr, a.end, "kho_init: init_cma_reserved_pageblock on scratch")
+        # debugfs out/fdt is created now, with the size the FDT has now
+        self.debugfs_fdt_size = self.out_fdt.totalsize() if self.out_fdt is not None else 0
         return 0
 
     # -------------------------------------------------------- page helpers
@@ -946,7 +948,8 @@ class Kernel:
         if self.p.finalize == "notifier" or self.p.finalize == "serialize":
             o["finalize"] = f"{int(self.finalized)}\n"
         if self.out_fdt is not None and not self.is_kho_boot():
-            o["fdt"] = self.out_fdt.blob()
+            # the blob keeps the size it had at kho_init (7.2 quirk)
+            o["fdt"] = bytes(self.out_fdt.buf[:getattr(self, "debugfs_fdt_size", 0) or self.out_fdt.totalsize()])
         o["scratch_phys"] = structs.format_debugfs_scratch(a.addr for a in self.scratch)
         o["scratch_len"] = structs.format_debugfs_scratch(a.size for a in self.scratch)
         o["sub_fdts"] = {n: self.m.mem.read(ph, sz) for n, (ph, sz) in self.subtrees.items() if sz}

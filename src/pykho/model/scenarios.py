@@ -315,8 +315,21 @@ class Run:
                 "restored": len(k.pages.restored),
                 "unrestored": len(k.pages.preserved),
                 "kexec_count_in": k.kexec_count_in,
+                "debugfs": _debugfs_listing(k.debugfs()),
             } for k in self.kernels],
         }
+
+
+def _debugfs_listing(tree: dict, prefix: str = "kho") -> dict:
+    """debugfs files and their sizes: ``{"kho/out/fdt": 233, ...}``."""
+    out = {}
+    for name, v in tree.items():
+        path = f"{prefix}/{name}"
+        if isinstance(v, dict):
+            out.update(_debugfs_listing(v, path))
+        else:
+            out[path] = len(v)
+    return out
 
 
 def load_spec(name: str) -> tuple[str, dict]:
