@@ -222,6 +222,7 @@ class ChunkWalk:
         self.bitmaps.clear()
         self.problems.clear()
         seen: set[int] = set()
+        seen_bitmaps: set[int] = set()
         at = self.first
         nbytes = self.preserve_bits // 8
         while at:
@@ -259,6 +260,15 @@ class ChunkWalk:
                                                  f"element {i} of chunk 0x{at:x}: {nbytes} bytes not in {e.source}",
                                                  code="chunk-pointer-outside"))
                     continue
+                if bm in seen_bitmaps:
+                    # never in a real map (each bitmap belongs to one element);
+                    # walking it again would let a few pages describe
+                    # millions of blocks
+                    self._problem(KhoDecodeError("kho-v1 bitmap", bm,
+                                                 f"element {i} of chunk 0x{at:x} reuses a bitmap already walked",
+                                                 code="chunk-shared-bitmap"))
+                    continue
+                seen_bitmaps.add(bm)
                 self.bitmaps.append(bm)
                 if shift >= 64:
                     if bits.count(bitmap):
@@ -372,6 +382,8 @@ def guess_preserve_bits(mem, first: int) -> tuple[int, str]:
         for i in range(min(c.num_elms, KHOSER_BITMAP_SIZE)):
             ps, bm = ELEMENT.unpack_from(page, 16 + 16 * i)
             addrs.append(bm)
+            if c.order + PAGE_SHIFT >= 64:      # not a page order: no coverage to compare
+                continue
             big = (4096 * 8) << (c.order + PAGE_SHIFT)
             small = (512 * 8) << (c.order + PAGE_SHIFT)
             if big < 1 << 64 and ps % big and not ps % small:

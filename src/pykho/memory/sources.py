@@ -121,7 +121,7 @@ class SparseDir(_Segments):
             except (IndexError, ValueError):
                 raise KhoDecodeError("MANIFEST.tsv", f"{path} line {lineno}",
                                      "expected file<TAB>phys_start<TAB>length") from None
-            if os.path.isabs(fname) or ".." in fname.split("/"):
+            if os.path.isabs(fname) or ".." in fname.split("/") or "\0" in fname:
                 raise KhoDecodeError("MANIFEST.tsv", f"{path} line {lineno}", f"unsafe file name {fname!r}")
             try:
                 data = get(fname)
