@@ -36,41 +36,40 @@ DEFAULT_CASES = ["order0-1G", "order0-64G", "order0-1T", "mix-1G", "mix-64G", "m
 # --------------------------------------------------------------------------- worker
 
 def _best(fn, reps):
-    best = None
+    """(best wall-clock seconds, best process CPU seconds, last result) of ``reps`` runs."""
+    wall = cpu = None
     out = None
     for _ in range(reps):
-        t = time.perf_counter()
+        c, t = time.process_time(), time.perf_counter()
         out = fn()
-        dt = time.perf_counter() - t
-        best = dt if best is None else min(best, dt)
-    return best, out
+        dt, dc = time.perf_counter() - t, time.process_time() - c
+        wall = dt if wall is None else min(wall, dt)
+        cpu = dc if cpu is None else min(cpu, dc)
+    return wall, cpu, out
 
 
-def worker(case: str, fmt: str, reps: int, walker: str | None, per_block: bool) -> dict:
+def worker(case: str, fmt: str, reps: int, walker: str | None, per_block: bool, clock: str) -> dict:
     import tracemalloc
 
     import cases
     from pykho.abi import chunks, radix
-    from pykho.memory import SparseMemory
 
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     runs, ram = cases.CASES[case]()
     exp = cases.expected(runs)
     pbits = 32768
 
-    def build():
-        mem, bump = cases.memory_for(case, runs, ram)
-        t = time.perf_counter()
-        where = cases.encode(fmt, runs, mem, bump, pbits)
-        return time.perf_counter() - t, mem, where
-
-    enc_times = []
+    row = {"case": case, "format": fmt, "clock": clock, "blocks": exp["blocks"], "bytes": exp["bytes"],
+           "pages": exp["bytes"] >> 12, "by_order": exp["by_order"]}
+    walls, cpus = [], []
     for _ in range(max(1, min(reps, 3))):
-        dt, mem, where = build()
-        enc_times.append(dt)
-    row = {"case": case, "format": fmt, "blocks": exp["blocks"], "bytes": exp["bytes"],
-           "pages": exp["bytes"] >> 12, "by_order": exp["by_order"], "encode_s": min(enc_times),
-           "map_pages": len(mem.pages)}
+        mem, bump = cases.memory_for(case, runs, ram)
+        c, t = time.process_time(), time.perf_counter()
+        where = cases.encode(fmt, runs, mem, bump, pbits)
+        walls.append(time.perf_counter() - t)
+        cpus.append(time.process_time() - c)
+    row["encode_wall_s"], row["encode_cpu_s"] = min(walls), min(cpus)
+    row["map_pages"] = len(mem.pages)
 
     def walker_obj():
         return radix.RadixWalk(mem, where) if fmt == "radix" else chunks.ChunkWalk(mem, where, pbits)
@@ -85,8 +84,10 @@ def worker(case: str, fmt: str, reps: int, walker: str | None, per_block: bool) 
     def validate():
         return walker_obj().summarize()
 
-    row["decode_s"], (n, physsum) = _best(decode, reps)
-    row["validate_s"], summ = _best(validate, reps)
+    row["decode_wall_s"], row["decode_cpu_s"], (n, physsum) = _best(decode, reps)
+    row["validate_wall_s"], row["validate_cpu_s"], summ = _best(validate, reps)
+    for k in ("encode", "decode", "validate"):
+        row[f"{k}_s"] = row[f"{k}_{clock}_s"]
     row["decode_validate_s"] = row["decode_s"] + row["validate_s"]
     row["pages_per_s"] = row["pages"] / row["decode_validate_s"]
     row["summary"] = summ.as_dict()
@@ -112,9 +113,8 @@ def worker(case: str, fmt: str, reps: int, walker: str | None, per_block: bool) 
 
     if per_block and row["blocks"] <= 1 << 20:
         blocks = [(p + (i << (12 + o)), o) for p, n_, o in runs for i in range(n_)]
-        m2 = SparseMemory(mem.ranges())
-        b2 = cases.Bump(1 << 50)
-        t = time.perf_counter()
+        m2, b2 = cases.memory_for(case, runs, ram)
+        c, t = time.process_time(), time.perf_counter()
         if fmt == "radix":
             radix.encode(blocks, m2, b2.page)
         else:
@@ -122,7 +122,9 @@ def worker(case: str, fmt: str, reps: int, walker: str | None, per_block: bool) 
             for p, o in blocks:
                 tr.add(p, o)
             chunks.encode(tr, m2, b2.alloc)
-        row["encode_per_block_s"] = time.perf_counter() - t
+        row["encode_per_block_wall_s"] = time.perf_counter() - t
+        row["encode_per_block_cpu_s"] = time.process_time() - c
+        row["encode_per_block_s"] = row[f"encode_per_block_{clock}_s"]
         del blocks, m2
 
     if walker:
@@ -141,9 +143,10 @@ def worker(case: str, fmt: str, reps: int, walker: str | None, per_block: bool) 
         finally:
             if os.path.exists(img):
                 os.unlink(img)
-        row["c_s"] = row["c"]["total_s"]
+        key = "cpu_total_s" if clock == "cpu" else "total_s"
+        row["c_s"] = row["c"][key]
         row["ratio"] = row["decode_validate_s"] / row["c_s"]
-        row["c_popcount_s"] = row["c_popcount"]["total_s"]
+        row["c_popcount_s"] = row["c_popcount"][key]
         row["ratio_validate_popcount"] = row["validate_s"] / row["c_popcount_s"]
     row["errors"] = errors
     row["ok"] = not errors
@@ -168,24 +171,41 @@ def compile_walker() -> tuple[str | None, str]:
     return None, f"gcc failed: {r.stderr.strip()[:300]}"
 
 
-def model_rows() -> list[dict]:
+MODEL_CASES = {"model-64G-vm": (64 << 30, None), "model-1T-quarter": (1 << 40, 0.25)}
+
+
+def model_worker(case: str) -> dict:
+    """One model cycle in this process: time and peak RSS."""
+    import pykho.model as model
+    ram, frac = MODEL_CASES[case]
+    c, t = time.process_time(), time.perf_counter()
+    model.run_cycle(ram=ram, preserve_fraction=frac)
+    return {"case": case, "status": "ok", "wall_s": time.perf_counter() - t, "cpu_s": time.process_time() - c,
+            "rss_peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
+def model_rows(clock: str) -> list[dict]:
     """The model's full kexec cycle (boot, preserve, kexec, populate, memory
-    init, restore all), when pykho.model offers a one-call cycle."""
+    init, restore all) for a 64 GiB VM and a 1 TiB host with a quarter
+    preserved, each in its own process, when pykho.model offers
+    ``run_cycle(ram=, preserve_fraction=)``."""
     try:
         import pykho.model as model
     except Exception as e:  # pragma: no cover
-        return [{"case": c, "status": f"n/a (model import failed: {e})"} for c in ("model-64G-vm", "model-1T-quarter")]
-    fn = getattr(model, "run_cycle", None)
-    if fn is None:
-        return [{"case": c, "status": "n/a (model API pending)"} for c in ("model-64G-vm", "model-1T-quarter")]
-    rows = []   # pragma: no cover - when the API lands
-    for case, ram, frac in (("model-64G-vm", 64 << 30, None), ("model-1T-quarter", 1 << 40, 0.25)):
-        t = time.perf_counter()
-        try:
-            fn(ram=ram, preserve_fraction=frac)
-            rows.append({"case": case, "status": "ok", "seconds": time.perf_counter() - t})
-        except TypeError as e:
-            rows.append({"case": case, "status": f"n/a (run_cycle signature: {e})"})
+        return [{"case": c, "status": f"n/a (model import failed: {e})"} for c in MODEL_CASES]
+    if getattr(model, "run_cycle", None) is None:
+        return [{"case": c, "status": "n/a (model API pending)"} for c in MODEL_CASES]
+    rows = []
+    for case in MODEL_CASES:
+        print(f"  {case} ...", file=sys.stderr, flush=True)
+        r = subprocess.run([sys.executable, os.path.abspath(__file__), "--model", case],
+                           capture_output=True, text=True)
+        if r.returncode:
+            rows.append({"case": case, "status": "failed: " + (r.stderr.strip().splitlines() or ["?"])[-1][:80]})
+        else:
+            row = json.loads(r.stdout)
+            row["seconds"] = row[f"{clock}_s"]
+            rows.append(row)
     return rows
 
 
@@ -222,7 +242,8 @@ def render(rows, models, env) -> str:
             "ok" if r["ok"] else "MISMATCH"])
     for m in models:
         lines.append([m["case"], "model", "", "", "", "", fmt_s(m.get("seconds")) if "seconds" in m else "", "", "",
-                      "", "", "", "", "", m["status"]])
+                      fmt_mib(m.get("rss_peak_bytes")) if "rss_peak_bytes" in m else "", "", "", "", "",
+                      m["status"]])
     widths = [max(len(str(x)) for x in col) for col in zip(hdr, *lines)]
     right = {2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13}
     def row_s(cells):
@@ -232,6 +253,8 @@ def render(rows, models, env) -> str:
     out.append("")
     out += targets(rows, models)
     out.append("")
+    out.append(f"times: best of N, {'process CPU time' if env['clock'] == 'cpu' else 'wall clock'} "
+               f"(pykho and C alike; the other clock is in the JSON)")
     out.append(f"python {env['python']}, numpy {env['numpy']}, C: {env['cc']}; {env['cpu']}, {env['cpus']} CPUs; "
                f"load average {env['load_start']} at start, {env['load_end']} at end")
     return "\n".join(out)
@@ -256,8 +279,13 @@ def targets(rows, models) -> list[str]:
         out.append("target: 526,386-preservation map <= 21.8 ms: not measured in this run")
     for m in models:
         if m["case"] == "model-1T-quarter":
-            out.append(f"target: model full cycle of a 1 TiB host with a quarter preserved <= 30 s, <= 2 GiB: "
-                       f"{m['status']}")
+            if "seconds" in m:
+                ok = m["seconds"] <= 30 and m["rss_peak_bytes"] <= 2 << 30
+                out.append(f"target: model full cycle of a 1 TiB host with a quarter preserved <= 30 s, <= 2 GiB: "
+                           f"{fmt_s(m['seconds'])}, {fmt_mib(m['rss_peak_bytes'])} MiB  [{'met' if ok else 'MISSED'}]")
+            else:
+                out.append(f"target: model full cycle of a 1 TiB host with a quarter preserved <= 30 s, <= 2 GiB: "
+                           f"{m['status']}")
     return out
 
 
@@ -285,16 +313,23 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=0, help="repetitions, best kept (default 7, 3 for 1 TiB)")
     ap.add_argument("--quick", action="store_true", help="leave out the 1 TiB cases")
     ap.add_argument("--no-c", action="store_true", help="do not build or run the C walker")
+    ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
+                    help="time the table shows: process CPU time (default; steady on a shared machine) "
+                         "or wall clock (both are in the JSON)")
     ap.add_argument("--per-block", action="store_true",
                     help="also time the per-block encoders (RadixTree.add, ChunkTracker) on cases up to 1M blocks")
     ap.add_argument("--worker", nargs=2, metavar=("CASE", "FORMAT"), help=argparse.SUPPRESS)
+    ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--walker", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     os.makedirs(OUT, exist_ok=True)
 
+    if a.model:
+        print(json.dumps(model_worker(a.model)))
+        return 0
     if a.worker:
         case, fmt = a.worker
-        print(json.dumps(worker(case, fmt, a.reps or 3, a.walker, a.per_block)))
+        print(json.dumps(worker(case, fmt, a.reps or 3, a.walker, a.per_block, a.clock)))
         return 0
 
     import cases
@@ -306,11 +341,13 @@ def main(argv=None) -> int:
         names = [c for c in names if not c.endswith("-1T")]
     walker, cc = (None, "not used") if a.no_c else compile_walker()
     env = environment(cc)
+    env["clock"] = a.clock
     rows = []
     for case in names:
         for fmt in a.formats.split(","):
             reps = a.reps or (3 if case.endswith("-1T") else 7)
-            cmd = [sys.executable, os.path.abspath(__file__), "--worker", case, fmt, "--reps", str(reps)]
+            cmd = [sys.executable, os.path.abspath(__file__), "--worker", case, fmt, "--reps", str(reps),
+                   "--clock", a.clock]
             if walker:
                 cmd += ["--walker", walker]
             if a.per_block:
@@ -321,7 +358,7 @@ def main(argv=None) -> int:
                 rows.append({"case": case, "format": fmt, "error": (r.stderr.strip().splitlines() or ["?"])[-1]})
             else:
                 rows.append(json.loads(r.stdout))
-    models = model_rows()
+    models = model_rows(a.clock)
     env["load_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     text = render(rows, models, env)
     print(text)

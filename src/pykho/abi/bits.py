@@ -317,7 +317,13 @@ class BlockSets:
         for r in recs:
             if active:
                 s = r[0]
-                active = [a for a in active if a[1] > s]
+                keep = []
+                for a in active:
+                    if a[1] > s:
+                        keep.append(a)
+                    elif a[6] is not None:
+                        a[4] = None             # done with it: drop the int made from its bytes
+                active = keep
                 for a in active:
                     self._pair(a, r)
             active.append(r)

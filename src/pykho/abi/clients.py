@@ -16,6 +16,20 @@ from .structs import (KhoVmalloc, cstr, decode_blocks, decode_vmalloc, KHO_VMALL
 
 PAGE_SIZE = 4096
 
+def read_blocks(mem, blocks: list[int], block_size: int, need: int, structure: str) -> bytes:
+    """The first ``need`` bytes of a vmalloc area made of ``blocks``: reads
+    stop there, so a descriptor cannot make us read more than the array it
+    claims to hold."""
+    out, have = [], 0
+    for p in blocks:
+        if have >= need:
+            break
+        n = min(block_size, need - have)
+        out.append(mem.read(p, n, structure))
+        have += n
+    return b"".join(out)
+
+
 # --------------------------------------------------------------------------
 # memblock reserve_mem ("memblock" sub-node)
 
@@ -104,7 +118,8 @@ def decode_kho_test(blob: bytes, where=None, mem=None, inline: bool | None = Non
         t.folios_info = KhoVmalloc.unpack(info, where)
         if mem is not None:
             blocks, _ = decode_vmalloc(mem, t.folios_info, where)
-            raw = b"".join(mem.read(p, PAGE_SIZE << t.folios_info.order, "test_kho folios_info") for p in blocks)
+            raw = read_blocks(mem, blocks, PAGE_SIZE << t.folios_info.order, 8 * t.nr_folios,
+                              "test_kho folios_info")
             vals = struct.unpack_from(f"<{t.nr_folios}Q", raw) if len(raw) >= 8 * t.nr_folios else ()
             t.folios = [(v & ~0xFFF, v & 0xFFF) for v in vals]
     elif len(info) == 8 * t.nr_folios:
@@ -183,9 +198,15 @@ def decode_luo(data: bytes, where=None, mem=None) -> Luo:
     if mem is None:
         return luo
     entries, _ = decode_blocks(mem, spa, LUO_SESSION_SER.size, "luo session block")
+    chains: set[int] = set()
     for e in entries:
         name, files_pa, count = LUO_SESSION_SER.unpack(e)
         s = LuoSession(cstr(name), files_pa, count)
+        if files_pa and files_pa in chains:
+            raise KhoDecodeError("luo_session_ser", files_pa,
+                                 f"session {s.name!r} shares its file block chain with an earlier session",
+                                 code="luo-shared-chain")
+        chains.add(files_pa)
         fentries, _ = decode_blocks(mem, files_pa, LUO_FILE_SER.size, f"luo file block of session {s.name!r}")
         if len(fentries) != count:
             raise KhoDecodeError("luo_session_ser", files_pa,
@@ -234,7 +255,7 @@ def decode_memfd(mem, phys: int, compatible: str = "memfd-v2", cap: int = 1 << 2
             raise KhoDecodeError("memfd_luo_ser", phys, f"nr_folios {nr} over {cap}", code="memfd-count")
         blocks, _ = decode_vmalloc(mem, vm, phys + 32)
         need = nr * MEMFD_FOLIO_SER.size
-        arr = b"".join(mem.read(p, PAGE_SIZE << vm.order, "memfd folio array") for p in blocks)
+        arr = read_blocks(mem, blocks, PAGE_SIZE << vm.order, need, "memfd folio array")
         if len(arr) < need:
             raise KhoDecodeError("memfd folio array", vm.first, f"{len(arr)} bytes for {nr} folios",
                                  code="memfd-count")

@@ -287,8 +287,13 @@ class RadixWalk:
                 return
             seen.add(phys)
             if phys & (PAGE_SIZE - 1):
+                # the kernel's nodes are whole pages; an unaligned pointer
+                # would let overlapping "nodes" re-read the same bytes, so it
+                # is reported and not followed
                 self._problem(KhoDecodeError(f"radix level {level} node", phys,
-                                             "pointer is not page aligned", code="radix-unaligned-node"))
+                                             "pointer is not page aligned (not followed)",
+                                             code="radix-unaligned-node"))
+                continue
             page = self._read_node(phys, level, parent, pidx)
             if page is None:
                 continue
