@@ -84,7 +84,24 @@ class RadixTree:
         self.nodes: list[int] = [] if self.root is None else [self.root]
 
     def _entry(self, node: int, idx: int) -> int:
+        pages = getattr(self.mem, "pages", None)
+        if pages is not None:
+            pg = pages.get(node >> PAGE_SHIFT)
+            if pg is not None:                     # written page of a SparseMemory: no copy
+                return struct.unpack_from("<Q", pg, (node & (PAGE_SIZE - 1)) + 8 * idx)[0]
         return self.mem.read_u64(node + 8 * idx)
+
+    def _or_bit(self, node: int, bit: int, set_: bool):
+        byte = node + (bit >> 3)
+        mask = 1 << (bit & 7)
+        pages = getattr(self.mem, "pages", None)
+        pg = pages.get(byte >> PAGE_SHIFT) if pages is not None else None
+        if pg is not None:
+            off = byte & (PAGE_SIZE - 1)
+            pg[off] = (pg[off] | mask) if set_ else (pg[off] & ~mask & 0xFF)
+            return
+        old = self.mem.read(byte, 1)[0]
+        self.mem.write(byte, bytes([(old | mask) if set_ else (old & ~mask & 0xFF)]))
 
     def add(self, phys: int, order: int) -> int:
         if not self.root:
@@ -113,10 +130,7 @@ class RadixTree:
             new_nodes.append(new)
             self.nodes.append(new)
             node = new
-        bit = bitmap_index(key)
-        byte = node + (bit >> 3)
-        old = self.mem.read(byte, 1)[0]
-        self.mem.write(byte, bytes([old | (1 << (bit & 7))]))
+        self._or_bit(node, bitmap_index(key), True)
         return 0
 
     def delete(self, phys: int, order: int) -> bool:
@@ -130,10 +144,7 @@ class RadixTree:
             if not child:
                 return False
             node = child
-        bit = bitmap_index(key)
-        byte = node + (bit >> 3)
-        old = self.mem.read(byte, 1)[0]
-        self.mem.write(byte, bytes([old & ~(1 << (bit & 7)) & 0xFF]))
+        self._or_bit(node, bitmap_index(key), False)
         return True
 
 

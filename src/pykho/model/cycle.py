@@ -31,10 +31,11 @@ def run_cycle(ram: int = 64 << 30, preserve_fraction: float = 0.25, order: int =
     # guest memory: large folios taken from the top of RAM (away from the
     # kernel's own low allocations), preserved one by one through the API
     done = 0
+    scratch = old._scratch_set()
     for s, e in reversed(list(old.pages.free_set)):
         a = (e - block) & ~(block - 1)
         while a >= s and done < want:
-            if not old._scratch_set().overlaps(a, a + block):
+            if not scratch.overlaps(a, a + block):
                 old.pages.free_set.remove(a, a + block)
                 if old.preserve_folio(a, order, "guest memory") == 0:
                     done += 1

@@ -452,7 +452,11 @@ class Kernel:
 
     # -------------------------------------------------------- page helpers
     def _scratch_set(self) -> IntervalSet:
-        return IntervalSet((a.addr, a.end) for a in self.scratch if a.size)
+        key = tuple(self.scratch)
+        if getattr(self, "_scratch_key", None) != key:
+            self._scratch_key = key
+            self._scratch_iv = IntervalSet((a.addr, a.end) for a in self.scratch if a.size)
+        return self._scratch_iv
 
     def _alloc(self, size: int, align: int = PAGE_SIZE) -> int:
         """Unmovable kernel memory: never from scratch (CMA)."""
