@@ -77,40 +77,8 @@ def encode(tracker: ChunkTracker, mem, alloc: Callable[[int], int | None],
     unless ``bitmap_phys`` already places them).  Returns (0, []) when the
     tracker has no order at all, as ``kho_mem_serialize`` does.
     """
-    bitmap_bytes = tracker.preserve_bits // 8
-    bitmap_phys = {} if bitmap_phys is None else bitmap_phys
-    first = 0
-    chunks: list[int] = []
-    cur = None
-    nelm = 0
-    for order in sorted(tracker.orders):
-        for n, idx in enumerate(sorted(tracker.orders[order])):
-            if cur is None or n == 0 or nelm == KHOSER_BITMAP_SIZE:
-                new = alloc(PAGE_SIZE)
-                if not new:
-                    raise MemoryError("chunk allocation failed")
-                mem.write(new + 8, struct.pack("<II", order, 0))
-                if cur is not None:
-                    mem.write_u64(cur, new)
-                else:
-                    first = new
-                chunks.append(new)
-                cur, nelm = new, 0
-            bm = bitmap_phys.get((order, idx))
-            if bm is None:
-                bm = alloc(bitmap_bytes)
-                if not bm:
-                    raise MemoryError("bitmap allocation failed")
-                bitmap_phys[(order, idx)] = bm
-            v = 0
-            for b in tracker.orders[order][idx]:
-                v |= 1 << b
-            mem.write(bm, v.to_bytes(bitmap_bytes, "little"))
-            phys_start = (idx * tracker.preserve_bits) << (order + PAGE_SHIFT)
-            mem.write(cur + 16 + 16 * nelm, ELEMENT.pack(phys_start, bm))
-            nelm += 1
-            mem.write(cur + 12, struct.pack("<I", nelm))
-    return first, chunks
+    orders = {o: {idx: sum(1 << b for b in bits_) for idx, bits_ in d.items()} for o, d in tracker.orders.items()}
+    return encode_bitmaps(orders, tracker.preserve_bits, mem, alloc, bitmap_phys)
 
 
 def bitmaps_from_runs(runs, preserve_bits: int) -> dict[int, dict[int, int]]:

@@ -20,7 +20,7 @@ from ..abi import chunks as _chunks
 from ..abi import clients, radix, root as _root, structs
 from ..abi import fdt as _fdt
 from .incoming import kexec_metadata_in, kho_memory_walk, kho_populate, retrieve_subtree
-from .machine import (ARCH_LOW_ADDRESS_LIMIT, Machine, Memblock, PageAllocator, IntervalSet, Violation,
+from .machine import (_subtract, ARCH_LOW_ADDRESS_LIMIT, Machine, Memblock, PageAllocator, IntervalSet, Violation,
                       PAGE_SIZE, PAGE_SHIFT)
 
 MiB = 1 << 20
@@ -964,11 +964,5 @@ class Kernel:
 
 
 def _free_in(lo, hi, used: IntervalSet):
-    out, cur = [], lo
-    for s, e in used.overlaps(lo, hi):
-        if s > cur:
-            out.append((cur, s))
-        cur = max(cur, e)
-    if cur < hi:
-        out.append((cur, hi))
-    return out
+    """The parts of [lo, hi) not in ``used``."""
+    return _subtract([(lo, hi)], used)
