@@ -214,3 +214,11 @@ def test_model_debugfs_has_the_real_7_2_layout():
     assert k1["debugfs"]["kho/out/fdt"] == real_len == 233
     assert "kho/out/fdt" not in k2["debugfs"] and "kho/in/fdt" in k2["debugfs"]
     assert {"kho/out/scratch_phys", "kho/out/scratch_len"} <= set(k1["debugfs"])
+
+
+def test_handover_travels_in_boot_data_bytes():
+    """x86: the next kernel finds the handover by parsing the setup_data
+    record in memory; arm64: by parsing /chosen of the device tree."""
+    for name in ("roundtrip-E", "roundtrip-E-arm64"):
+        res = simulate(name)
+        assert res["violations"] == [] and res["kernels"][1]["is_kho_boot"], name

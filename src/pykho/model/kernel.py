@@ -135,7 +135,8 @@ class Kernel:
     def __init__(self, machine: Machine, profile: P.Profile | str, cmdline: str = "kho=on",
                  release: str | None = None, name: str = "kernel", violations: list | None = None,
                  seed: int = 1, kern_reserved: int = 52 * MiB, test_kho_max_mem: int = 1 * MiB,
-                 faults: dict | None = None, clients: tuple[str, ...] = ("test_kho", "memblock", "luo")):
+                 faults: dict | None = None, clients: tuple[str, ...] = ("test_kho", "memblock", "luo"),
+                 arch: str = "x86"):
         self.m = machine
         self.p = P.get_profile(profile)
         self.cmdline = cmdline
@@ -174,6 +175,7 @@ class Kernel:
         self.early_lines: list[str] = []
         self.restored_ok: dict[str, bool] = {}
         self.clients = clients
+        self.arch = arch
         self.luo_enabled = False
         self.luo_ser_phys = 0
         self.luo_num_in = 0
@@ -903,7 +905,15 @@ class Kernel:
         if handover:
             fdt_phys = self.out_fdt_phys
             kd = structs.KhoData(fdt_phys, PAGE_SIZE, scratch_seg, 16 * len(self.scratch))
-        self.image = {"segments": segs, "kho_data": kd}
+        # the boot data the next kernel parses: x86 boot_params' setup_data
+        # (setup_kho always writes the record, links it only with a handover),
+        # or an arm64 device tree whose /chosen carries linux,kho-fdt/-scratch
+        if self.arch == "arm64":
+            boot_bytes = structs.encode_chosen(kd.fdt_addr, kd.scratch_addr, kd.scratch_size) if kd else \
+                _fdt.build([("#address-cells", b"\0\0\0\2"), ("#size-cells", b"\0\0\0\2")], [("chosen", [])])[0]
+        else:
+            boot_bytes = structs.encode_setup_data(kd) if kd else b""
+        self.image = {"segments": segs, "kho_data": kd, "boot": boot, "boot_bytes": boot_bytes}
         return 0
 
     def kexec(self, next_profile, cmdline: str | None = None, release: str | None = None, name: str = "kernel",
@@ -922,12 +932,31 @@ class Kernel:
                 self.m.mem.scramble(s, e - s)
         if kd is not None:
             self.m.mem.write(kd.scratch_addr, structs.encode_scratch(self.scratch))
+        boot = self.image["boot"]
+        self.m.mem.write(boot, self.image["boot_bytes"].ljust(PAGE_SIZE, b"\0"))
         image = next(s for s in segs if s.name == "kernel")
         nk = Kernel(self.m, next_profile, cmdline if cmdline is not None else self.cmdline, release, name,
                     self.violations, seed=self.rng.randrange(1 << 30), kern_reserved=self.kern_reserved,
-                    test_kho_max_mem=self.test_kho_max_mem, **kw)
+                    test_kho_max_mem=self.test_kho_max_mem, arch=self.arch, **kw)
         nk.old = self
-        return nk.boot(kd, image)
+        return nk.boot(nk.find_handover(boot), image)
+
+    def find_handover(self, boot: int) -> structs.KhoData | None:
+        """What the new kernel's arch code hands to kho_populate, read from
+        the boot data bytes: x86 ``parse_setup_data`` -> ``add_kho``, arm64
+        ``early_init_dt_check_kho`` (silently nothing when malformed)."""
+        if self.arch == "arm64":
+            try:
+                head = self.m.mem.read(boot, 40)
+                got = structs.decode_chosen(self.m.mem.read(boot, _fdt.totalsize(head)))
+            except Exception:
+                return None
+            return structs.KhoData(*got) if got else None
+        try:
+            nxt, typ, kd = structs.decode_setup_data(self.m.mem, boot)
+        except Exception:
+            return None
+        return kd if typ == structs.SETUP_KEXEC_KHO else None
 
     # ------------------------------------------------------------ invariants
     def decoded_map(self) -> list[tuple[int, int]]:

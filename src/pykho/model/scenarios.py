@@ -79,6 +79,10 @@ BUILTIN = {
     "compat-6.17-6.18": ("6.17 -> 6.18: 512-byte bitmaps read as 4 KiB ones",
                          _chain("A0", "A1", [{"do": "preserve", "order": 0}, {"do": "preserve", "order": 0},
                                              {"do": "finalize"}, {"do": "kexec_file_load"}, {"do": "kexec"}])),
+    "roundtrip-E-arm64": ("7.2 on arm64: the handover travels in /chosen (linux,kho-fdt, linux,kho-scratch)",
+                          {"machine": {"ram": [[0x40000000, 0x80000000, 0]], "arch": "arm64"},
+                           "kernel": [{"profile": "E", "cmdline": "kho=on"}] * 2,
+                           "step": [{"do": "kexec_file_load"}, {"do": "kexec"}]}),
     "luo-memfd": ("7.2: a LUO session preserving a memfd across kexec",
                   {"machine": {"ram": [[0x100000, GiB, 0]]},
                    "kernel": [{"profile": "E", "cmdline": "kho=on liveupdate=on"}] * 2,
@@ -119,7 +123,8 @@ class Run:
         ks = self.kernels_spec[0]
         k = Kernel(self.machine, ks.get("profile", "E"), ks.get("cmdline", "kho=on"), ks.get("release"),
                    "kernel 1", self.violations, seed=self.seed,
-                   test_kho_max_mem=int(ks.get("test_kho_max_mem", 1 << 20)), faults=ks.get("faults"))
+                   test_kho_max_mem=int(ks.get("test_kho_max_mem", 1 << 20)), faults=ks.get("faults"),
+                   arch=m.get("arch", "x86") if (m := self.spec.get("machine", {})) else "x86")
         self._emit_boot(k, lambda: k.boot())
 
     def _emit_boot(self, k, fn):
