@@ -302,7 +302,6 @@ def test_campaign_runs_every_family_with_no_unknown_failure(campaign):
     assert "peak_rss_kb" in s and s["peak_rss_kb"]
 
 
-@pytest.mark.xfail(reason="known decoder bugs (KNOWN) may show up in a 10 s campaign", strict=False)
 def test_campaign_zero_crashes_and_hangs(campaign):
     c = campaign["counts"]
     assert c["crash"] == 0 and c["hang"] == 0 and c["memory"] == 0 and c["lie"] == 0, \

@@ -1898,6 +1898,10 @@ class Campaign:
                 if w in done:
                     continue
                 ts = hb[3 * w]
+                if not p.is_alive() and p.exitcode == 0:
+                    # finished normally; its "done" message may still be in
+                    # the queue (not a crash)
+                    continue
                 if not p.is_alive() and w not in done:
                     # died without saying so (killed by the OOM killer, a segfault in C)
                     self._record_dead(w, hb, results, bad, inputs, nxt, skip, "crash",
