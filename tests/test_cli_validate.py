@@ -176,3 +176,40 @@ def test_verdict_is_the_model_booted_on_the_capture(capsys):
     # A's capture has no folio data: the verdict says it cannot predict test_kho
     rc, rep = run_json(capsys, "validate", A_OUT, "--mem", A_MEM)
     assert rep["verdict"]["clients"]["kho_test"].startswith("not predicted")
+
+
+def test_unpreserved_subblob_and_vmalloc_and_truncated_fdt(capsys, tmp_path):
+    """Clear the map bits of the kho_test FDT page and of its vmalloc chunk:
+    both are reported; a root FDT file cut short is an error finding."""
+    import tarfile
+    from pykho.abi import radix
+    from pykho.memory import SparseDir
+    ram = tmp_path / "ram"
+    with tarfile.open(oracle("B-luo-memblock-chain", "ram-stage1.sparse.tar.xz")) as tf:
+        tf.extractall(ram)
+    src = SparseDir(str(ram))
+    manifest = {int(l.split("\t")[1], 16): l.split("\t")[0] for l in (ram / "MANIFEST.tsv").read_text().splitlines()
+                if not l.startswith("#")}
+
+    def clear(phys, order):
+        # find the leaf bit through the real tree and clear it in the extract files
+        key = radix.encode_key(phys, order)
+        node = 0x29A000
+        for level in range(5, 0, -1):
+            node = src.read_u64(node + 8 * radix.table_index(key, level))
+        bit = radix.bitmap_index(key)
+        byte = node + (bit >> 3)
+        base = max(b for b in manifest if b <= byte)
+        f = ram / manifest[base]
+        data = bytearray(f.read_bytes())
+        data[byte - base] &= ~(1 << (bit & 7)) & 0xFF
+        f.write_bytes(bytes(data))
+    clear(0x3DC000, 1)       # the kho_test sub-FDT folio (order 1: nr_folios * 8 + 4096 bytes)
+    clear(0x3E7000, 0)       # its folios_info vmalloc chunk page
+    rc, rep = run_json(capsys, "validate", B_OUT, "--mem", f"sparse:{ram}")
+    codes = {f["code"] for f in rep["findings"]}
+    assert rc == 1 and {"subtree-not-preserved", "vmalloc-not-preserved"} <= codes
+    cut = tmp_path / "cut.dtb"
+    cut.write_bytes(open(oracle("A-selftest", "ram-stage1-out-fdt-full.dtb"), "rb").read()[:100])
+    rc, rep = run_json(capsys, "validate", str(cut), "--target", "E")
+    assert rc == 1 and "fdt-structure" in {f["code"] for f in rep["findings"]}

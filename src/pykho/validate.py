@@ -179,6 +179,18 @@ def validate(ho: Handover, target: P.Profile | None = None, iomem: list[tuple[in
                 if miss:
                     add(ERROR, "test-kho-folio-not-preserved", f"{len(miss)} test_kho folios are not in the map",
                         _hex(miss[0][0]))
+                vm = dec.get("folios_info")
+                if vm:
+                    try:
+                        data, chunk_pages = structs.decode_vmalloc(ho.mem, structs.KhoVmalloc(**vm), st.phys)
+                        lost = [p for p in data + chunk_pages if not covered(p, PAGE_SIZE)]
+                        if lost:
+                            add(ERROR, "vmalloc-not-preserved",
+                                f"{len(lost)} pages of test_kho's folios_info vmalloc area (data or chunk pages) "
+                                "are not in the map: kho_restore_vmalloc fails", _hex(lost[0]))
+                    except KhoDecodeError as e:
+                        add(ERROR, e.code, f"test_kho folios_info: {e}", _hex(e.where) if isinstance(e.where, int)
+                            else "")
     elif root is not None and ho.mem is None:
         add(INFO, "no-memory", "no --mem given: the preserved memory map and the sub-blobs were not checked")
 
