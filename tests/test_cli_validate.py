@@ -209,7 +209,17 @@ def test_unpreserved_subblob_and_vmalloc_and_truncated_fdt(capsys, tmp_path):
     rc, rep = run_json(capsys, "validate", B_OUT, "--mem", f"sparse:{ram}")
     codes = {f["code"] for f in rep["findings"]}
     assert rc == 1 and {"subtree-not-preserved", "vmalloc-not-preserved"} <= codes
+    full = open(oracle("A-selftest", "ram-stage1-out-fdt-full.dtb"), "rb").read()
+    # a copy cut short cannot be judged: exit 2, verdict unknown
     cut = tmp_path / "cut.dtb"
-    cut.write_bytes(open(oracle("A-selftest", "ram-stage1-out-fdt-full.dtb"), "rb").read()[:100])
+    cut.write_bytes(full[:100])
     rc, rep = run_json(capsys, "validate", str(cut), "--target", "E")
-    assert rc == 1 and "fdt-structure" in {f["code"] for f in rep["findings"]}
+    assert rc == 2 and rep["verdict"]["populate"] == "unknown"
+    # an FDT whose header says it is shorter than its blocks: the kernel's fdt_check_header fails
+    import struct
+    bad = bytearray(full)
+    struct.pack_into(">I", bad, 4, 100)
+    cut.write_bytes(bytes(bad))
+    rc, rep = run_json(capsys, "validate", str(cut), "--target", "E")
+    assert rc == 1 and "fdt-header" in {f["code"] for f in rep["findings"]}
+    assert rep["verdict"]["log"] == ["KHO: setup: handover FDT (0x1000) is invalid: -8", "KHO: disabling KHO revival"]
