@@ -8,7 +8,9 @@ Subcommands (``run`` is the default):
         the runner saves guest RAM through QMP ``pmemsave``, keeps only the pages
         a test needs (a sparse RAM directory), optionally writes given bytes into
         guest memory (fault injection for the differential tests) and lets the
-        jump happen.  The serial log is split into one folder per stage.
+        jump happen.  Writes into kexec segments (setup_data, scratch array) are
+        deferred to the next kernel's x86_64_start_kernel, after purgatory's
+        sha256 check (see Write).  The serial log is split into one folder per stage.
   split SERIAL OUT      split a serial log (ours or the oracle's) into stage folders
   scan  RAMFILE STAGEDIR OUT [--stage N]
                         analyse a full RAM dump taken at machine_kexec (setup_data,
@@ -24,7 +26,7 @@ Capture layout (``--out DIR``)::
   ram/locate-stageN.json                   what the runner found in that RAM
   ram/ram-stageN-out-fdt-full.dtb          the complete outgoing root FDT of boot N
   ram/qmp-stageN.txt                       registers at the breakpoint
-  ram/inject-stageN.json                   bytes written before the jump (if any)
+  ram/inject-stageN.json                   bytes written (if any), with their phase
 
 Only the Python standard library is used.  Python API: :func:`run_chain`.
 """
@@ -86,6 +88,30 @@ class Build:
     @property
     def machine_kexec(self) -> int:
         return int(self.info["VMTEST_MACHINE_KEXEC"], 16)
+
+    def symbol(self, name: str) -> int:
+        """Address of a kernel symbol from the build's System.map."""
+        for line in (self.dir / "System.map").read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 3 and parts[2] == name:
+                return int(parts[0], 16)
+        raise KeyError(f"{name} not in {self.dir / 'System.map'}")
+
+    def symbolize(self, addr: int) -> str:
+        """'func+0xoff' for a kernel text address (System.map)."""
+        if not hasattr(self, "_syms"):
+            syms = []
+            for line in (self.dir / "System.map").read_text().splitlines():
+                parts = line.split()
+                if len(parts) == 3 and parts[1] in "tTwW":
+                    syms.append((int(parts[0], 16), parts[2]))
+            syms.sort()
+            self._syms = syms
+        import bisect
+        i = bisect.bisect_right(self._syms, (addr, "\xff")) - 1
+        if i < 0 or addr - self._syms[i][0] > (1 << 20):
+            return f"{addr:#x}"
+        return f"{self._syms[i][1]}+{addr - self._syms[i][0]:#x}"
 
     @property
     def release(self) -> str:
@@ -238,6 +264,17 @@ class Gdb:
             if r and r[0] in "TSWX":
                 return r
             # 'O' console output packets and the like are ignored
+
+    def read_reg(self, num: int) -> int:
+        """A register of the stopped vCPU (x86_64 numbering: 5 = rdi, 16 = rip)."""
+        r = self.request(f"p{num:x}")
+        if r and not r.startswith("E"):
+            return int.from_bytes(bytes.fromhex(r), "little")
+        # QEMU 7.2 has no 'p': read them all ('g': rax..r15, then rip; 8 bytes each)
+        g = bytes.fromhex(self.request("g"))
+        if len(g) < 8 * (num + 1) or num > 16:
+            raise RuntimeError(f"gdbstub cannot read register {num}")
+        return int.from_bytes(g[8 * num:8 * num + 8], "little")
 
     def phys_mode(self, on: bool):
         r = self.request(f"Qqemu.PhyMemMode:{1 if on else 0}")
@@ -541,6 +578,29 @@ def _read_scratch_text(stage_dir: Path) -> list[list[int]] | None:
     return [[a, s] for a, s in zip(phys, lens)]
 
 
+def _score_handover(mm, fdt_addr: int, stage_dir: Path | None) -> int:
+    """How well the handover whose root FDT is at fdt_addr matches this boot's debugfs."""
+    try:
+        total = struct.unpack(">I", mm[fdt_addr + 4:fdt_addr + 8])[0]
+        raw = bytes(mm[fdt_addr:fdt_addr + max(PAGE, min(total, 1 << 20))])
+        root = parse_fdt(raw)
+    except (ValueError, struct.error, IndexError):
+        return -1
+    score = 1
+    out = stage_dir / "debugfs/kho/out" if stage_dir else None
+    if out and (out / "fdt").exists():
+        dbg = (out / "fdt").read_bytes()
+        if dbg and raw.startswith(dbg):
+            score += 10
+    for child in root["children"]:
+        p, n = _u64(child["props"].get("preserved-data")), _u64(child["props"].get("blob-size"))
+        f = out / "sub_fdts" / child["name"] if out else None
+        if p is not None and n is not None and f is not None and f.exists() and p + n <= len(mm):
+            if bytes(mm[p:p + n]) == f.read_bytes():
+                score += 2
+    return score
+
+
 def analyse_ram(mm, stage_dir: Path | None) -> dict:
     """Find the KHO handover state in a RAM image taken at machine_kexec."""
     ram_size = len(mm)
@@ -569,9 +629,20 @@ def analyse_ram(mm, stage_dir: Path | None) -> dict:
     if not res["setup_data"]:
         res["errors"].append("no SETUP_KEXEC_KHO setup_data found in RAM")
         return res
-    kinds = {(s["fdt_addr"], s["fdt_size"], s["scratch_addr"], s["scratch_size"]) for s in res["setup_data"]}
-    if len(kinds) > 1:
-        res["errors"].append(f"setup_data copies disagree: {sorted(kinds)}")
+    # RAM can also hold stale records (a previous kexec's staged boot_params that
+    # nobody overwrote).  Score each distinct record by how well its handover
+    # matches what this boot's debugfs shows, and keep the best one.
+    groups: dict[tuple, list[dict]] = {}
+    for s in res["setup_data"]:
+        groups.setdefault((s["fdt_addr"], s["fdt_size"], s["scratch_addr"], s["scratch_size"]), []).append(s)
+    scored = sorted(((_score_handover(mm, k[0], stage_dir), k) for k in groups), reverse=True)
+    res["setup_data_candidates"] = [{"fdt_addr": k[0], "scratch_addr": k[2], "score": sc,
+                                     "copies": [s["phys"] for s in groups[k]]} for sc, k in scored]
+    if len(scored) > 1 and scored[0][0] == scored[1][0]:
+        res["errors"].append(f"cannot tell which setup_data is current: {res['setup_data_candidates']}")
+    best = scored[0][1]
+    res["setup_data"] = groups[best]
+    res["setup_data_stale"] = [s for k, g in groups.items() if k != best for s in g]
     sd = res["setup_data"][-1]
 
     # 2. root FDT
@@ -707,42 +778,73 @@ def scan_ram_file(ram_file: Path, stage_dir: Path | None, ram_out: Path, stage: 
 
 @dataclasses.dataclass
 class Write:
-    """Bytes to write into guest-physical memory at a machine_kexec stop.
+    """Bytes to write into guest-physical memory before boot ``stage`` hands over.
 
-    ``target`` is an int (physical address) or a symbol resolved against the
-    analysis of that stop's RAM, with an optional ``+offset``:
+    ``target`` is an int (physical address) or a symbol, with an optional
+    ``+offset``:
       fdt          the outgoing root FDT page
       memmap       the radix tree root (value of preserved-memory-map)
-      setup_data   every staged copy of the SETUP_KEXEC_KHO setup_data record
-                   (offset 0 = its header; +16 = struct kho_data)
-      scratch      every copy of the scratch array found in RAM (the staged kexec
-                   segment is what the next kernel gets)
       node:I       the I-th radix node page in walk order
       blob:NAME    the sub-blob of root subnode NAME (preserved-data)
+      setup_data   the SETUP_KEXEC_KHO setup_data record (+0 header, +16 struct kho_data)
+      kho_data     = setup_data+16
+      scratch      the scratch array the next kernel receives
+
+    When (``when``):
+      "jump"   at machine_kexec of boot ``stage``: for memory that stays in place
+               (root FDT, radix nodes, sub-blobs, preserved pages).
+      "entry"  at x86_64_start_kernel of boot ``stage + 1``, after purgatory has
+               copied the kexec segments to their destinations and checked their
+               sha256 (a segment patched before the jump makes purgatory spin
+               forever).  Needed for setup_data, kho_data and scratch.
+      "auto"   (default) "entry" for setup_data / kho_data / scratch, else "jump".
     """
     target: int | str
     data: bytes
     stage: int = 1
+    when: str = "auto"
+
+    def phase(self) -> str:
+        if self.when != "auto":
+            return self.when
+        if isinstance(self.target, str) and re.match(r"\s*(setup_data|kho_data|scratch)\b", self.target):
+            return "entry"
+        return "jump"
 
 
-def resolve_target(target: int | str, loc: dict) -> list[int]:
+def _split_target(target: int | str) -> tuple[str | int, int]:
     if isinstance(target, int):
-        return [target]
+        return target, 0
     t = target.strip()
     off = 0
     m = re.fullmatch(r"(.+?)\s*\+\s*(0x[0-9a-fA-F]+|\d+)", t)
     if m:
         t, off = m.group(1), int(m.group(2), 0)
     if re.fullmatch(r"0x[0-9a-fA-F]+|\d+", t):
-        return [int(t, 0) + off]
+        return int(t, 0) + off, 0
+    return t, off
+
+
+def resolve_target(target: int | str, loc: dict, entry: dict | None = None) -> list[int]:
+    """Physical address(es) of a write target.  ``loc`` is the machine_kexec
+    analysis; ``entry`` (at the next kernel's entry) gives the final places of
+    the kexec segments: {"setup_data": phys, "scratch_addr": phys}."""
+    t, off = _split_target(target)
+    if isinstance(t, int):
+        return [t]
+    if t in ("setup_data", "kho_data", "scratch"):
+        extra = 16 if t == "kho_data" else 0
+        if entry is not None:
+            base = entry["scratch_addr"] if t == "scratch" else entry["setup_data"] + extra
+            return [base + off]
+        # before the jump: the staged copies (patching them trips purgatory's sha256 check)
+        if t == "scratch":
+            return [c + off for c in (loc.get("scratch") or {}).get("copies", [])]
+        return [s["phys"] + extra + off for s in loc.get("setup_data", [])]
     if t == "fdt" and loc.get("fdt"):
         return [loc["fdt"]["phys"] + off]
     if t == "memmap" and loc.get("fdt") and loc["fdt"]["preserved_memory_map"]:
         return [loc["fdt"]["preserved_memory_map"] + off]
-    if t == "setup_data":
-        return [s["phys"] + off for s in loc.get("setup_data", [])]
-    if t == "scratch" and loc.get("scratch"):
-        return [c + off for c in loc["scratch"]["copies"]]
     if t.startswith("node:") and loc.get("radix"):
         return [loc["radix"]["nodes"][int(t[5:], 0)][0] + off]
     if t.startswith("blob:"):
@@ -753,8 +855,12 @@ def resolve_target(target: int | str, loc: dict) -> list[int]:
 
 
 def parse_inject_arg(s: str) -> Write:
-    """STAGE:TARGET:DATA where DATA is hex, @FILE, or zero:N."""
+    """STAGE:[jump@|entry@]TARGET:DATA where DATA is hex, @FILE, or zero:N."""
     stage, target, data = s.split(":", 2)
+    when = "auto"
+    m = re.match(r"(jump|entry)@(.*)", target)
+    if m:
+        when, target = m.group(1), m.group(2)
     if target in ("node", "blob"):          # node:I / blob:NAME contain a colon
         more, data = data.split(":", 1)
         target = f"{target}:{more}"
@@ -765,7 +871,7 @@ def parse_inject_arg(s: str) -> Write:
     else:
         payload = bytes.fromhex(data)
     tgt: int | str = int(target, 0) if re.fullmatch(r"0x[0-9a-fA-F]+|\d+", target) else target
-    return Write(tgt, payload, int(stage))
+    return Write(tgt, payload, int(stage), when)
 
 
 @dataclasses.dataclass
@@ -787,7 +893,8 @@ class StopContext:
 def command_hook(cmd: str) -> Callable[[StopContext], list[Write]]:
     """Hook that runs a shell command.  Its environment has VMTEST_STAGE,
     VMTEST_CAPTURE, VMTEST_STAGE_DIR, VMTEST_RAM_DIR, VMTEST_LOCATE and
-    VMTEST_RAM_FULL; it prints a JSON list of {"target": int|"symbol", "hex": "..."}."""
+    VMTEST_RAM_FULL; it prints a JSON list of
+    {"target": int|"symbol", "hex": "...", "when": "auto"|"jump"|"entry"}."""
     def hook(ctx: StopContext) -> list[Write]:
         env = dict(os.environ, VMTEST_STAGE=str(ctx.stage), VMTEST_CAPTURE=str(ctx.capture),
                    VMTEST_STAGE_DIR=str(ctx.stage_dir), VMTEST_RAM_DIR=str(ctx.ram_dir),
@@ -802,7 +909,7 @@ def command_hook(cmd: str) -> Callable[[StopContext], list[Write]]:
             tgt = it.get("target", it.get("phys"))
             if isinstance(tgt, str) and re.fullmatch(r"0x[0-9a-fA-F]+|\d+", tgt):
                 tgt = int(tgt, 0)
-            out.append(Write(tgt, bytes.fromhex(it["hex"]), ctx.stage))
+            out.append(Write(tgt, bytes.fromhex(it["hex"]), ctx.stage, it.get("when", "auto")))
         return out
     return hook
 
@@ -820,10 +927,13 @@ class Options:
     base_cmdline: str = BASE_CMDLINE
     memory: str = "1G"
     smp: int = 2
-    timeout: float = 600.0
+    timeout: float = 600.0            # whole chain
+    stall_timeout: float = 90.0       # guest running but the serial console silent this long: hung
+    earlyprintk: bool = False         # earlyprintk=serial,ttyS0 (shows how far a dying kernel got)
     keep: str = "preserved"           # meta | preserved | all-preserved
     keep_cap: int = 64 << 20
     keep_full_ram: bool = False       # keep ram-stageN.full.bin.zst in the capture
+    stall_retries: int = 0            # boot the chain again (at most this often) if it hangs
     writes: list = dataclasses.field(default_factory=list)      # list[Write]
     hook: Callable[[StopContext], list] | None = None
 
@@ -833,6 +943,8 @@ class Options:
             words.append(f"reserve_mem={self.reserve_mem}")
         if self.test_kho_max_mem is not None:
             words.append(f"test_kho.max_mem={self.test_kho_max_mem}")
+        if self.earlyprintk:
+            words.append("earlyprintk=serial,ttyS0,115200")
         if self.append:
             words.append(self.append)
         words.append(f"vmtest_stage=1 vmtest_last={self.boots} vmtest_luo={1 if self.luo else 0}")
@@ -866,8 +978,27 @@ def qemu_binary() -> str | None:
 
 def run_chain(out: str | os.PathLike, opts: Options | None = None, build: Build | None = None) -> dict:
     """Boot ``opts.boots`` kernels in a KHO kexec chain; write the capture to ``out``.
-    Returns the summary (also written to out/summary.json)."""
+    Returns the summary (also written to out/summary.json).  A chain that hangs
+    (exit "stalled") is booted again up to ``opts.stall_retries`` times; the hung
+    attempts are kept in out/stalled-attempt-K/."""
     opts = opts or Options()
+    out = Path(out)
+    for attempt in range(opts.stall_retries + 1):
+        summary = _run_chain_once(out, opts, build)
+        if summary["exit"] != "stalled" or attempt == opts.stall_retries:
+            break
+        keep = out / f"stalled-attempt-{attempt + 1}"
+        keep.mkdir(parents=True, exist_ok=True)
+        for p in list(out.iterdir()):
+            if not p.name.startswith("stalled-attempt-"):
+                shutil.move(str(p), str(keep / p.name))
+        log(f"the chain hung (attempt {attempt + 1}); booting it again, evidence in {keep}")
+    summary["stalled_attempts"] = attempt
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def _run_chain_once(out: Path, opts: Options, build: Build | None) -> dict:
     build = build or find_build()
     if build is None:
         raise RuntimeError("no kernel build: run vmtest/setup.sh and vmtest/build.sh")
@@ -913,6 +1044,8 @@ def run_chain(out: str | os.PathLike, opts: Options | None = None, build: Build 
                      "stops": [], "exit": None}
     gdb = qmp = None
     bp = build.machine_kexec
+    entry_bp = build.symbol("x86_64_start_kernel")
+    pending = None          # (stage, stop record, writes) waiting for the next kernel's entry
     deadline = t_start + opts.timeout
     try:
         qmp = Qmp(qmp_sock)
@@ -922,14 +1055,25 @@ def run_chain(out: str | os.PathLike, opts: Options | None = None, build: Build 
         rlog(f"breakpoint at machine_kexec {bp:#x}; starting the guest")
         gdb.send("c")
         stop_no = 0
+        last_size, last_change = -1, time.time()
         while True:
-            left = deadline - time.time()
+            now = time.time()
+            left = deadline - now
             if left <= 0:
                 summary["exit"] = "timeout"
                 rlog(f"timeout after {opts.timeout:.0f}s")
+                summary["stall_cpus"] = _where_are_cpus(qmp, build, out, rlog)
+                break
+            size = serial.stat().st_size if serial.exists() else 0
+            if size != last_size:
+                last_size, last_change = size, now
+            elif now - last_change > opts.stall_timeout:
+                summary["exit"] = "stalled"
+                rlog(f"guest hung: no console output for {opts.stall_timeout:.0f}s")
+                summary["stall_cpus"] = _where_are_cpus(qmp, build, out, rlog)
                 break
             try:
-                r = gdb.wait_stop(min(left, 5.0))
+                r = gdb.wait_stop(min(left, 2.0))
             except TimeoutError:
                 if proc.poll() is not None:
                     summary["exit"] = "qemu-exited"
@@ -941,18 +1085,42 @@ def run_chain(out: str | os.PathLike, opts: Options | None = None, build: Build 
             if r[0] in "WX":
                 summary["exit"] = "qemu-exited"
                 break
-            stop_no += 1
+            rip = gdb.read_reg(16)
             t_hit = time.time()
-            rlog(f"stop {stop_no}: guest at machine_kexec ({r})")
-            stop = _handle_stop(stop_no, out, qmp, gdb, opts, rlog)
-            stop["seconds"] = round(time.time() - t_hit, 2)
-            summary["stops"].append(stop)
-            # step over the breakpoint, re-arm it for the next stage, go on
-            gdb.request(f"z0,{bp:x},1")
+            if rip == bp:
+                stop_no += 1
+                rlog(f"stop {stop_no}: guest at machine_kexec ({r})")
+                stop, deferred, loc = _handle_stop(stop_no, out, qmp, gdb, opts, rlog)
+                summary["stops"].append(stop)
+                if deferred:
+                    pending = (stop_no, stop, deferred, loc)
+                    if gdb.request(f"Z0,{entry_bp:x},1") != "OK":
+                        raise RuntimeError("gdbstub refused the entry breakpoint")
+                    rlog(f"stop {stop_no}: {len(deferred)} write(s) wait for the next kernel's "
+                         f"x86_64_start_kernel ({entry_bp:#x})")
+                stop["seconds"] = round(time.time() - t_hit, 2)
+            elif rip == entry_bp and pending:
+                n, stop, deferred, loc = pending
+                rlog(f"stop {n}: next kernel at x86_64_start_kernel")
+                _entry_writes(n, out, gdb, stop, deferred, loc, rlog)
+                pending = None
+                gdb.request(f"z0,{entry_bp:x},1")
+            else:
+                rlog(f"unexpected stop at {rip:#x} ({r}); continuing")
+            # step over the breakpoint we are on (if still armed), go on
+            armed = rip == bp
+            if armed:
+                gdb.request(f"z0,{rip:x},1")
             gdb.send("s")
             gdb.wait_stop(60)
-            gdb.request(f"Z0,{bp:x},1")
+            if armed:
+                gdb.request(f"Z0,{rip:x},1")
             gdb.send("c")
+            last_change = time.time()
+        if pending:
+            summary.setdefault("problems", []).append(
+                f"stop {pending[0]}: the next kernel never reached x86_64_start_kernel; "
+                f"{len(pending[2])} deferred write(s) not done")
     except Exception as e:  # noqa: BLE001 - record and clean up
         summary["exit"] = f"error: {type(e).__name__}: {e}"
         rlog(summary["exit"])
@@ -1016,27 +1184,77 @@ def _handle_stop(n: int, out: Path, qmp: Qmp, gdb: Gdb, opts: Options, rlog) -> 
         if opts.hook:
             ctx = StopContext(n, out, out / f"stage{n}", ram_out / f"ram-stage{n}.sparse", loc, full)
             writes += list(opts.hook(ctx) or [])
-        if writes:
-            record = []
-            for w in writes:
-                for addr in resolve_target(w.target, loc):
-                    before = gdb.read_phys(addr, len(w.data))
-                    gdb.write_phys(addr, w.data)
-                    after = gdb.read_phys(addr, len(w.data))
-                    record.append({"target": w.target if isinstance(w.target, str) else f"{w.target:#x}",
-                                   "phys": f"{addr:#x}", "length": len(w.data),
-                                   "before": before.hex(), "written": w.data.hex(),
-                                   "verified": after == w.data})
-                    rlog(f"stop {n}: wrote {len(w.data)} bytes at {addr:#x} ({w.target!s})"
-                         + ("" if after == w.data else " -- READ-BACK MISMATCH"))
-            (ram_out / f"inject-stage{n}.json").write_text(json.dumps(record, indent=1) + "\n")
-            stop["injected"] = record
+        now = [w for w in writes if w.phase() == "jump"]
+        deferred = [w for w in writes if w.phase() == "entry"]
+        if now:
+            _apply_writes(n, out, gdb, stop, now, loc, None, "jump", rlog)
         if opts.keep_full_ram:
             dest = ram_out / f"ram-stage{n}.full.bin.zst"
             subprocess.run(["zstd", "-q", "-f", "-T0", "-3", "--long=30", str(full), "-o", str(dest)], check=True)
     finally:
         full.unlink(missing_ok=True)
-    return stop
+    return stop, deferred, loc
+
+
+def _where_are_cpus(qmp: Qmp, build: Build, out: Path, rlog) -> list[str]:
+    """Where a hung guest's vCPUs are: two register snapshots a second apart,
+    RIPs symbolized with System.map (saved to hang-registers.txt)."""
+    where = []
+    try:
+        dumps = []
+        for _ in range(2):
+            dumps.append(qmp.hmp("info registers -a"))
+            time.sleep(1)
+        (out / "hang-registers.txt").write_text("\n\n==== one second later ====\n\n".join(dumps))
+        for i, d in enumerate(dumps):
+            rips = [int(x, 16) for x in re.findall(r"RIP=([0-9a-f]+)", d)]
+            where.append(f"snapshot {i}: " + ", ".join(f"CPU{c} {build.symbolize(r)}" for c, r in enumerate(rips)))
+        for w in where:
+            rlog(f"hung at {w}")
+    except Exception as e:  # noqa: BLE001
+        where.append(f"could not read registers: {e}")
+    return where
+
+
+def _apply_writes(n: int, out: Path, gdb: Gdb, stop: dict, writes: list, loc: dict,
+                  entry: dict | None, phase: str, rlog):
+    record = stop.setdefault("injected", [])
+    for w in writes:
+        for addr in resolve_target(w.target, loc, entry):
+            before = gdb.read_phys(addr, len(w.data))
+            gdb.write_phys(addr, w.data)
+            after = gdb.read_phys(addr, len(w.data))
+            record.append({"target": w.target if isinstance(w.target, str) else f"{w.target:#x}",
+                           "when": phase, "phys": f"{addr:#x}", "length": len(w.data),
+                           "before": before.hex(), "written": w.data.hex(), "verified": after == w.data})
+            rlog(f"stop {n}: wrote {len(w.data)} bytes at {addr:#x} ({w.target!s}, {phase})"
+                 + ("" if after == w.data else " -- READ-BACK MISMATCH"))
+    (out / "ram" / f"inject-stage{n}.json").write_text(json.dumps(record, indent=1) + "\n")
+
+
+def _entry_writes(n: int, out: Path, gdb: Gdb, stop: dict, writes: list, loc: dict, rlog):
+    """At the next kernel's x86_64_start_kernel(real_mode_data): the kexec segments
+    are at their destinations.  Find the SETUP_KEXEC_KHO record through
+    boot_params.hdr.setup_data and apply the deferred writes."""
+    bp_phys = gdb.read_reg(5)                      # rdi: physical address of boot_params
+    sd = struct.unpack("<Q", gdb.read_phys(bp_phys + 0x250, 8))[0]
+    entry = None
+    for _ in range(64):
+        if not sd:
+            break
+        nxt, typ, ln = struct.unpack("<QII", gdb.read_phys(sd, 16))
+        if typ == SETUP_KEXEC_KHO:
+            fdt_addr, fdt_size, sc_addr, sc_size = struct.unpack("<4Q", gdb.read_phys(sd + 16, 32))
+            entry = {"boot_params": bp_phys, "setup_data": sd, "fdt_addr": fdt_addr,
+                     "scratch_addr": sc_addr, "scratch_size": sc_size}
+            break
+        sd = nxt
+    if entry is None:
+        raise RuntimeError(f"stop {n}: no SETUP_KEXEC_KHO record reachable from boot_params at {bp_phys:#x}")
+    stop["entry"] = {k: f"{v:#x}" for k, v in entry.items()}
+    rlog(f"stop {n}: boot_params {bp_phys:#x}, setup_data {entry['setup_data']:#x}, "
+         f"scratch array {entry['scratch_addr']:#x}+{entry['scratch_size']:#x}")
+    _apply_writes(n, out, gdb, stop, writes, loc, entry, "entry", rlog)
 
 
 def _guest_ram_size(mem: str) -> int:
@@ -1048,6 +1266,21 @@ def _guest_ram_size(mem: str) -> int:
 
 # --------------------------------------------------------------------------
 # helpers for tests
+
+def read_sparse(ram_dir: str | os.PathLike, phys: int, length: int) -> bytes:
+    """Read guest-physical bytes from a sparse RAM directory (MANIFEST.tsv)."""
+    ram_dir = Path(ram_dir)
+    for line in (ram_dir / "MANIFEST.tsv").read_text().splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        name, start, n = line.split("\t")
+        start, n = int(start, 0), int(n, 0)
+        if start <= phys and phys + length <= start + n:
+            with open(ram_dir / name, "rb") as f:
+                f.seek(phys - start)
+                return f.read(length)
+    raise KeyError(f"{phys:#x}+{length:#x} is not in {ram_dir}")
+
 
 KHO_LINE = re.compile(r"KHO|test_kho|luo|liveupdate|reserve_mem|Revived memory", re.I)
 MEMBLOCK_KHO = re.compile(r"__memblock_reserve: \[(0x[0-9a-f]+)-(0x[0-9a-f]+)\].*kho_preserved_memory_reserve")
@@ -1112,7 +1345,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reserve-mem", default="4M:4K:vmtest_rmem", help="reserve_mem= value ('' for none)")
     p.add_argument("--test-kho-max-mem", default="1048576", help="test_kho.max_mem ('' for the default 8 MiB)")
     p.add_argument("--append", default="", help="extra kernel command line words")
-    p.add_argument("--timeout", type=float, default=600)
+    p.add_argument("--timeout", type=float, default=600, help="seconds for the whole chain")
+    p.add_argument("--stall-timeout", type=float, default=90,
+                   help="give up when the guest runs but prints nothing for this long")
+    p.add_argument("--stall-retries", type=int, default=0, help="boot the chain again this often if it hangs")
+    p.add_argument("--earlyprintk", action="store_true", help="add earlyprintk=serial,ttyS0")
     p.add_argument("--keep", default="preserved", choices=["meta", "preserved", "all-preserved"],
                    help="which RAM pages to keep (meta: KHO metadata pages only)")
     p.add_argument("--keep-full-ram", action="store_true",
@@ -1125,7 +1362,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     opts = Options(boots=a.boots, luo=not a.no_luo, reserve_mem=a.reserve_mem or None,
                    test_kho_max_mem=int(a.test_kho_max_mem, 0) if a.test_kho_max_mem else None,
-                   append=a.append, timeout=a.timeout, keep=a.keep, keep_full_ram=a.keep_full_ram,
+                   append=a.append, timeout=a.timeout, stall_timeout=a.stall_timeout,
+                   earlyprintk=a.earlyprintk, stall_retries=a.stall_retries, keep=a.keep, keep_full_ram=a.keep_full_ram,
                    writes=[parse_inject_arg(s) for s in a.inject],
                    hook=command_hook(a.inject_cmd) if a.inject_cmd else None)
     build = find_build(a.build)

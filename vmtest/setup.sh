@@ -90,21 +90,19 @@ if [ "$(cat "$pref_file" 2>/dev/null || true)" != "$want_pref" ]; then
     changed=1
 fi
 
+mkdir -p "$cache"
+apt_stamp=$cache/.apt-updated
 lists_fresh() {
-    # sid and the machine's own release lists present and younger than 6 hours
-    local f n=0
-    for f in /var/lib/apt/lists/*_dists_sid_InRelease /var/lib/apt/lists/*_dists_"${codename}"_InRelease; do
-        [ -f "$f" ] || return 1
-        [ -n "$(find "$f" -mmin -360 2>/dev/null)" ] || return 1
-        n=$((n + 1))
-    done
-    [ "$n" -ge 2 ]
+    # an 'apt-get update' by this script less than 6 hours ago, and sid's lists present
+    [ -n "$(find "$apt_stamp" -mmin -360 2>/dev/null)" ] || return 1
+    ls /var/lib/apt/lists/*_dists_sid_* >/dev/null 2>&1
 }
 if [ "$changed" = 1 ] || [ "${VMTEST_APT_UPDATE:-1}" != 0 ] || ! lists_fresh; then
     log "apt-get update"
     apt-get update -q >&2
+    touch "$apt_stamp"
 else
-    log "apt lists are fresh, skipping apt-get update"
+    log "apt lists are fresh (VMTEST_APT_UPDATE=0), skipping apt-get update"
 fi
 
 # ------------------------------------------------------------------- packages
