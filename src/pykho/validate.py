@@ -323,7 +323,11 @@ def _model_verdict(ho, tgt, mem, fdt_phys, scratch_phys, scratch_len, iomem=None
     cow = CowMemory(mem, [(s, e) for s, e in ram])
     machine = Machine(ram=[(s, e, 0) for s, e in ram], mem=cow)
     clients_run, notes = [], {}
-    st = ho.root.subtree("kho_test") if ho.root_blob else None
+    try:
+        decoded = ho.root
+    except KhoDecodeError:
+        decoded = None               # the kernel will judge these bytes itself
+    st = decoded.subtree("kho_test") if decoded is not None else None
     if st is not None:
         dec = decode_subblob("kho_test", ho.blob_of("kho_test"), ho.mem, st.phys)
         folios = dec.get("folios") or []
@@ -352,7 +356,7 @@ def _model_verdict(ho, tgt, mem, fdt_phys, scratch_phys, scratch_len, iomem=None
         v["outcome"] = (f"KHO boot: {len(k.pages.preserved) + len(k.pages.restored)} preserved blocks reserved, "
                         f"{len(k.pages.restored)} restored by the clients run")
     clients_v = {}
-    for s_ in ho.root.subtrees:
+    for s_ in (decoded.subtrees if decoded is not None else []):
         if s_.name == structs.KHO_METADATA_NODE_NAME and tgt.kexec_metadata:
             clients_v[s_.name] = "read" if any(l.startswith("KHO: exec from:") for l in log) else "not read"
             continue

@@ -134,6 +134,16 @@ def test_injection_zeroed_root_fdt(vm_build, tmp_path):
     assert f"KHO: setup: handover FDT ({fdt:#x}) is invalid: -9" in lines, lines
     assert any(x.startswith("KHO: disabling KHO revival") for x in lines), lines
     assert not any(x.startswith("KHO: exec from:") for x in lines)
+    # differential: pykho's model of the 7.2 kho_populate on the same bytes
+    # prints exactly the real kernel's KHO lines
+    from pykho import profiles
+    from pykho.memory import SparseMemory
+    from pykho.model.incoming import kho_populate
+    mem = SparseMemory([(0, 1 << 30)])
+    mem.write(fdt, bytes(4096))
+    pred = kho_populate(profiles.E, mem, fdt, 4096, 0x3000000, 48)
+    assert not pred.accepted
+    assert pred.lines == [x for x in lines if x.startswith("KHO: setup:") or x.startswith("KHO: disabling")]
 
 
 def test_injection_kexec_segments_at_entry(vm_build, tmp_path):

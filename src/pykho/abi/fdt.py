@@ -230,8 +230,8 @@ def node_check_compatible(blob: bytes, offset: int, compatible: str) -> int:
 def getprop(blob: bytes, offset: int, name: str) -> tuple[bytes | None, int]:
     """``fdt_getprop``: (value, length) or (None, negative error)."""
     got = _libfdt.fdt_getprop(bytearray(blob), offset, name)
-    if isinstance(got, list):
-        return bytes(got[0]), got[1]
+    if isinstance(got, list):              # [value, len], or [None, -err] when missing
+        return (bytes(got[0]) if got[0] is not None else None), got[1]
     return None, int(got)
 
 
@@ -347,7 +347,7 @@ class FdtPage:
     def getprop(self, node: int, name: str) -> tuple[bytes | None, int]:
         got = _libfdt.fdt_getprop(self.buf, node, name)
         if isinstance(got, list):
-            return bytes(got[0]), got[1]
+            return (bytes(got[0]) if got[0] is not None else None), got[1]
         return None, int(got)
 
     def totalsize(self) -> int:

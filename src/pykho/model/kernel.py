@@ -442,6 +442,7 @@ class Kernel:
                 self._log(f"KHO: failed to initialize kexec-metadata subtree: {err}")
                 return err
         if self.is_kho_boot():
+            self._kho_in_debugfs_init()
             return 0
         # cold boot (or a handover the kernel forgot): scratch becomes CMA,
         # its pages go to the buddy allocator
@@ -451,6 +452,27 @@ class Kernel:
         # debugfs out/fdt is created now, with the size the FDT has now
         self.debugfs_fdt_size = self.out_fdt.totalsize() if self.out_fdt is not None else 0
         return 0
+
+    def _kho_in_debugfs_init(self):
+        """``kho_in_debugfs_init`` (D+): every incoming sub-node becomes an
+        ``in/sub_fdts`` file; bad ones are skipped with a warning."""
+        if not self.p.size_prop:
+            return
+        fdt = self.kho_in_fdt
+        try:
+            tree = _fdt.parse(fdt, "incoming FDT")
+        except Exception:
+            return
+        for child in tree.children:
+            v = child.props.get(self.p.subtree_prop)
+            if v is None:
+                continue
+            if len(v) != 8:
+                self._log(f"KHO: node {child.name} prop {self.p.subtree_prop} has invalid length: {len(v)}")
+                continue
+            sz = child.props.get(self.p.size_prop)
+            if sz is None or len(sz) != 8:
+                self._log(f"KHO: node {child.name} missing or invalid {self.p.size_prop} property")
 
     # -------------------------------------------------------- page helpers
     def _scratch_set(self) -> IntervalSet:
