@@ -335,7 +335,7 @@ def _model_verdict(ho, tgt, mem, fdt_phys, scratch_phys, scratch_len, iomem=None
             clients_run.append("test_kho")
         else:
             notes["kho_test"] = "not predicted: test_kho's folio data is not in the memory given"
-    k = Kernel(machine, tgt, cmdline, name="target kernel", clients=tuple(clients_run) + ("memblock",))
+    k = Kernel(machine, tgt, cmdline, name="target kernel", clients=tuple(clients_run) + ("memblock", "luo"))
     image = None
     for a in ho.scratch:
         if a.size >= 2 * Kernel.KERNEL_IMAGE_SIZE:
@@ -346,7 +346,9 @@ def _model_verdict(ho, tgt, mem, fdt_phys, scratch_phys, scratch_len, iomem=None
     v = {"target": tgt.name, "target_kernels": tgt.kernels,
          "populate": "accepted" if k.populate.accepted else "rejected", "log": log,
          "model_violations": [x.as_dict() for x in k.violations]}
-    if not k.populate.accepted:
+    if getattr(k, "panicked", False):
+        v["outcome"] = "the kernel panics during boot"
+    elif not k.populate.accepted:
         v["outcome"] = "cold boot: nothing preserved is restored"
     elif not k.is_kho_boot():
         v["outcome"] = "the kernel adopted the old scratch, then forgot the handover"

@@ -17,8 +17,17 @@ from ..abi import structs
 from ..errors import KhoDecodeError
 from ..inspect import walker
 
+#: ``%pe`` prints "-EINVAL" only with CONFIG_SYMBOLIC_ERRNAME; the oracle's and
+#: vmtest's tinyconfig kernels lack it and print "-22" (seen on 7.2.13)
+SYMBOLIC_ERRNAME = False
+
 ERRNAMES = {P.ENOENT: "-ENOENT", P.EFAULT: "-EFAULT", P.EINVAL: "-EINVAL", P.ENOMEM: "-ENOMEM",
             P.EEXIST: "-EEXIST", P.EBUSY: "-EBUSY"}
+
+
+def errname(err: int) -> str:
+    """How ``%pe`` prints a negative errno."""
+    return ERRNAMES.get(-err, str(err)) if SYMBOLIC_ERRNAME else str(err)
 
 
 @dataclass
@@ -103,7 +112,7 @@ def kho_populate(profile: P.Profile, mem, fdt_phys: int, fdt_len: int, scratch_p
                 rc = mark_scratch(a.addr, a.size) if mark_scratch else 0
                 if rc:
                     res.lines.append(profile.msg_mark_scratch.format(addr=a.addr, size=a.size, err=rc,
-                                                                     errname=ERRNAMES.get(-rc, str(rc))))
+                                                                     errname=errname(rc)))
                     err = rc
                     break
             if err:

@@ -26,9 +26,13 @@ from .machine import (_subtract, ARCH_LOW_ADDRESS_LIMIT, Machine, Memblock, Page
 MiB = 1 << 20
 
 
+class KernelPanic(Exception):
+    """The modelled kernel called panic(); its boot stops."""
+
+
 def _errname(err: int) -> str:
-    from .incoming import ERRNAMES
-    return ERRNAMES.get(-err, str(err))
+    from .incoming import errname
+    return errname(err)
 
 
 def kstrtobool(s: str) -> bool | None:
@@ -243,7 +247,11 @@ class Kernel:
         self.set_step("memblock_free_all")
         self.memblock_free_all()
         self.set_step("initcalls")
-        self.luo_early_startup()
+        try:
+            self.luo_early_startup()
+        except KernelPanic:
+            self.panicked = True
+            return self
         self.kho_init()
         self.test_kho_init()
         self.luo_state_setup()
@@ -821,9 +829,12 @@ class Kernel:
         self.restore_folio(phys)                     # kho_restore_free(luo_ser)
 
     def _luo_fail(self, err):
+        """``luo_restore_fail`` is ``panic()``: the boot ends here."""
         self.luo_enabled = False
-        self._log(f"luo: The incoming tree failed to initialize properly [{_errname(err)}], disabling live update")
+        self._log("Kernel panic - not syncing: The incoming tree failed to initialize properly "
+                  f"[{_errname(err)}], disabling live update")
         self._violation("panic", 0, 0, "luo_restore_fail() panics the kernel")
+        raise KernelPanic()
 
     def luo_state_setup(self):
         if not self.luo_enabled or not self.kho_enable or "luo" not in self.clients:
