@@ -985,7 +985,11 @@ def run_chain(out: str | os.PathLike, opts: Options | None = None, build: Build 
     out = Path(out)
     for attempt in range(opts.stall_retries + 1):
         summary = _run_chain_once(out, opts, build)
-        if summary["exit"] != "stalled" or attempt == opts.stall_retries:
+        # a hang, or the host side losing its gdbstub / QMP connection
+        transient = summary["exit"] == "stalled" or (
+            summary["exit"].startswith("error:") and any(
+                w in summary["exit"] for w in ("ConnectionReset", "BrokenPipe", "ConnectionRefused", "timed out")))
+        if not transient or attempt == opts.stall_retries:
             break
         keep = out / f"stalled-attempt-{attempt + 1}"
         keep.mkdir(parents=True, exist_ok=True)

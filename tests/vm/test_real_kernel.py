@@ -99,6 +99,7 @@ def test_roundtrip_harness_walk_matches_kernel(roundtrip):
 
 # ------------------------------------------------------------ 3-boot chain
 
+@pytest.mark.multistop
 def test_chain3_counts(chain3, vm_build):
     capture, summary = chain3
     assert_completed(summary, 3)
@@ -111,6 +112,7 @@ def test_chain3_counts(chain3, vm_build):
     assert "content OK" in (capture / "stage3/luo_check.txt").read_text()
 
 
+@pytest.mark.multistop
 def test_chain3_harness_walk_matches_kernel(chain3):
     capture, _ = chain3
     for stop in (1, 2):
@@ -146,6 +148,7 @@ def test_injection_zeroed_root_fdt(vm_build, tmp_path):
     assert pred.lines == [x for x in lines if x.startswith("KHO: setup:") or x.startswith("KHO: disabling")]
 
 
+@pytest.mark.multistop
 def test_injection_kexec_segments_at_entry(vm_build, tmp_path):
     """setup_data and the scratch array are kexec segments: they are patched at the
     next kernel's entry (after purgatory's sha256 check).  The next kernel must see
@@ -178,7 +181,8 @@ def _stage_args(capture: Path, stop: int) -> list[str]:
     return args
 
 
-@pytest.mark.parametrize("which,stop", [("roundtrip", 1), ("chain3", 1), ("chain3", 2)])
+@pytest.mark.parametrize("which,stop", [("roundtrip", 1), pytest.param("chain3", 1, marks=pytest.mark.multistop),
+                                        pytest.param("chain3", 2, marks=pytest.mark.multistop)])
 def test_pykho_inspect_matches_kernel(which, stop, request, kho, vm_build):
     capture, summary = request.getfixturevalue(which)
     assert summary["completed"], summary
@@ -197,7 +201,7 @@ def test_pykho_inspect_matches_kernel(which, stop, request, kho, vm_build):
     assert [list(x) for x in rep["preserved"]] == reserved
 
 
-@pytest.mark.parametrize("which,stop", [("roundtrip", 1), ("chain3", 2)])
+@pytest.mark.parametrize("which,stop", [("roundtrip", 1), pytest.param("chain3", 2, marks=pytest.mark.multistop)])
 def test_pykho_validate_predicts_next_boot(which, stop, request, kho):
     capture, _ = request.getfixturevalue(which)
     rep = kho("validate", *_stage_args(capture, stop), "-j")
@@ -219,7 +223,7 @@ def fnv1a(data: bytes) -> int:
     return h
 
 
-@pytest.mark.parametrize("which,stop", [("roundtrip", 1), ("chain3", 2)])
+@pytest.mark.parametrize("which,stop", [("roundtrip", 1), pytest.param("chain3", 2, marks=pytest.mark.multistop)])
 def test_pykho_decodes_clients(which, stop, request, kho):
     """pykho's client decoders against the real bytes: kexec-metadata, reserve_mem,
     and the LUO session whose memfd content is rebuilt from the preserved folios."""
