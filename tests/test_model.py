@@ -139,7 +139,7 @@ class OldKernelAPI(RuleBasedStateMachine):
 
     @rule(data=st.data())
     def unpreserve(self, data):
-        if self.folios and self.k.p.name not in ("A0", "A1"):
+        if self.folios and self.k.p.unpreserve:
             f = data.draw(st.sampled_from(self.folios))
             assert self.k.unpreserve_folio(*f) == 0
             self.folios.remove(f)

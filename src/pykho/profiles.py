@@ -123,6 +123,8 @@ class Profile:
     builtin_subtrees: tuple[str, ...] = ()
     #: test_kho stores folios_info in vmalloc memory (6.18+) or in the FDT
     test_kho_vmalloc: bool = True
+    #: the exported kho_unpreserve_* API (6.19+)
+    unpreserve: bool = True
 
     @property
     def bitmap_bytes(self) -> int:
@@ -148,7 +150,7 @@ A0 = Profile(
     memory_init_zero_map="walk-nothing", scratch_grammar="a0",
     msg_scratch_fail=(), alloc_preserve=False,
     debugfs_out=("finalize", "scratch_phys", "scratch_len", "sub_fdts"),
-    test_kho_vmalloc=False,
+    test_kho_vmalloc=False, unpreserve=False,
     notes="unfinalized kexec hands over an unwritten FDT page",
 )
 
@@ -160,7 +162,7 @@ A1 = Profile(
     msg_found="KHO: found kexec handover data. Will skip init for some devices",
     msg_mark_scratch="KHO: failed to mark the scratch region 0x0x{addr:016x}+0x0x{size:016x}: {err}",
     memory_init_zero_map="walk-nothing", alloc_preserve=False,
-    debugfs_out=("finalize", "scratch_phys", "scratch_len", "sub_fdts"),
+    debugfs_out=("finalize", "scratch_phys", "scratch_len", "sub_fdts"), unpreserve=False,
 )
 
 B_PREFIX = Profile(

@@ -32,7 +32,7 @@ def random_spec(profile: str, rng: random.Random, faults: bool = True) -> dict:
         r = rng.random()
         if r < 0.45:
             steps.append({"do": "preserve", "order": rng.choice([0, 0, 0, 1, 2, 9, 10])})
-        elif r < 0.55 and prof.name not in ("A0", "A1"):
+        elif r < 0.55 and prof.unpreserve:
             steps.append({"do": "unpreserve", "index": rng.randrange(8)})
         elif r < 0.65 and prof.map_format == "radix":
             steps.append({"do": "vmalloc", "pages": rng.randrange(1, 20)})

@@ -548,7 +548,7 @@ class Kernel:
         return self._track(phys, order, owner)
 
     def unpreserve_folio(self, phys: int, order: int) -> int:
-        if self.p.name in ("A0", "A1"):
+        if not self.p.unpreserve:
             return -P.EOPNOTSUPP
         return self._track(phys, order, "", add=False)
 
