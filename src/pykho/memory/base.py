@@ -112,8 +112,8 @@ class SparseMemory(PhysMemory):
         if first == last:
             off = phys & (PAGE_SIZE - 1)
             pg = self.pages.get(first)
-            if pg is None:
-                return bytes([self.fill]) * size
+            if pg is None:                   # never written: fill, or (CowMemory) the base's bytes
+                pg = self._page(first)
             return bytes(pg[off:off + size])
         parts = []
         at, want = phys, size
@@ -225,17 +225,6 @@ class CowMemory(SparseMemory):
             if a < b:
                 out[a - phys:b - phys] = self.base.read(a, b - a)
         return bytes(out)
-
-    def _read(self, phys: int, size: int) -> bytes:
-        parts = []
-        at, want = phys, size
-        while want:
-            off = at & (PAGE_SIZE - 1)
-            n = min(want, PAGE_SIZE - off)
-            parts.append(bytes(self._page(at >> PAGE_SHIFT)[off:off + n]))
-            at += n
-            want -= n
-        return b"".join(parts)
 
     def write(self, phys: int, data: bytes) -> None:
         first, last = phys >> PAGE_SHIFT, (phys + max(len(data), 1) - 1) >> PAGE_SHIFT
