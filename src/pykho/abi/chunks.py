@@ -338,7 +338,7 @@ def guess_preserve_bits(mem, first: int) -> tuple[int, str]:
     larger coverage).
     """
     w = ChunkWalk(mem, first, 4096 * 8)
-    for _ in w.leaves():
+    for _ in w._bitmaps():          # the chunk list only: no set bits needed
         pass
     evidence = []
     addrs = []
