@@ -63,7 +63,12 @@ class _Overlay(SparseMemory):
 
 
 def validate(ho: Handover, target: P.Profile | None = None, iomem: list[tuple[int, int]] | None = None,
-             want_blocks: bool = False, cmdline: str = "kho=on") -> dict:
+             want_blocks: bool = False, cmdline: str = "kho=on", want_reserved: bool = False) -> dict:
+    """Findings over the handover ``ho`` and the verdict of the ``target``
+    kernel's model booted on it.  ``want_reserved`` adds ``verdict.reserved``:
+    every ``(phys, order)`` the model's kernel memblock-reserved from the map,
+    in its order (what ``memblock=debug`` prints for
+    ``kho_preserved_memory_reserve``)."""
     F: list[Finding] = []
 
     def add(sev, code, msg, where=""):
@@ -157,6 +162,7 @@ def validate(ho: Handover, target: P.Profile | None = None, iomem: list[tuple[in
             sev = ERROR
             add(sev, prob.code, str(prob), _hex(prob.where) if isinstance(prob.where, int) else str(prob.where))
         _check_blocks(blocks, scratch, iomem, tgt, add)
+        _check_map_pages(wk, scratch, add)
         # sub-blobs covered by the map
         cover = sorted((p, p + (PAGE_SIZE << o)) for p, o in blocks)
         import bisect
@@ -202,7 +208,7 @@ def validate(ho: Handover, target: P.Profile | None = None, iomem: list[tuple[in
                           "outcome": "the root FDT file is cut short (debugfs quirk) and could not be completed: "
                                      "give --mem with memory captured at the jump"}
     else:
-        out["verdict"] = _verdict(ho, tgt, blob, cmdline, iomem)
+        out["verdict"] = _verdict(ho, tgt, blob, cmdline, iomem, want_reserved)
         for mv in out["verdict"].get("model_violations", []):
             add(ERROR, "model-" + mv["kind"], f"the {tgt.name} kernel would hit {mv['kind']} during {mv['step']}: "
                 f"{mv['detail']}", f"0x{mv['start']:x}-0x{mv['end']:x}")
@@ -256,7 +262,26 @@ def _check_blocks(blocks, scratch, iomem, tgt, add):
                 f"0x{out[0][0]:x} order {out[0][1]}", _hex(out[0][0]))
 
 
-def _verdict(ho: Handover, tgt: P.Profile, blob: bytes, cmdline: str = "kho=on", iomem=None) -> dict:
+def _check_map_pages(wk, scratch, add):
+    """The map's own pages (radix nodes; kho-v1 chunks and bitmaps) must lie
+    outside scratch: the next kernel boots out of scratch, so its image and
+    early allocations may overwrite them before ``kho_memory_init`` reads
+    the map.  A kernel never allocates them there (scratch is CMA / movable
+    memory in the old kernel); the walk then reads whatever is left."""
+    pages = [(n.phys, f"radix level {n.level} node") for n in getattr(wk, "nodes", [])]
+    pages += [(c.phys, "khoser_mem_chunk") for c in getattr(wk, "chunks", [])]
+    pages += [(b, "kho-v1 bitmap") for b in getattr(wk, "bitmaps", [])]
+    for phys, what in pages:
+        for i, a in enumerate(scratch):
+            if a.size and a.addr <= phys < a.end:
+                add(ERROR, "map-page-in-scratch", f"{what} at 0x{phys:x} lies in scratch area {i} "
+                    f"(0x{a.addr:x}+0x{a.size:x}): the next kernel may overwrite it before it walks the map, "
+                    "and then reserves whatever it finds there", _hex(phys))
+                return
+
+
+def _verdict(ho: Handover, tgt: P.Profile, blob: bytes, cmdline: str = "kho=on", iomem=None,
+             want_reserved: bool = False) -> dict:
     fdt_phys = ho.root_phys
     mem = ho.mem
     scratch_phys = ho.scratch_phys
@@ -276,7 +301,7 @@ def _verdict(ho: Handover, tgt: P.Profile, blob: bytes, cmdline: str = "kho=on",
         overlay.write(scratch_phys, arr.ljust(scratch_len, b"\0")[:scratch_len])
         mem = _Layered(mem, overlay, scratch_phys, scratch_len)
     if ho.mem is not None and ho.root_phys is not None:
-        return _model_verdict(ho, tgt, mem, fdt_phys, scratch_phys, scratch_len, iomem, cmdline)
+        return _model_verdict(ho, tgt, mem, fdt_phys, scratch_phys, scratch_len, iomem, cmdline, want_reserved)
     pop = kho_populate(tgt, mem, fdt_phys, PAGE_SIZE, scratch_phys, scratch_len)
     log = list(pop.lines)
     v = {"target": tgt.name, "target_kernels": tgt.kernels, "populate": "accepted" if pop.accepted else "rejected",
@@ -308,7 +333,8 @@ def _verdict(ho: Handover, tgt: P.Profile, blob: bytes, cmdline: str = "kho=on",
     return v
 
 
-def _model_verdict(ho, tgt, mem, fdt_phys, scratch_phys, scratch_len, iomem=None, cmdline="kho=on") -> dict:
+def _model_verdict(ho, tgt, mem, fdt_phys, scratch_phys, scratch_len, iomem=None, cmdline="kho=on",
+                   want_reserved=False) -> dict:
     """Boot the model's incoming kernel of generation ``tgt`` on the captured
     memory (copy-on-write: the source is never written) and report what it
     printed and broke.  Clients whose data is not in the memory given are
@@ -336,6 +362,8 @@ def _model_verdict(ho, tgt, mem, fdt_phys, scratch_phys, scratch_len, iomem=None
         else:
             notes["kho_test"] = "not predicted: test_kho's folio data is not in the memory given"
     k = Kernel(machine, tgt, cmdline, name="target kernel", clients=tuple(clients_run) + ("memblock", "luo"))
+    if want_reserved:
+        k.reserved_log = []
     image = None
     for a in ho.scratch:
         if a.size >= 2 * Kernel.KERNEL_IMAGE_SIZE:
@@ -346,7 +374,13 @@ def _model_verdict(ho, tgt, mem, fdt_phys, scratch_phys, scratch_len, iomem=None
     v = {"target": tgt.name, "target_kernels": tgt.kernels,
          "populate": "accepted" if k.populate.accepted else "rejected", "log": log,
          "model_violations": [x.as_dict() for x in k.violations]}
-    if getattr(k, "panicked", False):
+    if want_reserved:
+        v["reserved"] = [list(b) for b in k.reserved_log]
+    if k.oops is not None:
+        v["outcome"] = (f"the kernel oopses in {k.oops.function} during kho_memory_init and panics: "
+                        f"{k.oops.access} of {k.oops.what} at 0x{k.oops.phys:x}, not mapped")
+        v["oops"] = k.oops.as_dict()
+    elif getattr(k, "panicked", False):
         v["outcome"] = "the kernel panics during boot"
     elif not k.populate.accepted:
         v["outcome"] = "cold boot: nothing preserved is restored"

@@ -175,6 +175,96 @@ def c_valid(ctx):
     return []
 
 
+def c_fdt_tail_zeroed(ctx):
+    """A root FDT cut short in place: its header intact, everything from the
+    middle of the blob on zeroed (the strings block with it)."""
+    phys, pg = _page(ctx)
+    n = F.totalsize(bytes(pg))
+    pg[n // 2:] = bytes(PAGE - n // 2)
+    return [(phys, bytes(pg))]
+
+
+# ---- the preserved-memory map itself (radix tree, kho-v4)
+
+def _radix_nodes(ctx, level: int) -> list[int]:
+    return [p for p, lv in ctx.locate["radix"]["nodes"] if lv == level]
+
+
+def _first_entry(ctx, table: int) -> int:
+    """Byte offset of the first non-zero entry of a radix table."""
+    words = struct.unpack("<512Q", ctx.read(table, PAGE))
+    return 8 * next(i for i, w in enumerate(words) if w)
+
+
+def c_radix_outside(ctx):
+    """The root table's first entry points 8 TiB up, far outside the 1 GiB guest."""
+    r = ctx.locate["radix"]["root"]
+    return [(r + _first_entry(ctx, r), struct.pack("<Q", 0x7FFF0000000))]
+
+
+def c_radix_cycle(ctx):
+    """A level-2 table's first entry points back at the root table."""
+    t = _radix_nodes(ctx, 2)[0]
+    return [(t + _first_entry(ctx, t), struct.pack("<Q", ctx.locate["radix"]["root"]))]
+
+
+def _scratch_page(ctx) -> int:
+    a, size = max(ctx.locate["scratch"]["entries"], key=lambda e: e[1])
+    return (a + size // 2) & ~(PAGE - 1)
+
+
+def c_radix_node_in_scratch(ctx):
+    """A leaf moved into the middle of the largest scratch area (its level-1
+    entry repointed there, the bitmap copied)."""
+    t = _radix_nodes(ctx, 1)[0]
+    off = _first_entry(ctx, t)
+    leaf = struct.unpack("<Q", ctx.read(t + off, 8))[0]
+    dest = _scratch_page(ctx)
+    return [(dest, ctx.read(leaf, PAGE)), (t + off, struct.pack("<Q", dest))]
+
+
+def _add_blocks(ctx, blocks):
+    """Add (phys, order) blocks to the real tree with pykho's radix encoder;
+    new nodes are taken from the reserve_mem region (reserved again by the
+    next kernel before it walks the map, and read by nobody).  Returns the
+    writes: every page the encoder changed."""
+    from pykho.abi import clients, radix
+    from pykho.memory import CowMemory, RawImage
+    raw = RawImage(str(ctx.ram_file))
+    cow = CowMemory(raw, raw.ranges())
+    mb = [x for x in ctx.locate["subnodes"] if x["name"] == "memblock"][0]
+    region = clients.decode_memblock(cow.read(mb["preserved_data"], mb["blob_size"]))[0]
+    free = list(range(region.start, region.start + region.size, PAGE))
+    used = []
+
+    def alloc():
+        p = free.pop()
+        cow.write(p, bytes(PAGE))
+        used.append(p)
+        return p
+    tree = radix.RadixTree(cow, alloc, root=ctx.locate["radix"]["root"])
+    for phys, order in blocks:
+        assert tree.add(phys, order) == 0
+    pages = set(used) | {p for p, _ in ctx.locate["radix"]["nodes"]}
+    return [(p, cow.read(p, PAGE)) for p in sorted(pages) if cow.read(p, PAGE) != raw.read(p, PAGE)]
+
+
+def c_order_above_max(ctx):
+    """An order-11 block (above MAX_PAGE_ORDER 10) added to the tree: 8 MiB
+    of RAM, aligned, outside scratch and every preserved block."""
+    size = PAGE << 11
+    taken = [(p, p + (PAGE << o)) for p, o in ctx.locate["radix"]["entries"]]
+    taken += [(a, a + n) for a, n in ctx.locate["scratch"]["entries"]]
+    phys = next(p for p in range(64 << 20, 1 << 30, size)
+                if all(p + size <= a or p >= b for a, b in taken))
+    return _add_blocks(ctx, [(phys, 11)])
+
+
+def c_preserved_in_scratch(ctx):
+    """An order-0 block in the middle of the largest scratch area added to the tree."""
+    return _add_blocks(ctx, [(_scratch_page(ctx), 0)])
+
+
 CASES = {
     "unmodified": ("the real handover, untouched", c_valid),
     "root-fdt-zeroed": ("root FDT page zeroed", c_zero),
@@ -196,7 +286,18 @@ CASES = {
     "pykho-extra-subtree": ("extra valid sub-node added by pykho's encoder", c_extra_subtree),
     "test-kho-magic": ("kho_test sub-FDT magic changed", c_test_kho_magic),
     "subnode-no-preserved-data": ("sub-nodes' preserved-data property renamed (LUO's too)", c_subnode_fdt_prop),
+    "fdt-tail-zeroed": ("root FDT cut short: second half of the blob zeroed", c_fdt_tail_zeroed),
+    "radix-node-outside-ram": ("radix root entry points 8 TiB up, outside RAM", c_radix_outside),
+    "radix-cycle": ("a level-2 table entry points back at the root table", c_radix_cycle),
+    "radix-node-in-scratch": ("a radix leaf moved into a scratch area", c_radix_node_in_scratch),
+    "order-above-max": ("an order-11 block added with pykho's radix encoder", c_order_above_max),
+    "preserved-in-scratch": ("a preserved block inside a scratch area added with pykho's radix encoder",
+                             c_preserved_in_scratch),
 }
+
+# cases where boot 2 may die before its console starts: earlyprintk shows how
+EARLYPRINTK = {"radix-node-outside-ram", "radix-cycle", "radix-node-in-scratch", "order-above-max",
+               "preserved-in-scratch"}
 
 
 def predict(ctx, writes) -> dict:
@@ -209,24 +310,38 @@ def predict(ctx, writes) -> dict:
     for phys, data in writes:
         cow.write(phys, data)
     ho = load(str(ctx.stage_dir / "debugfs" / "kho" / "out"), cow, ctx.locate["fdt"]["phys"])
-    rep = validate(ho, P.E)
-    return {"populate": rep["verdict"]["populate"], "log": rep["verdict"]["log"],
+    rep = validate(ho, P.E, want_reserved=True)
+    v = rep["verdict"]
+    return {"populate": v["populate"], "log": v["log"], "oops": v.get("oops"), "reserved": v.get("reserved"),
+            "outcome": v.get("outcome"),
             "findings": sorted({f["code"] for f in rep["findings"] if f["severity"] == "error"})}
 
 
-def kho_lines(stage_dir: Path) -> list[str]:
-    """KHO, test_kho, luo and panic lines of a boot: its dmesg, or its console
+def boot_lines(stage_dir: Path) -> list[str]:
+    """A boot's kernel messages, timestamps cut: its dmesg, or its console
     when it never reached user space (a panic)."""
     src = stage_dir / "dmesg.txt"
     if not src.exists():
         src = stage_dir / "console-boot.log"
     if not src.exists():
         return []
+    return [line.split("] ", 1)[-1] for line in src.read_text(errors="replace").splitlines()]
+
+
+def kho_lines(stage_dir: Path) -> list[str]:
+    """KHO, test_kho, luo, page-fault and panic lines of a boot."""
+    return [m for m in boot_lines(stage_dir)
+            if m.startswith(("KHO:", "test_kho:", "luo:", "Kernel panic", "BUG: unable to handle page fault"))]
+
+
+def reserved_from_map(stage_dir: Path) -> list[list[int]]:
+    """[phys, order] of boot 2's kho_preserved_memory_reserve memblock lines, in order."""
     out = []
-    for line in src.read_text(errors="replace").splitlines():
-        msg = line.split("] ", 1)[-1]
-        if msg.startswith(("KHO:", "test_kho:", "luo:", "Kernel panic")):
-            out.append(msg)
+    for m in boot_lines(stage_dir):
+        r = vmrun.MEMBLOCK_KHO.search(m)
+        if r:
+            a, b = int(r.group(1), 16), int(r.group(2), 16)
+            out.append([a, ((b - a + 1) // PAGE).bit_length() - 1])
     return out
 
 
@@ -246,7 +361,7 @@ def test_real_kernel_agrees_with_pykho(case, vm_build, tmp_path):
         got["fdt"] = ctx.locate["fdt"]["phys"]
         return [vmrun.Write(phys, data, stage=1, when="jump") for phys, data in writes]
 
-    opts = vmrun.Options(boots=2, luo=False, stall_retries=1, hook=hook)
+    opts = vmrun.Options(boots=2, luo=False, stall_retries=1, hook=hook, earlyprintk=case in EARLYPRINTK)
     summary = vmrun.run_chain(tmp_path, opts)
     assert "pred" in got, summary
     real = kho_lines(tmp_path / "stage2")
@@ -255,9 +370,21 @@ def test_real_kernel_agrees_with_pykho(case, vm_build, tmp_path):
     pred_kho = [x for x in pred["log"] if x.startswith("KHO:")]
     agree = real_kho == pred_kho
     real_found = "KHO: found kexec handover data." in real
+    real_reserved = reserved_from_map(tmp_path / "stage2")
     with RESULTS.open("a") as f:
         f.write(json.dumps({"case": case, "what": what, "real": real, "pred": pred, "agree": agree,
-                            "completed": summary.get("completed")}) + "\n")
+                            "real_reserved": len(real_reserved),
+                            "reserved_agree": real_reserved == pred["reserved"] if pred["reserved"] is not None
+                            else None, "completed": summary.get("completed")}) + "\n")
+    # the blocks memblock-reserved from the map, in order, as the model's kernel reserved them
+    if pred["reserved"] is not None and real_found:
+        assert real_reserved == pred["reserved"], (len(real_reserved), len(pred["reserved"]))
+    if pred["oops"]:
+        lo, hi = (int(x, 16) for x in pred["oops"]["address_range"])
+        bug = [x for x in real if x.startswith("BUG: unable to handle page fault for address: ")]
+        assert bug, f"pykho predicts an oops ({pred['oops']}); boot 2 printed {real}"
+        assert lo <= int(bug[0].rsplit(" ", 1)[1], 16) <= hi, (bug[0], pred["oops"])
+        assert "Kernel panic - not syncing: Fatal exception" in real
     panics = any(x.startswith("Kernel panic") for x in pred["log"])
     assert summary.get("completed") or panics, summary
     for x in pred["log"]:

@@ -17,6 +17,8 @@ from ..abi import structs
 from ..errors import KhoDecodeError
 from ..inspect import walker
 
+PAGE_SIZE = 4096
+
 #: ``%pe`` prints "-EINVAL" only with CONFIG_SYMBOLIC_ERRNAME; the oracle's and
 #: vmtest's tinyconfig kernels lack it and print "-22" (seen on 7.2.13)
 SYMBOLIC_ERRNAME = False
@@ -142,8 +144,117 @@ class MemoryInitResult:
     problems: list = field(default_factory=list)
 
 
+#: x86-64, 4-level paging, no memory-layout randomisation (the vmtest kernel):
+#: where the direct map and the struct page array (vmemmap) start
+X86_64_PAGE_OFFSET = 0xFFFF888000000000
+X86_64_VMEMMAP = 0xFFFFEA0000000000
+STRUCT_PAGE_SIZE = 64
+#: SPARSEMEM section size on x86-64 and arm64 (4 KiB pages): the memmap
+#: exists for a pfn only when its 128 MiB section holds some RAM
+SECTION_SIZE_BITS = 27
+#: nodes a kernel-faithful walk visits before the model gives up on it
+FAITHFUL_WALK_BUDGET = 1 << 20
+
+
+class KernelOops(Exception):
+    """The kernel would take a page fault here.  During ``kho_memory_init``
+    (before the console, idle task) that oops ends in
+    ``Kernel panic - not syncing: Fatal exception``.
+
+    ``phys`` is what the faulting access touched: a map node read through the
+    direct map, or the struct page of a pfn that has no memmap (``phys`` is
+    then the pfn's physical address and ``vaddr_range`` the struct page)."""
+
+    def __init__(self, function: str, access: str, phys: int, what: str, vaddr_range: tuple[int, int]):
+        self.function, self.access, self.phys, self.what = function, access, phys, what
+        self.vaddr_range = vaddr_range
+        super().__init__(f"{function}: {access} of {what} at 0x{phys:x} faults "
+                         f"(0x{vaddr_range[0]:x}..0x{vaddr_range[1] - 1:x} is not mapped)")
+
+    def as_dict(self) -> dict:
+        return {"function": self.function, "access": self.access, "phys": f"0x{self.phys:x}",
+                "what": self.what, "address_range": [f"{self.vaddr_range[0]:016x}",
+                                                     f"{self.vaddr_range[1] - 1:016x}"]}
+
+
+class WalkBudgetExceeded(Exception):
+    pass
+
+
+def memmap_present(ram: list[tuple[int, int]]):
+    """``pfn_valid`` for SPARSEMEM: a function phys -> bool, true when the
+    128 MiB section of ``phys`` holds RAM (its struct pages exist)."""
+    sections = set()
+    for s, e in ram:
+        for sec in range(s >> SECTION_SIZE_BITS, ((e - 1) >> SECTION_SIZE_BITS) + 1):
+            sections.add(sec)
+    return lambda phys: (phys >> SECTION_SIZE_BITS) in sections
+
+
+def first_pfn_without_memmap(phys: int, order: int, present) -> int | None:
+    """With CONFIG_DEFERRED_STRUCT_PAGE_INIT, ``kho_get_preserved_page``
+    initialises the struct page of every pfn of the block (those beyond the
+    early-initialised ones, which RAM-less sections always are); the first
+    pfn whose section has no memmap faults.  None when all exist."""
+    end = phys + (PAGE_SIZE << order)
+    sec = phys >> SECTION_SIZE_BITS
+    last = (end - 1) >> SECTION_SIZE_BITS
+    if last - sec > 1 << 16:            # a block of absurd order: look at its first sections
+        last = sec + (1 << 16)
+    while sec <= last:
+        at = max(phys, sec << SECTION_SIZE_BITS)
+        if not present(at):
+            return at
+        sec += 1
+    return None
+
+
+def kernel_radix_walk(mem, root: int, on_block, budget: int = FAITHFUL_WALK_BUDGET):
+    """``kho_radix_walk_tree`` as the kernel runs it, for the model's own
+    boot (decoders use :class:`~pykho.abi.radix.RadixWalk`, which reports
+    and skips what is hostile).  The kernel follows every non-zero entry
+    through ``phys_to_virt`` with no check: a node reached twice is walked
+    twice, a pointer into an upper level makes its table read as a lower
+    level or as a leaf bitmap, an unaligned pointer reads across pages, and
+    a pointer outside the direct map faults (:class:`KernelOops`, raised
+    here; the blocks reported before it were reserved).  ``on_block(phys,
+    order)`` is called in the kernel's order.  More than ``budget`` node
+    visits raise :class:`WalkBudgetExceeded` (the kernel would walk for a
+    very long time)."""
+    from ..abi import bits
+    from ..abi import radix as R
+    from ..memory.base import MemoryFault
+
+    decoder = R.RadixWalk(mem, root)
+    visits = 0
+
+    def read(phys: int) -> bytes:
+        try:
+            return mem.read(phys, PAGE_SIZE, "radix node")
+        except MemoryFault:
+            v = (X86_64_PAGE_OFFSET + phys) & ((1 << 64) - 1)
+            raise KernelOops("__kho_radix_walk_tree", "read", phys, "radix node", (v, v + 8)) from None
+
+    stack = [(root, R.KHO_TREE_MAX_DEPTH - 1, 0)]
+    while stack:
+        phys, level, prefix = stack.pop()
+        visits += 1
+        if visits > budget:
+            raise WalkBudgetExceeded(f"more than {budget} radix node visits")
+        page = read(phys)
+        if level == 0:
+            for order, physs in decoder._leaf(phys, page, prefix):
+                for p in bits.tolist(physs):
+                    on_block(p, order)
+            continue
+        shift = R.level_shift(level)
+        for idx, child in reversed(bits.nonzero_u64(page)):
+            stack.append((child, level - 1, prefix | (idx << shift)))
+    return decoder.problems
+
+
 def kho_memory_walk(profile: P.Profile, mem, fdt_blob: bytes, preserve_bits: int | None = None,
-                    want_blocks: bool = True, on_block=None) -> MemoryInitResult:
+                    want_blocks: bool = True, on_block=None, faithful: bool = False) -> MemoryInitResult:
     """The map walk of an accepted handover (``kho_mem_deserialize`` /
     ``kho_mem_retrieve``): every block the kernel memblock-reserves, in its
     order.  ``on_block(phys, order)`` is called per block when given.
@@ -165,6 +276,15 @@ def kho_memory_walk(profile: P.Profile, mem, fdt_blob: bytes, preserve_bits: int
     mm = _fdt.u64(v)
     if not mm:
         res.keep_fdt = profile.memory_init_zero_map == "walk-nothing"
+        return res
+    if faithful and profile.map_format == "radix":
+        def cb(p, o):
+            if on_block:
+                on_block(p, o)
+            if want_blocks:
+                res.blocks.append((p, o))
+        res.walked = True
+        res.problems = kernel_radix_walk(mem, mm, cb)
         return res
     w = walker(profile, mem, mm, preserve_bits=preserve_bits)
     res.walked = True

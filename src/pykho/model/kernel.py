@@ -19,7 +19,8 @@ from .. import profiles as P
 from ..abi import chunks as _chunks
 from ..abi import clients, radix, root as _root, structs
 from ..abi import fdt as _fdt
-from .incoming import kexec_metadata_in, kho_memory_walk, kho_populate, retrieve_subtree
+from .incoming import (KernelOops, WalkBudgetExceeded, first_pfn_without_memmap, kexec_metadata_in, kho_memory_walk,
+                       kho_populate, memmap_present, retrieve_subtree, X86_64_VMEMMAP, STRUCT_PAGE_SIZE)
 from .machine import (_subtract, ARCH_LOW_ADDRESS_LIMIT, Machine, Memblock, PageAllocator, IntervalSet, Violation,
                       PAGE_SIZE, PAGE_SHIFT)
 
@@ -148,6 +149,9 @@ class Kernel:
                                    "B": "7.0.0", "C": "7.1.0-rc1", "D": "7.1.0", "E": "7.2.13"}[self.p.name]
         self.name = name
         self.violations = violations if violations is not None else []
+        self.oops = None                 # KernelOops that ended the boot, if any
+        self.reserved_log: list | None = None   # a list: record every block reserved from the map, in order
+        self._memmap = lambda phys: True
         self.log: list[str] = []
         self.rng = random.Random(seed)
         self.kern_reserved = kern_reserved
@@ -243,7 +247,17 @@ class Kernel:
         for spec in [v for k, v in (a.split("=", 1) for a in self.cmdline.split() if "=" in a) if k == "reserve_mem"]:
             self._reserve_mem(spec)
         self.set_step("kho_memory_init")
-        self.kho_memory_init()
+        try:
+            self.kho_memory_init()
+        except KernelOops as e:
+            # an oops this early (idle task, before the console) is fatal
+            self.oops = e
+            self._log(f"BUG: unable to handle page fault for address: {e.vaddr_range[0]:016x}"
+                      if e.access == "read" else f"(model) {e}",
+                      "Kernel panic - not syncing: Fatal exception")
+            self._violation("oops", e.phys, e.phys + 1, str(e))
+            self.panicked = True
+            return self
         self.set_step("memblock_free_all")
         self.memblock_free_all()
         self.set_step("initcalls")
@@ -298,8 +312,14 @@ class Kernel:
             # A..C: kho_release_scratch; D+: memmap init makes the same
             # pageblocks MIGRATE_CMA; either way they go to the buddy
             # allocator in memblock_free_all
-            walk = kho_memory_walk(self.p, self.m.mem, self.kho_in_fdt, on_block=self._reserve_preserved,
-                                   want_blocks=False)
+            self._memmap = memmap_present([(s_, e_) for s_, e_, _ in self.m.ram])
+            try:
+                walk = kho_memory_walk(self.p, self.m.mem, self.kho_in_fdt, on_block=self._reserve_preserved,
+                                       want_blocks=False, faithful=True)
+            except WalkBudgetExceeded as e:
+                self._violation("walk-amplified", self.kho_in_scratch_phys, self.kho_in_scratch_phys + 1,
+                                f"the map walk does not end in reasonable time: {e} (nodes reached more than once)")
+                return
             self._log(*walk.lines)
             for prob in walk.problems:
                 self._log(f"(model) map walk problem: {prob}")
@@ -311,6 +331,17 @@ class Kernel:
             self.kho_reserve_scratch()
 
     def _reserve_preserved(self, phys, order):
+        """``kho_preserved_memory_reserve``: the struct pages of the block are
+        initialised (CONFIG_DEFERRED_STRUCT_PAGE_INIT, as in the vmtest kernel
+        and distribution kernels) and the head's ``private`` written: a pfn
+        without memmap faults."""
+        bad = first_pfn_without_memmap(phys, order, self._memmap)
+        if bad is not None:
+            v = X86_64_VMEMMAP + (bad >> 12) * STRUCT_PAGE_SIZE
+            raise KernelOops("kho_preserved_memory_reserve", "write", bad,
+                             f"struct page (block 0x{phys:x} order {order})", (v, v + STRUCT_PAGE_SIZE))
+        if self.reserved_log is not None:
+            self.reserved_log.append((phys, order))
         size = PAGE_SIZE << order
         self.memblock.reserve(phys, size)
         self.pages.reserve_preserved(phys, order)
