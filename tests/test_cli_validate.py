@@ -224,3 +224,73 @@ def test_unpreserved_subblob_and_vmalloc_and_truncated_fdt(capsys, tmp_path):
     rc, rep = run_json(capsys, "validate", str(cut), "--target", "E")
     assert rc == 1 and "fdt-header" in {f["code"] for f in rep["findings"]}
     assert rep["verdict"]["log"] == ["KHO: setup: handover FDT (0x1000) is invalid: -8", "KHO: disabling KHO revival"]
+
+
+def _a_capture():
+    """The A-selftest handover with its RAM extract in a writable copy."""
+    from pykho.handover import load
+    from pykho.memory import CowMemory, open_source
+    src = open_source(A_MEM)
+    mem = CowMemory(src, [(0, 1 << 30)])
+    return load(A_OUT, mem), mem
+
+
+def _radix_nodes(ho, mem):
+    from pykho.abi import radix
+    w = radix.RadixWalk(mem, ho.root.mem_map)
+    blocks = list(w.blocks())
+    return w.nodes, blocks
+
+
+def test_verdict_walks_the_map_as_the_kernel_does():
+    """The verdict's kernel follows the map blindly, as 7.2's
+    __kho_radix_walk_tree does, and faults where the real kernel faulted
+    (tests/vm/test_differential.py: radix-node-outside-ram, radix-cycle)."""
+    from pykho import profiles as P
+    from pykho.validate import validate
+    ho, mem = _a_capture()
+    nodes, blocks = _radix_nodes(ho, mem)
+    clean = validate(ho, P.E, want_reserved=True)["verdict"]
+    assert "oops" not in clean and clean["reserved"] == [list(b) for b in blocks]
+    rootp = ho.root.mem_map
+    orig = mem.read(rootp, 4096)
+    first = next(i for i in range(512) if orig[8 * i:8 * i + 8] != bytes(8))
+    # a root entry 8 TiB up: the read of that "node" through the direct map faults
+    mem.write(rootp + 8 * first, (0x7FFF0000000).to_bytes(8, "little"))
+    v = validate(ho, P.E, want_reserved=True)["verdict"]
+    assert v["log"][-2:] == ["BUG: unable to handle page fault for address: ffff907ff0000000",
+                             "Kernel panic - not syncing: Fatal exception"]
+    assert v["oops"]["function"] == "__kho_radix_walk_tree" and v["reserved"] == []
+    # a level-2 entry pointing back at the root: the root's entries are read
+    # as leaf bitmaps, whose blocks have no struct pages
+    mem.write(rootp, orig)
+    l2 = next(n.phys for n in nodes if n.level == 2)
+    t = mem.read(l2, 4096)
+    i2 = next(i for i in range(512) if t[8 * i:8 * i + 8] != bytes(8))
+    mem.write(l2 + 8 * i2, rootp.to_bytes(8, "little"))
+    rep = validate(ho, P.E, want_reserved=True)
+    v = rep["verdict"]
+    assert v["oops"]["function"] == "kho_preserved_memory_reserve" and v["oops"]["access"] == "write"
+    assert v["log"][-1] == "Kernel panic - not syncing: Fatal exception"
+    codes = {f["code"] for f in rep["findings"]}
+    assert {"radix-shared-node", "model-oops"} <= codes
+
+
+def test_map_page_in_scratch_is_an_error():
+    from pykho import profiles as P
+    from pykho.validate import validate
+    ho, mem = _a_capture()
+    nodes, _ = _radix_nodes(ho, mem)
+    assert "map-page-in-scratch" not in {f["code"] for f in validate(ho, P.E)["findings"]}
+    l1 = next(n.phys for n in nodes if n.level == 1)
+    t = mem.read(l1, 4096)
+    i = next(k for k in range(512) if t[8 * k:8 * k + 8] != bytes(8))
+    leaf = int.from_bytes(t[8 * i:8 * i + 8], "little")
+    area = max(ho.scratch, key=lambda a: a.size)
+    dest = area.addr + area.size // 2
+    mem.write(dest, mem.read(leaf, 4096))
+    mem.write(l1 + 8 * i, dest.to_bytes(8, "little"))
+    rep = validate(ho, P.E)
+    f = [x for x in rep["findings"] if x["code"] == "map-page-in-scratch"]
+    assert f and f[0]["severity"] == "error" and f[0]["where"] == f"0x{dest:x}"
+    assert rep["verdict"]["populate"] == "accepted" and "oops" not in rep["verdict"]

@@ -291,6 +291,16 @@ def test_campaign_zero_crashes_and_hangs(campaign):
         fuzz.format_summary(campaign)
 
 
+def test_campaign_index_range(tmp_path):
+    """--first-index / --max-inputs select an index range per family: two
+    runs of one seed cover [0, K) and [K, N) with nothing run twice."""
+    c = fuzz.Campaign(seconds=30, families=["scratch", "chosen"], jobs=2, seed=5, crash_dir=str(tmp_path),
+                      max_per_family=130, first_index=100)
+    s = c.run()
+    assert s["inputs"] == {"scratch": 30, "chosen": 30}
+    assert s["first_index"] == 100 and s["max_index"] == 130
+
+
 def test_generation_is_reproducible():
     for fam in fuzz.FAMILIES:
         a, b = fuzz.generate(3, fam, 12345), fuzz.generate(3, fam, 12345)

@@ -217,7 +217,9 @@ class Gdb:
         self.buf = b""
         self.sock.settimeout(None)
         self.request("qSupported:swbreak+")
-        self.request("?")
+        # QEMU answers '?' with the stop reason; it also pauses the guest on a
+        # new connection and drops every breakpoint
+        self.halt_reason = self.request("?")
 
     def _fill(self, timeout: float | None):
         self.sock.settimeout(timeout)
@@ -934,6 +936,7 @@ class Options:
     keep_cap: int = 64 << 20
     keep_full_ram: bool = False       # keep ram-stageN.full.bin.zst in the capture
     stall_retries: int = 0            # boot the chain again (at most this often) if it hangs
+    gdb_drop_before_stop: int | None = None   # test hook: reset the gdbstub link while waiting for stop N (N >= 2)
     writes: list = dataclasses.field(default_factory=list)      # list[Write]
     hook: Callable[[StopContext], list] | None = None
 
@@ -1051,6 +1054,50 @@ def _run_chain_once(out: Path, opts: Options, build: Build | None) -> dict:
     entry_bp = build.symbol("x86_64_start_kernel")
     pending = None          # (stage, stop record, writes) waiting for the next kernel's entry
     deadline = t_start + opts.timeout
+    drop = opts.gdb_drop_before_stop
+    lost = (ConnectionResetError, BrokenPipeError, GdbExited)
+
+    def reconnect(why: BaseException) -> str | None:
+        """The gdbstub link dropped while QEMU runs on: connect again (QEMU
+        pauses the guest and forgets its breakpoints), arm them again, and
+        return the halt reason; None when QEMU is gone."""
+        nonlocal gdb
+        gdb.close()
+        if proc.poll() is not None:
+            return None
+        rlog(f"gdbstub link lost ({type(why).__name__}: {why}); connecting again")
+        try:
+            gdb = Gdb(port, timeout=10)
+        except (OSError, GdbExited, TimeoutError):
+            if proc.poll() is not None:
+                return None
+            raise
+        summary["gdb_reconnects"] = summary.get("gdb_reconnects", 0) + 1
+        if gdb.request(f"Z0,{bp:x},1") != "OK":
+            raise RuntimeError("gdbstub refused the breakpoint after reconnecting")
+        if pending and gdb.request(f"Z0,{entry_bp:x},1") != "OK":
+            raise RuntimeError("gdbstub refused the entry breakpoint after reconnecting")
+        return gdb.halt_reason
+
+    def step_over(rip: int):
+        """Step off the instruction at ``rip`` (without its breakpoint) and continue."""
+        for attempt in range(2):
+            try:
+                armed = rip == bp
+                if armed:
+                    gdb.request(f"z0,{rip:x},1")
+                gdb.send("s")
+                gdb.wait_stop(60)
+                if armed:
+                    gdb.request(f"Z0,{rip:x},1")
+                gdb.send("c")
+                return
+            except lost as e:
+                if attempt or reconnect(e) is None:
+                    raise
+                # the guest is paused where it got to; the step is done again
+                rip = gdb.read_reg(16)
+
     try:
         qmp = Qmp(qmp_sock)
         gdb = Gdb(port)
@@ -1077,15 +1124,28 @@ def _run_chain_once(out: Path, opts: Options, build: Build | None) -> dict:
                 summary["stall_cpus"] = _where_are_cpus(qmp, build, out, rlog)
                 break
             try:
+                if drop and drop == stop_no + 1 and stop_no >= 1:
+                    drop = None
+                    gdb.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    gdb.sock.close()                    # a reset, as QEMU's were seen to do
+                    raise ConnectionResetError("dropped on purpose (Options.gdb_drop_before_stop)")
                 r = gdb.wait_stop(min(left, 2.0))
             except TimeoutError:
                 if proc.poll() is not None:
                     summary["exit"] = "qemu-exited"
                     break
                 continue
-            except GdbExited:
-                summary["exit"] = "qemu-exited"
-                break
+            except lost as e:
+                # QEMU closes the link when it exits; a reset while it runs on
+                # (seen at the second stop of some runs) is survived
+                try:
+                    proc.wait(timeout=2)
+                except subprocess.TimeoutExpired:
+                    pass
+                r = reconnect(e)
+                if r is None:
+                    summary["exit"] = "qemu-exited"
+                    break
             if r[0] in "WX":
                 summary["exit"] = "qemu-exited"
                 break
@@ -1112,14 +1172,7 @@ def _run_chain_once(out: Path, opts: Options, build: Build | None) -> dict:
             else:
                 rlog(f"unexpected stop at {rip:#x} ({r}); continuing")
             # step over the breakpoint we are on (if still armed), go on
-            armed = rip == bp
-            if armed:
-                gdb.request(f"z0,{rip:x},1")
-            gdb.send("s")
-            gdb.wait_stop(60)
-            if armed:
-                gdb.request(f"Z0,{rip:x},1")
-            gdb.send("c")
+            step_over(rip)
             last_change = time.time()
         if pending:
             summary.setdefault("problems", []).append(

@@ -1837,8 +1837,9 @@ class Campaign:
     def __init__(self, seconds: float, families=None, jobs: int | None = None, seed: int = 0,
                  crash_dir: str = "fuzz-crashes", limit: float = 1.0, hard_seconds: float = 20.0,
                  max_per_family: int | None = None, mem_mb: int = 3072, rss_jump_mb: int = 256,
-                 keep: int = 5, progress: float = 0.0, out=sys.stdout, clock: str = "cpu"):
+                 keep: int = 5, progress: float = 0.0, out=sys.stdout, clock: str = "cpu", first_index: int = 0):
         self.seconds = seconds
+        self.first_index = first_index
         self.families = list(families or FAMILIES)
         self.jobs = max(1, jobs or os.cpu_count() or 1)
         self.seed = seed
@@ -1865,7 +1866,8 @@ class Campaign:
         bad: list[dict] = []
         peak_rss = {}
         busy = Counter()
-        nxt: dict[int, dict] = {w: {} for w in range(self.jobs)}
+        # worker w runs indices first_index + w, + jobs, ... of every family
+        nxt: dict[int, dict] = {w: {f: self.first_index + w for f in self.families} for w in range(self.jobs)}
         skip: dict[int, set] = {w: set() for w in range(self.jobs)}
         procs = {}
 
@@ -1945,6 +1947,7 @@ class Campaign:
         child_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         summary = {
             "seed": self.seed, "jobs": self.jobs, "seconds": self.seconds, "wall": wall, "limit": self.limit,
+            "first_index": self.first_index, "max_index": self.max_per_family,
             "clock": self.clock,
             "families": self.families,
             "inputs": {f: inputs[f] for f in self.families},
@@ -1981,7 +1984,8 @@ def format_summary(s: dict) -> str:
     lines = []
     fams = s["families"]
     lines.append(f"kho fuzz: seed {s['seed']}, {s['jobs']} jobs, {s['wall']:.1f} s wall, "
-                 f"per-input limit {s['limit']} s ({s.get('clock', 'cpu')} time)")
+                 f"per-input limit {s['limit']} s ({s.get('clock', 'cpu')} time)"
+                 + (f", inputs from index {s['first_index']}" if s.get("first_index") else ""))
     w = max(len(f) for f in fams)
     lines.append(f"{'family':<{w}}  {'inputs':>10}  {'/s':>7}  results by code")
     for f in fams:
@@ -2112,7 +2116,10 @@ def configure_parser(p: argparse.ArgumentParser):
     p.add_argument("--hard-seconds", type=float, default=20.0,
                    help="kill a worker that makes no progress for this long (default 20)")
     p.add_argument("--max-inputs", type=int, default=None,
-                   help="stop each family after this many inputs (ends early when all are done)")
+                   help="stop each family at this input index (ends early when all are done)")
+    p.add_argument("--first-index", type=int, default=0,
+                   help="start each family at this input index (continue an earlier campaign of the same "
+                        "seed: inputs are numbered, so two runs cover two index ranges)")
     p.add_argument("--mem-mb", type=int, default=3072, help="address-space headroom per worker in MiB (default 3072)")
     p.add_argument("--rss-jump-mb", type=int, default=256,
                    help="flag an input during which peak RSS grows by more than this (default 256)")
@@ -2139,7 +2146,8 @@ def run(args) -> int:
         return run_atheris(fams[0], args.seconds, args.seed, args.crash_dir, args.limit)
     CLOCK[0] = getattr(args, "clock", "cpu")
     c = Campaign(args.seconds, args.family, args.jobs, args.seed, args.crash_dir, args.limit, args.hard_seconds,
-                 args.max_inputs, args.mem_mb, args.rss_jump_mb, args.keep, args.progress, clock=CLOCK[0])
+                 args.max_inputs, args.mem_mb, args.rss_jump_mb, args.keep, args.progress, clock=CLOCK[0],
+                 first_index=getattr(args, "first_index", 0))
     s = c.run()
     print(format_summary(s))
     if args.json:

@@ -228,9 +228,14 @@ def _add_blocks(ctx, blocks):
     new nodes are taken from the reserve_mem region (reserved again by the
     next kernel before it walks the map, and read by nobody).  Returns the
     writes: every page the encoder changed."""
+    from pykho.memory import RawImage
+    with RawImage(str(ctx.ram_file)) as raw:
+        return _add_blocks_in(ctx, raw, blocks)
+
+
+def _add_blocks_in(ctx, raw, blocks):
     from pykho.abi import clients, radix
-    from pykho.memory import CowMemory, RawImage
-    raw = RawImage(str(ctx.ram_file))
+    from pykho.memory import CowMemory
     cow = CowMemory(raw, raw.ranges())
     mb = [x for x in ctx.locate["subnodes"] if x["name"] == "memblock"][0]
     region = clients.decode_memblock(cow.read(mb["preserved_data"], mb["blob_size"]))[0]
@@ -305,12 +310,12 @@ def predict(ctx, writes) -> dict:
     from pykho.handover import load
     from pykho.memory import CowMemory, RawImage
     from pykho.validate import validate
-    raw = RawImage(str(ctx.ram_file))
-    cow = CowMemory(raw, raw.ranges())
-    for phys, data in writes:
-        cow.write(phys, data)
-    ho = load(str(ctx.stage_dir / "debugfs" / "kho" / "out"), cow, ctx.locate["fdt"]["phys"])
-    rep = validate(ho, P.E, want_reserved=True)
+    with RawImage(str(ctx.ram_file)) as raw:   # 1 GiB mapped: unmapped on return
+        cow = CowMemory(raw, raw.ranges())
+        for phys, data in writes:
+            cow.write(phys, data)
+        ho = load(str(ctx.stage_dir / "debugfs" / "kho" / "out"), cow, ctx.locate["fdt"]["phys"])
+        rep = validate(ho, P.E, want_reserved=True)
     v = rep["verdict"]
     return {"populate": v["populate"], "log": v["log"], "oops": v.get("oops"), "reserved": v.get("reserved"),
             "outcome": v.get("outcome"),

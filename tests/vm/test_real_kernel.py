@@ -120,6 +120,18 @@ def test_chain3_harness_walk_matches_kernel(chain3):
         assert loc["radix"]["entries"] == vmrun.kho_reserved(capture / f"stage{stop + 1}"), f"stop {stop}"
 
 
+@pytest.mark.multistop
+def test_chain_survives_a_reset_gdbstub_link(vm_build, tmp_path):
+    """QEMU 7.2's gdbstub link was seen reset at the second stop of some
+    chains; the runner connects again, arms its breakpoints again and goes
+    on.  Here the link is reset on purpose while waiting for stop 2."""
+    summary = vmrun.run_chain(tmp_path, vmrun.Options(boots=3, luo=False, gdb_drop_before_stop=2))
+    assert_completed(summary, 3)
+    assert summary.get("gdb_reconnects") == 1, summary
+    assert [s["stage"] for s in summary["stops"]] == [1, 2]
+    assert "(count 2)" in " ".join(kho_lines(tmp_path / "stage3"))
+
+
 # ------------------------------------------------------------ fault injection
 
 def test_injection_zeroed_root_fdt(vm_build, tmp_path):

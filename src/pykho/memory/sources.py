@@ -47,6 +47,20 @@ class _Segments(PhysMemory):
     def ranges(self):
         return self._ranges
 
+    def close(self):
+        """Unmap the files now (a 1 GiB image otherwise stays mapped until
+        the garbage collector finds this object)."""
+        for _, _, buf, _ in self._segs:
+            if isinstance(buf, mmap.mmap):
+                buf.close()
+        self._segs, self._ranges, self._starts_cache = [], [], None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
     def _read(self, phys, size):
         i = self._range_index(phys)
         s, e, buf, off = self._segs[i]
