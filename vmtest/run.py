@@ -1219,7 +1219,9 @@ def _handle_stop(n: int, out: Path, qmp: Qmp, gdb: Gdb, opts: Options, rlog) -> 
     stop["rip"] = f"0x{m.group(1)}" if m else None
     split_serial(out / "serial.log", out)   # the stage's own dumps are complete by now
     tmp = _ram_tmpdir(RAM_SIZE)
-    full = Path(tempfile.mkstemp(prefix=f"vmtest-ram{n}-", suffix=".bin", dir=tmp)[1])
+    fd, name = tempfile.mkstemp(prefix=f"vmtest-ram{n}-", suffix=".bin", dir=tmp)
+    os.close(fd)         # an open descriptor would keep the 1 GiB file alive after its unlink
+    full = Path(name)
     try:
         t0 = time.time()
         size = _guest_ram_size(opts.memory)

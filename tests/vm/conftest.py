@@ -38,7 +38,7 @@ def pytest_configure(config):
         "markers", "vm: boots a real Linux kernel under QEMU (needs root, qemu-system-x86, a kernel build)")
     config.addinivalue_line(
         "markers", "multistop: stops the guest more than once per QEMU run (3-boot chain, entry injection); "
-                   "the gdbstub connection is sometimes reset at the second stop, so CI leaves these out")
+                   "the runner survives a gdbstub link reset between stops (seen with QEMU 7.2)")
 
 
 def in_ci() -> bool:
