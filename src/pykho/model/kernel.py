@@ -250,10 +250,14 @@ class Kernel:
         try:
             self.kho_memory_init()
         except KernelOops as e:
-            # an oops this early (idle task, before the console) is fatal
+            # an oops this early (idle task, before the console) is fatal.
+            # The exact fault line is known for x86-64 reads (the node's
+            # direct-map address); a struct page write faults at a field
+            # offset the compiler chose, and arm64 words its fault otherwise
             self.oops = e
+            exact = e.access == "read" and self.arch != "arm64"
             self._log(f"BUG: unable to handle page fault for address: {e.vaddr_range[0]:016x}"
-                      if e.access == "read" else f"(model) {e}",
+                      if exact else f"(model) {e}",
                       "Kernel panic - not syncing: Fatal exception")
             self._violation("oops", e.phys, e.phys + 1, str(e))
             self.panicked = True
