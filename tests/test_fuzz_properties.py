@@ -478,3 +478,42 @@ def test_regression_sparse_manifest_nul_name(tmp_path):
     from pykho.memory import SparseDir
     (tmp_path / "MANIFEST.tsv").write_bytes(b"a\x00b\t0x1000\t0x10\n")
     bounded(lambda: SparseDir(str(tmp_path)))
+
+
+def test_sparse_archive_header_does_not_size_memory(tmp_path):
+    """Found by the fuzz campaign (mem_sparse, seed 20261125, input 517778):
+    tarfile's guessing ran the legacy .lzma decoder on a file starting
+    0x30 ff ff ff ff, whose header asks for a 4 GiB dictionary -- MemoryError
+    under the worker's address-space limit.  Archives are now told by magic
+    bytes and xz is decoded with a memory cap."""
+    import subprocess
+    import sys
+    bad = tmp_path / "lzma-alone.bin"
+    bad.write_bytes(bytes([0x30]) + b"\xff" * 12 + bytes(10240 - 13))
+    code = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))\n"
+        "from pykho.memory import open_source\n"
+        "from pykho.errors import KhoError\n"
+        "try:\n"
+        f"    open_source('sparse:{bad}')\n"
+        "except KhoError as e:\n"
+        "    print(type(e).__name__)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "UsageError", r.stderr[-2000:]
+    # an xz stream whose header wants more than the cap is a decode error
+    import lzma
+    import io
+    import tarfile
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        info = tarfile.TarInfo("MANIFEST.tsv")
+        info.size = 0
+        tf.addfile(info, io.BytesIO(b""))
+    big = tmp_path / "big-dict.tar.xz"
+    big.write_bytes(lzma.compress(buf.getvalue(), filters=[{"id": lzma.FILTER_LZMA2, "dict_size": 1 << 30}]))
+    from pykho.memory import open_source
+    from pykho.errors import KhoDecodeError
+    with pytest.raises(KhoDecodeError) as e:
+        open_source(f"sparse:{big}")
+    assert "Memory usage limit" in str(e.value) or "memory" in str(e.value).lower()

@@ -17,6 +17,55 @@ from ..errors import KhoDecodeError, UsageError
 from .base import PhysMemory
 
 
+XZ_MAGIC = b"\xfd7zXZ\x00"
+#: memory the xz decoder may use: ``xz -9`` needs 65 MiB to decode
+XZ_MEMLIMIT = 128 << 20
+
+
+def _tar_kind(path: str) -> str | None:
+    """How a sparse-extract archive is compressed: "xz", "gz", "bz2", "tar"
+    (none) or None (not an archive).  Told by magic bytes, never by trying
+    decoders: tarfile's guessing would also run the legacy .lzma decoder,
+    whose header sizes its memory."""
+    with open(path, "rb") as f:
+        head = f.read(6)
+    if head == XZ_MAGIC:
+        return "xz"
+    if head[:2] == b"\x1f\x8b":
+        return "gz"
+    if head[:3] == b"BZh":
+        return "bz2"
+    try:
+        with tarfile.open(path, "r:"):
+            return "tar"
+    except (tarfile.TarError, OSError, EOFError, ValueError):
+        return None
+
+
+class _XzReader(io.RawIOBase):
+    """An xz stream decoded with a memory cap (``lzma.LZMAError`` beyond it)."""
+
+    def __init__(self, f):
+        self.f = f
+        self.d = lzma.LZMADecompressor(lzma.FORMAT_XZ, memlimit=XZ_MEMLIMIT)
+
+    def readable(self):
+        return True
+
+    def readinto(self, b):
+        while not self.d.eof:
+            chunk = b""
+            if self.d.needs_input:
+                chunk = self.f.read(1 << 16)
+                if not chunk:
+                    raise EOFError("xz stream ends before its end marker")
+            out = self.d.decompress(chunk, max_length=len(b))
+            if out:
+                b[:len(out)] = out
+                return len(out)
+        return 0
+
+
 class _Segments(PhysMemory):
     """Memory made of (phys_start, length, reader) segments."""
 
@@ -98,7 +147,7 @@ class SparseDir(_Segments):
         super().__init__(f"sparse extract {path}")
         if os.path.isdir(path):
             self._load(lambda n: open(os.path.join(path, n), "rb").read(), path)
-        elif os.path.isfile(path) and tarfile.is_tarfile(path):
+        elif os.path.isfile(path) and _tar_kind(path):
             try:
                 self._load_tar(path)
             except (tarfile.TarError, EOFError, OSError, ValueError, lzma.LZMAError, zlib.error) as e:
@@ -108,18 +157,29 @@ class SparseDir(_Segments):
         self._finish()
 
     def _load_tar(self, path):
-        if True:
-            with tarfile.open(path) as tf:
-                members = {os.path.normpath(m.name): m for m in tf.getmembers() if m.isfile()}
-
-                def get(n):
-                    m = members.get(os.path.normpath(n))
-                    if m is None:
-                        raise FileNotFoundError(n)
+        members: dict[str, bytes] = {}
+        kind = _tar_kind(path)
+        with open(path, "rb") as f:
+            if kind == "xz":
+                # tarfile's own xz reader lets the stream's header choose the
+                # decoder's memory (up to 1.5 GiB of dictionary): decode with a cap
+                tf = tarfile.open(fileobj=io.BufferedReader(_XzReader(f), 1 << 16), mode="r|")
+            else:
+                tf = tarfile.open(fileobj=f, mode=f"r:{kind if kind != 'tar' else ''}")
+            with tf:
+                for m in tf:
+                    if not m.isfile():
+                        continue
                     if m.size > 1 << 32:
-                        raise KhoDecodeError("sparse extract", f"{path}:{n}", "member larger than 4 GiB")
-                    return tf.extractfile(m).read()
-                self._load(get, path)
+                        raise KhoDecodeError("sparse extract", f"{path}:{m.name}", "member larger than 4 GiB")
+                    members[os.path.normpath(m.name)] = tf.extractfile(m).read()
+
+        def get(n):
+            data = members.get(os.path.normpath(n))
+            if data is None:
+                raise FileNotFoundError(n)
+            return data
+        self._load(get, path)
 
     def _load(self, get, path):
         try:
