@@ -184,11 +184,17 @@ class WalkBudgetExceeded(Exception):
 def memmap_present(ram: list[tuple[int, int]]):
     """``pfn_valid`` for SPARSEMEM: a function phys -> bool, true when the
     128 MiB section of ``phys`` holds RAM (its struct pages exist)."""
-    sections = set()
-    for s, e in ram:
-        for sec in range(s >> SECTION_SIZE_BITS, ((e - 1) >> SECTION_SIZE_BITS) + 1):
-            sections.add(sec)
-    return lambda phys: (phys >> SECTION_SIZE_BITS) in sections
+    import bisect
+    # section intervals, not a set of sections: RAM ranges come from the
+    # input (a scratch area far up stretches the verdict's RAM)
+    spans = sorted((s >> SECTION_SIZE_BITS, ((e - 1) >> SECTION_SIZE_BITS) + 1) for s, e in ram if e > s)
+    starts = [a for a, _ in spans]
+
+    def present(phys: int) -> bool:
+        sec = phys >> SECTION_SIZE_BITS
+        i = bisect.bisect_right(starts, sec) - 1
+        return i >= 0 and sec < spans[i][1]
+    return present
 
 
 def first_pfn_without_memmap(phys: int, order: int, present) -> int | None:
