@@ -10,7 +10,8 @@ Every decoder reads through :class:`PhysMemory`.  Sources are read-only
 from __future__ import annotations
 
 from .base import CowMemory, PhysMemory, SparseMemory, MemoryFault, ReadOnlyView
+from .bump import Bump
 from .sources import RawImage, SparseDir, ElfDump, open_source
 
-__all__ = ["CowMemory", "PhysMemory", "SparseMemory", "MemoryFault", "ReadOnlyView", "RawImage",
+__all__ = ["Bump", "CowMemory", "PhysMemory", "SparseMemory", "MemoryFault", "ReadOnlyView", "RawImage",
            "SparseDir", "ElfDump", "open_source"]
