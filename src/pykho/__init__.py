@@ -1,3 +1,5 @@
 """pykho: userspace toolkit for Linux Kexec HandOver (KHO)."""
 
-__version__ = "0.1.0"
+from ._version import __version__
+
+__all__ = ["__version__"]
