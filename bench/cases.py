@@ -12,29 +12,11 @@ import struct
 import numpy as np
 
 from pykho.abi import chunks, radix
-from pykho.memory import SparseMemory
+from pykho.memory import Bump, SparseMemory
 
 GiB = 1 << 30
 TiB = 1 << 40
 PAGE = 4096
-
-
-class Bump:
-    """Zeroed pages (and packed 512-byte objects, as kmalloc-512) from ``base`` up."""
-
-    def __init__(self, base: int):
-        self.next = base
-
-    def page(self):
-        p = self.next
-        self.next += PAGE
-        return p
-
-    def alloc(self, size):
-        align = PAGE if size >= PAGE else 512
-        p = (self.next + align - 1) & ~(align - 1)
-        self.next = p + size
-        return p
 
 
 def order0(size: int):

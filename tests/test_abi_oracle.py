@@ -5,16 +5,13 @@ import struct
 import pytest
 
 from conftest import oracle, reserve_lines
+from helpers import A, B
 from pykho import profiles as P
 from pykho.abi import clients, radix, root, structs
 from pykho.abi import fdt as F
 from pykho.memory import SparseDir
 
-CASES = {
-    # scenario: (root FDT phys, sub-blobs in the order kho_add_subtree ran)
-    "A-selftest": 0x317000,
-    "B-luo-memblock-chain": 0x2D5000,
-}
+CASES = {c.name: c.root_fdt for c in (A, B)}       # scenario: root FDT phys (tests/helpers.py)
 
 
 @pytest.fixture(scope="module", params=sorted(CASES))
@@ -49,12 +46,9 @@ def test_radix_nodes_match_host_decoder(case, read):
     r = root.decode_root(root.read_root_from_memory(mem, phys))
     walk = radix.RadixWalk(mem, r.mem_map, strict=True)
     list(walk.blocks())
-    nodes = ref.get("radix_nodes") or ref.get("nodes")
-    if nodes and isinstance(nodes[0], dict):
-        ref_set = {int(n["phys"], 0) if isinstance(n["phys"], str) else n["phys"] for n in nodes}
-        assert {n.phys for n in walk.nodes} == ref_set
-    else:
-        assert len(walk.nodes) in (44, 21)
+    # every node the host decoder found, in the order of the walk (depth first), at its level
+    assert [(n.level, n.phys) for n in walk.nodes] == [(n["level"], n["phys"]) for n in ref["radix_nodes"]]
+    assert len(walk.nodes) == {"A-selftest": 44, "B-luo-memblock-chain": 21}[name]
 
 
 def test_subtrees_and_blobs(case, read):
@@ -77,7 +71,7 @@ def test_subtrees_and_blobs(case, read):
 
 def test_kho_test_checksum_over_real_folio_data(read):
     mem = SparseDir(oracle("B-luo-memblock-chain", "ram-stage1.sparse.tar.xz"))
-    r = root.decode_root(root.read_root_from_memory(mem, 0x2D5000))
+    r = root.decode_root(root.read_root_from_memory(mem, B.root_fdt))
     st = r.subtree("kho_test")
     t = clients.decode_kho_test(mem.read(st.phys, st.size), mem=mem)
     csum = 0
@@ -88,7 +82,7 @@ def test_kho_test_checksum_over_real_folio_data(read):
 
 def test_luo_sessions_and_memfd(read):
     mem = SparseDir(oracle("B-luo-memblock-chain", "ram-stage1.sparse.tar.xz"))
-    r = root.decode_root(root.read_root_from_memory(mem, 0x2D5000))
+    r = root.decode_root(root.read_root_from_memory(mem, B.root_fdt))
     st = r.subtree("LUO")
     luo = clients.decode_luo(mem.read(st.phys, st.size), mem=mem)
     assert (luo.compatible, luo.liveupdate_num) == ("luo-v5", 1)
@@ -107,7 +101,7 @@ def test_luo_sessions_and_memfd(read):
 def test_memblock_blob_encodes_byte_exact(read):
     real = read("B-luo-memblock-chain", "stage1-debugfs", "kho", "out", "sub_fdts", "memblock")
     regions = clients.decode_memblock(real)
-    assert regions == [clients.ReserveMem("oracle_rmem", 0x3D400000, 0x400000)]
+    assert regions == [clients.ReserveMem("oracle_rmem", B.extra["oracle_rmem"], 0x400000)]
     blob, err = clients.encode_memblock(regions)
     assert err == 0 and blob == real
 
@@ -122,22 +116,22 @@ def test_kho_test_blob_encodes_byte_exact(read):
 def test_root_fdt_encoder_reproduces_real_kernel_bytes(read):
     """kho_init's sequential write, then kho_add_subtree in the kernel's order."""
     mem = SparseDir(oracle("A-selftest", "ram-stage1.sparse.tar.xz"))
-    page = root.build_root_at_boot(P.E, 0x306000)
-    assert page.add_subtree("kexec-metadata", 0x320000, 73) == 0
+    page = root.build_root_at_boot(P.E, A.map_root)
+    assert page.add_subtree("kexec-metadata", *A.subtrees["kexec-metadata"]) == 0
     at_init = page.totalsize()
-    assert page.add_subtree("kho_test", 0x37E000, 240) == 0
+    assert page.add_subtree("kho_test", *A.subtrees["kho_test"]) == 0
     full = read("A-selftest", "ram-stage1-out-fdt-full.dtb")
     assert page.blob() == full
     # debugfs out/fdt: the current page cut to the size it had at kho_init
     assert page.buf[:at_init] == read("A-selftest", "stage1-debugfs", "kho", "out", "fdt")
     # the whole 4 KiB page as it sat in RAM, stale tail included
-    assert bytes(page.buf) == mem.read(0x317000, 4096)
+    assert bytes(page.buf) == mem.read(A.root_fdt, 4096)
 
 
 def test_root_fdt_encoder_four_subtrees(read):
-    page = root.build_root_at_boot(P.E, 0x29A000)
-    for name, phys, size in (("kexec-metadata", 0x2DB000, 73), ("kho_test", 0x3DC000, 240),
-                             ("LUO", 0x87F000, 32), ("memblock", 0x881000, 214)):
+    page = root.build_root_at_boot(P.E, B.map_root)
+    assert list(B.subtrees) == ["kexec-metadata", "kho_test", "LUO", "memblock"]
+    for name, (phys, size) in B.subtrees.items():
         assert page.add_subtree(name, phys, size) == 0
     assert page.blob() == read("B-luo-memblock-chain", "ram-stage1-out-fdt-full.dtb")
     assert [n for _, n in page.subnodes()] == ["memblock", "LUO", "kho_test", "kexec-metadata"]
@@ -146,8 +140,8 @@ def test_root_fdt_encoder_four_subtrees(read):
 def test_setup_data_found_in_ram():
     mem = SparseDir(oracle("A-selftest", "ram-stage1.sparse.tar.xz"))
     found = list(structs.find_setup_data(mem))
-    assert found == [(0x212B080, structs.KhoData(0x317000, 0x1000, 0x3D3F0000, 0x30))]
-    nxt, typ, kd = structs.decode_setup_data(mem, 0x212B080)
+    assert found == [(A.setup_data, structs.KhoData(A.root_fdt, 0x1000, A.scratch_array, 0x30))]
+    nxt, typ, kd = structs.decode_setup_data(mem, A.setup_data)
     assert typ == structs.SETUP_KEXEC_KHO and kd.scratch_size == 48
 
 
@@ -156,8 +150,7 @@ def test_debugfs_scratch_text(read):
                                               mode="r"), "scratch_phys")
     lens = structs.parse_debugfs_scratch(read("A-selftest", "stage1-debugfs", "kho", "out", "scratch_len",
                                               mode="r"), "scratch_len")
-    assert phys == [0x36C00000, 0x3D400000, 0x23400000]
-    assert lens == [0x6800000, 0, 0x13800000]
+    assert list(zip(phys, lens)) == list(A.scratch)
     assert structs.format_debugfs_scratch(phys) == read("A-selftest", "stage1-debugfs", "kho", "out",
                                                          "scratch_phys", mode="r")
 

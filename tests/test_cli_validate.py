@@ -1,17 +1,19 @@
 """kho inspect / validate on real artifacts and on corruptions of them."""
 
 import json
+import os
+import re
 import shutil
+import tarfile
 
 import pytest
 
 from conftest import oracle, reserve_lines
+from helpers import A, B, BUNDLED, BUNDLED_DIR, ram_file
 from pykho.cli import main
 
-A_OUT = oracle("A-selftest", "stage1-debugfs", "kho", "out")
-A_MEM = "sparse:" + oracle("A-selftest", "ram-stage1.sparse.tar.xz")
-B_OUT = oracle("B-luo-memblock-chain", "stage1-debugfs", "kho", "out")
-B_MEM = "sparse:" + oracle("B-luo-memblock-chain", "ram-stage1.sparse.tar.xz")
+A_OUT, A_MEM = A.out, A.mem
+B_OUT, B_MEM = B.out, B.mem
 
 
 def run_json(capsys, *argv):
@@ -21,9 +23,17 @@ def run_json(capsys, *argv):
 
 @pytest.mark.parametrize("out,mem,name", [(A_OUT, A_MEM, "A-selftest"), (B_OUT, B_MEM, "B-luo-memblock-chain")])
 def test_inspect_json_on_real_handovers(capsys, out, mem, name):
+    cap = {A.name: A, B.name: B}[name]
     rc, rep = run_json(capsys, "inspect", out, "--mem", mem)
     assert rc == 0
     assert rep["compatible"] == "kho-v4" and rep["generation"] == "E"
+    # found in the RAM extract by itself (the debugfs copy has no addresses)
+    assert rep["fdt"]["phys"] == cap.root_fdt and rep["memory_map"] == cap.map_root
+    assert rep["setup_data"] == {"phys": cap.setup_data, "scratch_addr": cap.scratch_array,
+                                 "scratch_size": 16 * len(cap.scratch)}
+    assert [(s["name"], s["phys"], s["size"]) for s in rep["subtrees"]] == \
+        [(n, p, z) for n, (p, z) in reversed(cap.subtrees.items())]          # newest first, as in the FDT
+    assert [(a["addr"], a["size"]) for a in rep["scratch"]] == list(cap.scratch)
     assert [tuple(b) for b in rep["preserved"]] == reserve_lines(open(oracle(name, "stage2-dmesg.txt")).read())
     assert {"name", "phys", "size"} <= set(rep["subtrees"][0])
     assert rep["scratch"][0]["size"] > 0
@@ -34,6 +44,57 @@ def test_inspect_default_is_bundled_real_handover(capsys):
     assert main(["inspect"]) == 0
     out = capsys.readouterr().out
     assert "kho-v4" in out and "21 blocks" in out and "LUO luo-v5" in out
+    rc, rep = run_json(capsys, "inspect")
+    assert rc == 0 and rep["fdt"]["phys"] == BUNDLED.root_fdt and rep["memory_map"] == BUNDLED.map_root
+
+
+def test_bundled_handover_is_capture_b():
+    """The bundled default is B's stage 1, byte for byte (so BUNDLED = B)."""
+    pairs = [(os.path.join(BUNDLED_DIR, "debugfs", "kho", "out", f), os.path.join(B.out, f))
+             for f in ("fdt", "scratch_phys", "scratch_len")]
+    pairs.append((os.path.join(BUNDLED_DIR, "ram.sparse.tar.xz"), B.dir("ram-stage1.sparse.tar.xz")))
+    for ours, theirs in pairs:
+        with open(ours, "rb") as f, open(theirs, "rb") as g:
+            assert f.read() == g.read(), ours
+
+
+@pytest.mark.parametrize("cap", [A, B], ids=lambda c: c.name)
+def test_oracle_table_is_what_the_captures_hold(cap):
+    """tests/helpers.py's addresses, read again from the capture files
+    (the host decode of the capture, debugfs text, the RAM extract, dmesg)."""
+    with open(cap.dir("decode-stage1.json")) as f:
+        ref = json.load(f)
+    [sd] = ref["setup_data_kho"]
+    assert (sd["setup_data_at"], sd["fdt_addr"], sd["fdt_size"], sd["scratch_addr"], sd["scratch_size"]) == \
+        (cap.setup_data, cap.root_fdt, 4096, cap.scratch_array, 16 * len(cap.scratch))
+    assert ref["root_fdt_phys_candidates"] == [cap.root_fdt]
+    assert ref["preserved_memory_map"] == cap.map_root
+    assert ref["radix_nodes"][0] == {"level": 5, "phys": cap.map_root}
+    # the FDT lists sub-trees newest first
+    assert [(k.lstrip("/"), v["preserved-data"], v["blob-size"]) for k, v in reversed(ref["subnodes"].items())] == \
+        [(n, p, z) for n, (p, z) in cap.subtrees.items()]
+    assert ref["scratch"]["array_bytes_found_at"] == list(cap.scratch_array_copies)
+    assert [tuple(e) for e in ref["scratch"]["entries"]] == list(cap.scratch)
+
+    def hexes(fname):
+        with open(os.path.join(cap.out, fname)) as f:
+            return [int(x, 16) for x in f.read().split()]
+    assert list(zip(hexes("scratch_phys"), hexes("scratch_len"))) == list(cap.scratch)
+    with tarfile.open(cap.dir("ram-stage1.sparse.tar.xz")) as tf:
+        kept = {os.path.basename(n) for n in tf.getnames()}
+    assert {ram_file(cap.root_fdt), ram_file(cap.map_root)} <= kept
+    if cap is B:
+        assert ref["subnodes"]["/kho_test"]["decoded"]["folios_info"]["first"] == cap.extra["kho_test_folios_info"]
+        with open(cap.dir("stage2-dmesg.txt")) as f:
+            reserved = reserve_lines(f.read())
+        assert (cap.extra["kho_test_folios_info"], 0) in reserved and (cap.extra["oracle_rmem"], 10) in reserved
+        with open(cap.dir("stage1-dmesg.txt")) as f:
+            lines = f.read().splitlines()
+        i = next(i for i, l in enumerate(lines) if "4194304 bytes" in l and "reserve_mem+" in l)
+        assert re.search(r"__memblock_reserve: \[0x0*([0-9a-f]+)-", lines[i + 1]).group(1) == \
+            f"{cap.extra['oracle_rmem']:x}"
+    else:
+        assert cap.extra == {}
 
 
 @pytest.mark.parametrize("out,mem", [(A_OUT, A_MEM), (B_OUT, B_MEM)])
@@ -80,10 +141,10 @@ def test_corruptions_give_findings(capsys, tmp_path):
     ram = tmp_path / "ram"
     with tarfile.open(oracle("A-selftest", "ram-stage1.sparse.tar.xz")) as tf:
         tf.extractall(ram)
-    fdt_file = ram / "000000317000.bin"
+    fdt_file = ram / ram_file(A.root_fdt)
     page = bytearray(fdt_file.read_bytes())
     # radix root entry pointing outside the memory given
-    rootnode = ram / "000000306000.bin"
+    rootnode = ram / ram_file(A.map_root)
     orig = rootnode.read_bytes()
     bad = bytearray(orig)
     bad[0:8] = (0x7FFF0000000).to_bytes(8, "little")
@@ -92,14 +153,14 @@ def test_corruptions_give_findings(capsys, tmp_path):
     assert rc == 1 and any(f["code"] == "radix-pointer-outside" for f in rep["findings"])
     # a cycle: a table entry pointing back at the root
     bad = bytearray(orig)
-    bad[8:16] = (0x306000).to_bytes(8, "little")
+    bad[8:16] = A.map_root.to_bytes(8, "little")
     rootnode.write_bytes(bytes(bad))
     rc, rep = run_json(capsys, "validate", A_OUT, "--mem", f"sparse:{ram}")
     assert rc == 1 and any(f["code"] == "radix-shared-node" for f in rep["findings"])
     rootnode.write_bytes(orig)
-    # scratch overlapping a preserved block
+    # scratch overlapping a preserved block: the 312 MiB global area moved down to 3 MiB
     d = _copy(tmp_path, A_OUT)
-    (d / "scratch_phys").write_text("0x36c00000\n0x3d400000\n0x300000\n")
+    (d / "scratch_phys").write_text("".join(f"0x{a:x}\n" for a in (A.scratch[0][0], A.scratch[1][0], 0x300000)))
     rc, rep = run_json(capsys, "validate", str(d), "--mem", f"sparse:{ram}")
     assert rc == 1 and any(f["code"] == "preserved-in-scratch" for f in rep["findings"])
     # compatible changed
@@ -107,7 +168,7 @@ def test_corruptions_give_findings(capsys, tmp_path):
     off = p.find_prop_value(0, "compatible")
     p.buf[off:off + 6] = b"kho-v3"
     fdt_file.write_bytes(bytes(p.buf))
-    rc, rep = run_json(capsys, "validate", A_OUT, "--mem", f"sparse:{ram}", "--fdt-phys", "0x317000", "--target", "7.2")
+    rc, rep = run_json(capsys, "validate", A_OUT, "--mem", f"sparse:{ram}", "--fdt-phys", hex(A.root_fdt), "--target", "7.2")
     assert rc == 1 and rep["verdict"]["log"][0].endswith("is incompatible with 'kho-v4': 1")
     assert any(f["code"] == "compatible-mismatch" for f in rep["findings"])
 
@@ -195,7 +256,7 @@ def test_unpreserved_subblob_and_vmalloc_and_truncated_fdt(capsys, tmp_path):
     def clear(phys, order):
         # find the leaf bit through the real tree and clear it in the extract files
         key = radix.encode_key(phys, order)
-        node = 0x29A000
+        node = B.map_root
         for level in range(5, 0, -1):
             node = src.read_u64(node + 8 * radix.table_index(key, level))
         bit = radix.bitmap_index(key)
@@ -205,8 +266,8 @@ def test_unpreserved_subblob_and_vmalloc_and_truncated_fdt(capsys, tmp_path):
         data = bytearray(f.read_bytes())
         data[byte - base] &= ~(1 << (bit & 7)) & 0xFF
         f.write_bytes(bytes(data))
-    clear(0x3DC000, 1)       # the kho_test sub-FDT folio (order 1: nr_folios * 8 + 4096 bytes)
-    clear(0x3E7000, 0)       # its folios_info vmalloc chunk page
+    clear(B.subtrees["kho_test"][0], 1)         # the kho_test sub-FDT folio (order 1: nr_folios * 8 + 4096 bytes)
+    clear(B.extra["kho_test_folios_info"], 0)   # its folios_info vmalloc chunk page
     rc, rep = run_json(capsys, "validate", B_OUT, "--mem", f"sparse:{ram}")
     codes = {f["code"] for f in rep["findings"]}
     assert rc == 1 and {"subtree-not-preserved", "vmalloc-not-preserved"} <= codes

@@ -10,27 +10,11 @@ from pykho.abi import chunks, clients, radix, root, structs
 from pykho.abi import fdt as F
 from pykho.memory import SparseMemory
 
+from helpers import Bump
+
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 RAM_TOP = 1 << 40
-
-
-class Bump:
-    """A page allocator handing out zeroed pages from a region kept apart."""
-
-    def __init__(self, mem, base=0xF0_0000_0000):
-        self.mem, self.next = mem, base
-
-    def page(self):
-        p = self.next
-        self.next += 4096
-        return p
-
-    def alloc(self, size):
-        """Pages for page-sized requests, packed 512-byte objects (kmalloc-512) otherwise."""
-        align = 4096 if size >= 4096 else 512
-        p = (self.next + align - 1) & ~(align - 1)
-        self.next = p + size
-        return p
+META = 0xF0_0000_0000          # encoders' metadata pages: a region kept apart from the blocks
 
 
 def blocks_strategy(max_order=10, top=1 << 36):
@@ -62,7 +46,7 @@ def test_radix_spec_vectors():
 @given(blocks_strategy())
 def test_radix_roundtrip(blocks):
     mem = SparseMemory([(0, RAM_TOP)])
-    bump = Bump(mem)
+    bump = Bump(META)
     tree = radix.encode(blocks, mem, bump.page)
     got = radix.walk(mem, tree.root)
     assert got == kernel_radix_order(blocks)
@@ -74,7 +58,7 @@ def test_radix_roundtrip(blocks):
 @given(blocks_strategy(), st.data())
 def test_radix_delete(blocks, data):
     mem = SparseMemory([(0, RAM_TOP)])
-    bump = Bump(mem)
+    bump = Bump(META)
     tree = radix.encode(blocks, mem, bump.page)
     uniq = sorted(set(blocks))
     gone = data.draw(st.lists(st.sampled_from(uniq), unique=True)) if uniq else []
@@ -99,7 +83,7 @@ def test_radix_add_failure_frees_branch():
 @given(blocks=blocks_strategy(top=1 << 34))
 def test_chunks_roundtrip(bits, blocks):
     mem = SparseMemory([(0, RAM_TOP)])
-    bump = Bump(mem)
+    bump = Bump(META)
     tr = chunks.ChunkTracker(bits)
     for b in blocks:
         tr.add(*b)
@@ -120,7 +104,7 @@ def test_chunk_boundaries_and_mismatched_bitmap_size():
     """256 bitmaps of one order need two chunks; reading 512-byte bitmaps
     as 4 KiB ones (6.17 -> 6.18) yields blocks that were never preserved."""
     mem = SparseMemory([(0, RAM_TOP)])
-    bump = Bump(mem)
+    bump = Bump(META)
     tr = chunks.ChunkTracker(4096)
     for i in range(256):
         tr.add(i * (4096 << 12), 0)
@@ -161,19 +145,64 @@ def test_setup_data_roundtrip(a, b, c, d, nxt):
     assert structs.decode_setup_data(mem, 0x1000) == (nxt, 10, kd)
 
 
+@st.composite
+def chosen_range(draw, ac, sc, size=None):
+    """(addr, size) as fdt_appendprop_addrrange accepts them: each in its
+    cells (32 bits per cell); with one address cell the range also ends at
+    or below 4 GiB."""
+    if size is None:
+        size = draw(st.integers(0, min(2**(32 * sc) - 1, 2**32 if ac == 1 else 2**64)))
+    if ac == 1:
+        return draw(st.integers(0, min(2**32 - 1, 2**32 - size))), size
+    return draw(st.integers(0, 2**64 - 1)), size
+
+
 @SETTINGS
-@given(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.sampled_from([1, 2]),
-       st.sampled_from([1, 2]))
-def test_chosen_roundtrip(fdt_phys, sphys, slen, ac, sc):
-    blob = structs.encode_chosen(fdt_phys, sphys, slen, ac, sc)
-    assert structs.decode_chosen(blob) == (fdt_phys, 4096 if sc == 2 or 4096 < 2**32 else 0, sphys, slen)
+@given(st.sampled_from([1, 2]), st.sampled_from([1, 2]), st.data())
+def test_chosen_roundtrip(ac, sc, data):
+    """/chosen's linux,kho-fdt and linux,kho-scratch are (address, size) in
+    the root's #address-cells and #size-cells: one cell holds 32 bits, two
+    hold 64, big-endian.  Every range such cells hold comes back exactly."""
+    fdt_phys, fdt_size = data.draw(chosen_range(ac, sc, data.draw(st.sampled_from([4096, 2**32 - 1]))
+                                                if sc == 1 else None))
+    sphys, slen = data.draw(chosen_range(ac, sc))
+    blob = structs.encode_chosen(fdt_phys, sphys, slen, ac, sc, fdt_size)
+    assert structs.decode_chosen(blob) == (fdt_phys, fdt_size, sphys, slen)
+    chosen = F.parse(blob, "chosen").child("chosen")
+    assert chosen.props["linux,kho-fdt"] == fdt_phys.to_bytes(4 * ac, "big") + fdt_size.to_bytes(4 * sc, "big")
+    assert chosen.props["linux,kho-scratch"] == sphys.to_bytes(4 * ac, "big") + slen.to_bytes(4 * sc, "big")
+
+
+def test_chosen_cells_hold_high_addresses_only_with_two_cells():
+    """The model's arm64 kexec writes 2+2 cells: a handover above 4 GiB
+    survives; read with 1+1 cells the same properties are the wrong length,
+    and the kernel ignores them (decode_chosen: None)."""
+    hi = (0x8_8000_0000, 0x8_9000_0000, 48)
+    blob = structs.encode_chosen(*hi)
+    assert structs.decode_chosen(blob) == (hi[0], 4096, hi[1], hi[2])
+    chosen = list(F.parse(blob, "x").child("chosen").props.items())
+    narrow, err = F.build([("#address-cells", b"\0\0\0\1"), ("#size-cells", b"\0\0\0\1")], [("chosen", chosen)])
+    assert err == 0 and structs.decode_chosen(narrow) is None
+    # no #address-cells / #size-cells: the defaults are 2 and 1, so 2+2 cells do not fit either
+    bare, err = F.build([], [("chosen", chosen)])
+    assert err == 0 and structs.decode_chosen(bare) is None
+
+
+@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception,
+                   reason="encode_chosen writes what fdt_appendprop_addrrange refuses with -FDT_ERR_BADVALUE: "
+                          "a value wider than its cells (the low 32 bits are kept), a 1-cell range past 4 GiB")
+@pytest.mark.parametrize("args", [(2**32, 0x1000, 48, 1, 2), (0x1000, 0x1000, 2**32, 2, 1),
+                                  (0xFFFF_F800, 0x1000, 48, 1, 1)])       # the last: the FDT page ends past 4 GiB
+def test_chosen_refuses_what_the_cells_cannot_hold(args):
+    with pytest.raises(ValueError):
+        structs.encode_chosen(*args)
 
 
 @SETTINGS
 @given(st.lists(st.integers(1, 2**40).map(lambda x: x << 12), max_size=1100), st.integers(0, 3))
 def test_vmalloc_roundtrip(blocks, order):
     mem = SparseMemory([(0, RAM_TOP)])
-    bump = Bump(mem)
+    bump = Bump(META)
     desc, chunk_pages = structs.encode_vmalloc_chunks(mem, bump.page, blocks, order)
     got, pages = structs.decode_vmalloc(mem, structs.KhoVmalloc.unpack(desc.pack()))
     assert got == blocks and pages == chunk_pages
@@ -202,7 +231,7 @@ def test_kexec_metadata_kernel_messages():
 @given(st.lists(st.binary(min_size=1, max_size=80), max_size=200), st.sampled_from([16, 64, 80]))
 def test_blocks_roundtrip(entries, size):
     mem = SparseMemory([(0, RAM_TOP)])
-    bump = Bump(mem)
+    bump = Bump(META)
     entries = [e[:size].ljust(size, b"\0") for e in entries]
     head, pages = structs.encode_blocks(mem, bump.page, entries, size)
     got, gpages = structs.decode_blocks(mem, head, size)
@@ -292,6 +321,7 @@ def test_memblock_roundtrip(regions):
 def test_kho_test_roundtrip(nr, csum, first, pages):
     desc = structs.KhoVmalloc(first, pages, 1, 0)
     blob, err = clients.encode_kho_test(nr, csum, desc)
+    assert err == 0
     t = clients.decode_kho_test(blob)
     assert (t.nr_folios, t.csum, t.folios_info) == (nr, csum, desc)
 
