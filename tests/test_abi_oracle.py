@@ -7,7 +7,8 @@ import pytest
 from conftest import oracle, reserve_lines
 from helpers import A, B
 from pykho import profiles as P
-from pykho.abi import clients, radix, root, structs
+from pykho import clients
+from pykho.abi import radix, root, structs
 from pykho.abi import fdt as F
 from pykho.memory import SparseDir
 

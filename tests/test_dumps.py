@@ -154,7 +154,7 @@ def test_validate_qemu_dump(dumps, capsys, kind):
 
 
 @pytest.mark.parametrize("corrupt,code", [("outside", "radix-pointer-outside"),
-                                          ("scratch-overlap", "preserved-in-scratch")])
+                                          ("scratch-overlap", "model-preserved-overlaps-scratch")])
 def test_validate_corrupted_qemu_dump(tmp_path, capsys, corrupt, code):
     need_qemu()
     mem, d, blocks = build_handover(tmp_path, corrupt)

@@ -25,7 +25,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from pykho import fuzz
-from pykho.abi import chunks, clients, fdt, radix, structs
+from pykho import clients
+from pykho.abi import chunks, fdt, radix, structs
 from pykho.errors import KhoDecodeError, KhoError
 from pykho.memory import SparseMemory
 

@@ -6,7 +6,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from pykho import profiles as P
-from pykho.abi import chunks, clients, radix, root, structs
+from pykho import clients
+from pykho.abi import chunks, radix, root, structs
 from pykho.abi import fdt as F
 from pykho.memory import SparseMemory
 

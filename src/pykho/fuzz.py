@@ -66,7 +66,7 @@ from .abi import root as _root
 from .abi import radix as _radix
 from .abi import chunks as _chunks
 from .abi import structs as _structs
-from .abi import clients as _clients
+from . import clients as _clients
 
 PAGE = 4096
 MASK64 = (1 << 64) - 1

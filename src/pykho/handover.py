@@ -12,18 +12,21 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from collections import Counter
+from typing import Any
+
+from . import clients as _clients
+from . import profiles as P
+from .abi import chunks as _chunks
 from .abi import fdt as _fdt
+from .abi import radix
 from .abi import root as _root
 from .abi import structs
+from .clients import Quirk
 from .errors import KhoDecodeError, UsageError
+from .profiles import PAGE_SHIFT, PAGE_SIZE, FdtBuiltAt, MapFormat
 
-PAGE_SIZE = 4096
-
-
-@dataclass
-class Quirk:
-    code: str
-    message: str
+__all__ = ["Handover", "Quirk", "load", "detect_generation", "map_walker", "summarize_walk", "SCAN_LIMIT"]
 
 
 @dataclass
@@ -41,6 +44,9 @@ class Handover:
     quirks: list[Quirk] = field(default_factory=list)
     direction: str = "out"          # "out" (about to kexec) or "in" (received)
     setup_data_phys: int | None = None
+    #: where two sources of the same thing differ: (what, message); the
+    #: verdict follows what the kernel reads (memory)
+    disagreements: list[tuple[str, str]] = field(default_factory=list)
     _root: object = None
 
     @property
@@ -192,30 +198,47 @@ def load(path: str, mem=None, fdt_phys: int | None = None) -> Handover:
         elif kd_found:
             ho.root_phys = kd_found[1].fdt_addr
         if ho.root_phys is not None:
+            file_blob, file_origin = ho.root_blob, ho.root_blob_origin
             ho.root_blob = _root.read_root_from_memory(mem, ho.root_phys)
             ho.root_blob_origin = f"memory at 0x{ho.root_phys:x}"
+            if file_blob is not None and fdt_phys is None:
+                off = _first_difference(file_blob, ho.root_blob)
+                if off is not None:
+                    ho.disagreements.append((
+                        "root FDT", f"{file_origin} and the root FDT in memory at 0x{ho.root_phys:x} differ from "
+                        f"byte {off} (0x{file_blob[off]:02x} vs 0x{ho.root_blob[off]:02x}"
+                        + (")" if off < len(ho.root_blob) else ", memory's FDT is shorter)")
+                        + ": the next kernel reads memory"))
         elif ho.root_blob is not None and not _scannable(mem):
             ho.quirks.append(Quirk("root-fdt-not-located",
                                    f"{mem.name} is larger than {SCAN_LIMIT >> 30} GiB and was not scanned for the "
                                    "root FDT; give --fdt-phys (or vmlinux debug info for --mem live)"))
-        if not ho.scratch and kd_found:
+        if kd_found:
             try:
                 data = mem.read(kd_found[1].scratch_addr, min(kd_found[1].scratch_size, 1 << 16), "kho_scratch array")
                 areas, _ = structs.decode_scratch(data)
-                if any(a.size or a.addr for a in areas):
+            except KhoDecodeError:
+                areas = []
+            if any(a.size or a.addr for a in areas):
+                if not ho.scratch:
                     ho.scratch = areas
                     ho.scratch_origin = f"memory at 0x{kd_found[1].scratch_addr:x}"
-            except KhoDecodeError:
-                pass
+                elif areas != ho.scratch:
+                    ho.disagreements.append((
+                        "scratch array", f"{ho.scratch_origin} lists {_areas(ho.scratch)} but the scratch array in "
+                        f"memory at 0x{kd_found[1].scratch_addr:x} (from setup_data) holds {_areas(areas)}: the "
+                        "next kernel reads memory"))
     if ho.root_blob is None:
         hint = ""
         if any(q.code == "debugfs-no-out-fdt" for q in ho.quirks):
             hint = ("; this kernel was booted through KHO, so debugfs has no out/fdt: use in/ for the handover it "
                     "received, or --mem with a dump to find the outgoing FDT")
         raise UsageError(f"{path}: no root FDT (no fdt file, and no memory to find one in){hint}")
+    if mem is not None and ho.sub_blobs:
+        _blob_disagreements(ho)
     if mem is None and any(q.code == "debugfs-fdt-truncated" for q in ho.quirks):
         _reconstruct_strings(ho)
-    _luo_quirks(ho)
+    _client_quirks(ho)
     return ho
 
 
@@ -230,7 +253,6 @@ def _reconstruct_strings(ho: Handover) -> None:
     header's sizes match it, and ``fdt_check_full`` passes; otherwise the
     file is left as it is.
     """
-    from . import profiles as P
     blob = ho.root_blob
     h = _fdt.header(blob)
     tail = bytes.fromhex("0000000200000009")            # END_NODE (root), FDT_END
@@ -242,7 +264,7 @@ def _reconstruct_strings(ho: Handover) -> None:
         return
     struct_part = blob[:s_end - len(tail)] + tail
     for prof in P.PROFILES.values():
-        if prof.fdt_built_at != "boot":
+        if prof.fdt_built_at is not FdtBuiltAt.BOOT:
             continue
         page = _root.build_root_at_boot(prof, 0)
         page.add_subtree("x", 0, 0)
@@ -262,24 +284,143 @@ def _reconstruct_strings(ho: Handover) -> None:
             return
 
 
-def _luo_quirks(ho: Handover) -> None:
-    """LUO's blob in debugfs: before the reboot its sessions are not
-    serialised yet (7.2 does that in kernel_kexec); after a KHO boot LUO has
-    freed the page the in/ blob still points at."""
-    from .abi import clients
-    blob = ho.sub_blobs.get(clients.LUO_KHO_ENTRY_NAME)
-    if blob is None or ho.mem is not None:
-        return
+def _first_difference(a: bytes, b: bytes) -> int | None:
+    """The first offset where ``a`` differs from ``b`` over ``a``'s length."""
+    n = len(a)
+    if b[:n] == a:
+        return None
+    for i in range(n):
+        if i >= len(b) or a[i] != b[i]:
+            return i
+    return None
+
+
+def _areas(areas: list[structs.KhoScratch]) -> str:
+    return ", ".join(f"0x{a.addr:x}+0x{a.size:x}" for a in areas)
+
+
+def _blob_disagreements(ho: Handover) -> None:
+    """A debugfs sub-blob copy against the bytes in memory at its address;
+    a client plugin may know why its copy differs in normal operation."""
     try:
-        luo = clients.decode_luo(blob)
+        subtrees = {st.name: st for st in ho.root.subtrees}
     except KhoDecodeError:
-        if ho.direction == "in":
-            ho.quirks.append(Quirk("debugfs-luo-freed",
-                                   "in/sub_fdts/LUO does not decode: LUO frees the incoming luo_ser page during "
-                                   "early init while debugfs keeps pointing at it; the real bytes are in the "
-                                   "previous kernel's memory at the jump"))
         return
-    if ho.direction == "out" and luo.sessions_pa == 0:
-        ho.quirks.append(Quirk("debugfs-luo-not-serialized",
-                               "out/sub_fdts/LUO has sessions_pa = 0: LUO serialises its sessions only in "
-                               "kernel_kexec(), so only memory captured at the jump shows them"))
+    for name, file_blob in ho.sub_blobs.items():
+        st = subtrees.get(name)
+        if st is None or not st.phys:
+            continue
+        try:
+            mem_blob = ho.mem.read(st.phys, len(file_blob), f"sub-blob {name}")
+        except KhoDecodeError:
+            continue
+        off = _first_difference(file_blob, mem_blob)
+        if off is None:
+            continue
+        known = _clients.by_node(name).expected_difference(file_blob, mem_blob)
+        if known is not None:
+            ho.quirks.append(known)
+        else:
+            ho.disagreements.append((f"sub-blob {name}", f"the debugfs copy of {name!r} and memory at "
+                                     f"0x{st.phys:x} differ from byte {off}: the client reads memory"))
+
+
+def _client_quirks(ho: Handover) -> None:
+    """What each client's debugfs blob shows that needs explaining."""
+    for name, blob in ho.sub_blobs.items():
+        ho.quirks.extend(_clients.by_node(name).quirks(blob, ho.direction, ho.mem is not None))
+
+
+def detect_generation(ho: Handover) -> tuple[P.Profile | None, str]:
+    """The generation that wrote this handover, with the evidence.
+
+    The compatible string decides between ``kho-v1``..``kho-v4``.  Inside
+    ``kho-v1`` the bitmap size tells 6.16/6.17 (512 bytes) from 6.18+ (one
+    page), and the FDT layout tells a finalize-built FDT (6.16-6.18: never
+    edited, header area 48 bytes) from one edited in place at boot (6.19+:
+    40 bytes after the first ``kho_add_subtree``).
+    """
+    r = ho.root
+    cands = P.profiles_for_compatible(r.compatible or "")
+    if not cands:
+        return None, f"compatible {r.compatible!r} names no known generation"
+    if len(cands) == 1:
+        return cands[0], f"compatible {r.compatible!r}"
+    ev = [f"compatible {r.compatible!r}"]
+    bits_n = None
+    if ho.mem is not None and r.mem_map:
+        bits_n, why = _chunks.guess_preserve_bits(ho.mem, r.mem_map)
+        ev.append(why)
+    if bits_n == 512 * 8:
+        return P.A0, "; ".join(ev)
+    h = r.header
+    if h.off_mem_rsvmap == 40:
+        ev.append("FDT edited in place (header area 40 bytes): built at boot, 6.19+")
+        return P.B, "; ".join(ev)
+    if r.mem_map == 0:
+        ev.append("preserved-memory-map is 0: a 6.19+ kernel that never finalized")
+        return P.B_PREFIX, "; ".join(ev)
+    if r.subtrees:
+        ev.append("sequential-write layout with sub-nodes: built at finalize, 6.16-6.18")
+        return (P.A1 if bits_n == 4096 * 8 else P.A0 if bits_n else P.A1), "; ".join(ev)
+    ev.append("layout does not tell 6.18 from 6.19+; assuming 6.19+")
+    return P.B, "; ".join(ev)
+
+
+def map_walker(profile: P.Profile, mem: Any, mem_map: int, strict: bool = False,
+               preserve_bits: int | None = None) -> Any:
+    """The decoder of ``profile``'s memory map: radix tree or chunk list."""
+    if profile.map_format is MapFormat.RADIX:
+        return radix.RadixWalk(mem, mem_map, strict=strict)
+    return _chunks.ChunkWalk(mem, mem_map, preserve_bits or profile.preserve_bits, strict=strict)
+
+
+class Progress:
+    """One status line on stderr during long walks, only on a terminal."""
+
+    def __init__(self, what: str):
+        import sys
+        import time
+        self.on = sys.stderr.isatty()
+        self.what, self.t0, self.last, self.time, self.err = what, time.time(), 0.0, time.time, sys.stderr
+
+    def update(self, leaves: int, blocks: int) -> None:
+        if self.on and self.time() - self.last > 0.5:
+            self.last = self.time()
+            self.err.write(f"\r{self.what}: {leaves} leaves, {blocks} blocks, {self.last - self.t0:.1f} s")
+            self.err.flush()
+
+    def done(self) -> None:
+        if self.on and self.last:
+            self.err.write("\r" + " " * 70 + "\r")
+            self.err.flush()
+
+
+def summarize_walk(w: Any, want_blocks: bool = False) -> tuple[dict[str, Any], dict[str, int], list | None]:
+    """(summary, map metadata, blocks or None) of one pass over a walker."""
+    by_order: Counter[int] = Counter()
+    total = 0
+    nbytes = 0
+    blocks: list | None = [] if want_blocks else None
+    prog = Progress("walking the preserved memory map")
+    leaves = 0
+    for order, physs in w.leaves():
+        leaves += 1
+        if leaves & 63 == 0:
+            prog.update(leaves, total)
+        n = len(physs)
+        by_order[order] += n
+        total += n
+        nbytes += n << (order + PAGE_SHIFT)
+        if blocks is not None:
+            blocks.extend([p, order] for p in (physs.tolist() if hasattr(physs, "tolist") else physs))
+    prog.done()
+    if isinstance(w, radix.RadixWalk):
+        meta = {"radix_nodes": sum(1 for n in w.nodes if n.level > 0),
+                "radix_leaves": sum(1 for n in w.nodes if n.level == 0)}
+        meta["bytes"] = PAGE_SIZE * (meta["radix_nodes"] + meta["radix_leaves"])
+    else:
+        meta = {"chunks": len(w.chunks), "bitmaps": len(w.bitmaps)}
+        meta["bytes"] = PAGE_SIZE * len(w.chunks) + len(w.bitmaps) * (w.preserve_bits // 8)
+    summary = {"blocks": total, "bytes": nbytes, "by_order": {str(k): v for k, v in sorted(by_order.items())}}
+    return summary, meta, blocks

@@ -4,9 +4,10 @@ A :class:`Profile` says everything that differs between KHO generations: what
 goes on the wire (compatible string, property names, memory-map format and
 bitmap size), what the incoming kernel checks in ``kho_populate()`` and in
 which order, and the exact lines it prints.  Code asks the profile; it never
-compares version numbers.
+compares version numbers; a behaviour that differs between generations is a
+field here (an enum or a flag), not a test in shared code.
 
-Generations (see ``docs/GENERATIONS.md`` and the spec):
+Generations (facts and their sources: ``docs/KERNEL-FACTS.md``):
 
 ``A0``  6.16-6.17, ``kho-v1``, chunk list with 512-byte bitmaps, FDT built at
         finalize by notifiers, finalize and abort.
@@ -23,9 +24,15 @@ Generations (see ``docs/GENERATIONS.md`` and the spec):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from enum import StrEnum
 
 from .errors import UsageError
+
+__all__ = ["Profile", "MapFormat", "Finalize", "FdtBuiltAt", "FillKimageGate", "PopulateStep", "ZeroMapAction",
+           "ScratchGrammar", "ScratchArea", "PROFILES", "ALIASES", "get_profile", "profiles_for_compatible",
+           "newest_for_compatible", "A0", "A1", "B_PREFIX", "B", "C", "D", "E", "PAGE_SHIFT", "PAGE_SIZE",
+           "MAX_PAGE_ORDER", "errname", "ENOENT", "EFAULT", "EEXIST", "EINVAL", "ENOMEM", "EBUSY", "E2BIG", "EOPNOTSUPP"]
 
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
@@ -42,93 +49,160 @@ EBUSY = 16
 E2BIG = 7
 EOPNOTSUPP = 95
 
-# populate steps, in the order a profile lists them
-STEP_MAP_FDT = "map_fdt"
-STEP_HEADER = "check_header"
-STEP_COMPATIBLE = "check_compatible"
-STEP_MEM_MAP = "check_mem_map"
-STEP_MAP_SCRATCH = "map_scratch"
-STEP_MARK_SCRATCH = "mark_scratch"
+#: ``%pe`` prints "-EINVAL" only with CONFIG_SYMBOLIC_ERRNAME; the oracle's and
+#: vmtest's tinyconfig kernels lack it and print "-22" (seen on 7.2.13)
+SYMBOLIC_ERRNAME = False
+_ERRNAMES = {ENOENT: "-ENOENT", EFAULT: "-EFAULT", EINVAL: "-EINVAL", ENOMEM: "-ENOMEM", EEXIST: "-EEXIST",
+             EBUSY: "-EBUSY"}
+
+
+def errname(err: int) -> str:
+    """How the kernel's ``%pe`` prints a negative errno."""
+    return _ERRNAMES.get(-err, str(err)) if SYMBOLIC_ERRNAME else str(err)
+
+
+class MapFormat(StrEnum):
+    """The preserved memory map on the wire (KERNEL-FACTS §2, §4)."""
+    CHUNKS = "chunks"      #: kho-v1: khoser_mem_chunk list of bitmaps
+    RADIX = "radix"        #: kho-v2+: radix tree keyed by order and pfn
+
+
+class Finalize(StrEnum):
+    """What ``finalize`` does in generations that have it (KERNEL-FACTS §3, §9)."""
+    NOTIFIER = "notifier"  #: 6.16-6.18: the root FDT is built by finalize notifiers
+    SERIALIZE = "serialize"  #: 6.19-7.0: finalize only serialises the chunk list
+
+
+class FdtBuiltAt(StrEnum):
+    """When the outgoing root FDT is created (KERNEL-FACTS §3)."""
+    FINALIZE = "finalize"
+    BOOT = "boot"
+
+
+class FillKimageGate(StrEnum):
+    """When ``kho_fill_kimage`` hands the FDT to kexec (KERNEL-FACTS §6)."""
+    ENABLE = "enable"          #: whenever KHO is enabled
+    FINALIZED = "finalized"    #: only after finalize
+
+
+class PopulateStep(StrEnum):
+    """The checks of ``kho_populate``, listed per profile in order (KERNEL-FACTS §1)."""
+    MAP_FDT = "map_fdt"
+    HEADER = "check_header"
+    COMPATIBLE = "check_compatible"
+    MEM_MAP = "check_mem_map"
+    MAP_SCRATCH = "map_scratch"
+    MARK_SCRATCH = "mark_scratch"
+
+
+class ZeroMapAction(StrEnum):
+    """What ``kho_memory_init`` does when the map property is missing, bad or
+    zero (KERNEL-FACTS §2, §3)."""
+    WALK_NOTHING = "walk-nothing"  #: 6.16-6.18: nothing is reserved, the handover is kept
+    CLEAR_FDT = "clear-fdt"        #: 6.19+: ``kho_in.fdt_phys = 0``: the handover is forgotten
+
+
+class ScratchGrammar(StrEnum):
+    """``kho_scratch=`` parsing (KERNEL-FACTS §5)."""
+    A0 = "a0"          #: every size non-zero, trailing text ignored
+    STRICT = "strict"  #: sum non-zero, the whole argument consumed
+
+
+class ScratchArea(StrEnum):
+    """The three sizes of an explicit ``kho_scratch=L,G,P`` (KERNEL-FACTS §5)."""
+    LOWMEM = "lowmem"
+    GLOBAL = "global"
+    PERNODE = "pernode"
+
+
+# the old names, for code that lists populate steps
+STEP_MAP_FDT = PopulateStep.MAP_FDT
+STEP_HEADER = PopulateStep.HEADER
+STEP_COMPATIBLE = PopulateStep.COMPATIBLE
+STEP_MEM_MAP = PopulateStep.MEM_MAP
+STEP_MAP_SCRATCH = PopulateStep.MAP_SCRATCH
+STEP_MARK_SCRATCH = PopulateStep.MARK_SCRATCH
 
 
 @dataclass(frozen=True)
 class Profile:
+    """One kernel generation.  Each field names the section of
+    docs/KERNEL-FACTS.md that establishes it."""
+
     name: str
     kernels: str
-    compatible: str
-    #: sub-node property holding the blob's physical address
+    #: the release a modelled kernel of this generation reports (kexec-metadata, logs)
+    default_release: str
+    compatible: str                       # §1 (COMPAT per generation), §4
+    #: sub-node property holding the blob's physical address (§4)
     subtree_prop: str
-    #: sub-node property holding the blob's size (D+), else None
+    #: sub-node property holding the blob's size (7.1+), else None (§4, §7)
     size_prop: str | None
-    #: "chunks" (kho-v1 khoser_mem_chunk list) or "radix" (kho-v2+)
-    map_format: str
-    #: bits per kho-v1 bitmap (PRESERVE_BITS); 0 for radix
+    map_format: MapFormat                 # §2, §4
+    #: bits per kho-v1 bitmap (PRESERVE_BITS); 0 for radix (§4)
     preserve_bits: int
-    #: does the incoming kernel stamp page->private with KHOP|order
+    #: the incoming kernel stamps page->private with KHOP|order (§4)
     khop_magic: bool
-    #: does kho_restore_page reject order > MAX_PAGE_ORDER
+    #: kho_restore_page rejects order > MAX_PAGE_ORDER (§4)
     restore_checks_order: bool
-    #: "notifier" (A: FDT built at finalize), "serialize" (B: finalize only
-    #: serialises the map), None (C+: no finalize)
-    finalize: str | None
+    #: finalize's job, None when the generation has no finalize (§3, §9)
+    finalize: Finalize | None
+    #: the generation has kho_abort (§9)
     abort: bool
-    #: when the root FDT is created: "finalize" or "boot"
-    fdt_built_at: str
-    #: gate of kho_fill_kimage: "enable" (handover whenever KHO is on) or
-    #: "finalized" (only after finalize)
-    fill_kimage_gate: str
-    #: kho_populate steps in order
-    populate_steps: tuple[str, ...]
-    #: format strings of kho_populate's lines (the "KHO: " prefix included)
+    fdt_built_at: FdtBuiltAt              # §3
+    fill_kimage_gate: FillKimageGate      # §6
+    #: kho_populate steps in order (§1)
+    populate_steps: tuple[PopulateStep, ...]
+    #: format strings of kho_populate's lines, "KHO: " included (§1)
     msg_header_invalid: str = "KHO: setup: handover FDT (0x{fdt:x}) is invalid: {err}"
     msg_incompatible: str = "KHO: setup: handover FDT (0x{fdt:x}) is incompatible with '{compat}': {err}"
     msg_map_fdt: str = "KHO: setup: failed to memremap FDT (0x{fdt:x})"
     msg_map_scratch: str = "KHO: setup: failed to memremap scratch (phys=0x{phys:x}, len={len})"
-    #: ``0x%pa`` prints the 0x twice; ``%pe`` prints a symbolic errno name
+    #: ``0x%pa`` prints the 0x twice; ``%pe`` prints a symbolic errno name (§1 step 5)
     msg_mark_scratch: str = "KHO: failed to mark the scratch region 0x0x{addr:016x}+0x0x{size:016x}: {errname}"
-    msg_found: str = "KHO: found kexec handover data."
-    #: the populate failure line; {err} present only in generations that print it
+    msg_found: str = "KHO: found kexec handover data."                         # §1 step 6
+    #: the populate failure line; {err} present only in generations that print it (§1 final)
     msg_disable: str = "KHO: disabling KHO revival: {err}"
-    #: populate's message when preserved-memory-map is missing or not 8 bytes
+    #: populate's message when preserved-memory-map is missing or not 8 bytes (§1 step 3b)
     msg_map_prop_bad: str | None = None
-    #: populate's message when the map value is zero (None: silent)
+    #: populate's message when the map value is zero, None: silent (§1 step 3b)
     msg_map_zero: str | None = None
-    #: kho_memory_init's walker: message when the property is missing or bad
+    #: kho_memory_init's walker: message when the property is missing or bad (§2)
     msg_walker_prop_bad: str = "KHO: failed to get preserved memory bitmaps"
-    #: kho_memory_init on a zero map: "walk-nothing" (A) or "clear-fdt"
-    #: (kho_in.fdt_phys = 0: the kernel forgets the handover but keeps scratch)
-    memory_init_zero_map: str = "clear-fdt"
-    #: does kho_memory_init clear fdt_phys when the walker fails
+    #: kho_memory_init on a missing, bad or zero map (§2, §3)
+    memory_init_zero_map: ZeroMapAction = ZeroMapAction.CLEAR_FDT
+    #: kho_init writes and reads a kexec-metadata sub-node (§7)
     kexec_metadata: bool = False
+    #: KHO serialization blocks (kho_block) exist (§7)
     kho_blocks: bool = False
-    #: kho_scratch= parser: "a0" (every size non-zero, trailing text ignored)
-    #: or "strict" (sum non-zero, fully consumed)
-    scratch_grammar: str = "strict"
-    #: alignment and rounding of scratch sizes
+    #: the LUO client (luo-v5 over KHO blocks) exists (§8)
+    luo: bool = False
+    #: kho_in_debugfs_init lists incoming sub-nodes, warning on bad ones (§9)
+    debugfs_in_subfdts: bool = False
+    #: kho_scratch= parser (§5)
+    scratch_grammar: ScratchGrammar = ScratchGrammar.STRICT
+    #: alignment and rounding of scratch sizes (§5)
     scratch_align: int = 2 * SZ_1M
-    #: which sizes are rounded with explicit kho_scratch=L,G,P
-    scratch_round_explicit: tuple[str, ...] = ("pernode",)
-    #: scratch reservation failure lines (printed in order)
+    #: which sizes are rounded with explicit kho_scratch=L,G,P (§5)
+    scratch_round_explicit: tuple[ScratchArea, ...] = (ScratchArea.PERNODE,)
+    #: scratch reservation failure lines, printed in order (§5)
     msg_scratch_fail: tuple[str, ...] = ("KHO: Failed to reserve scratch area, disabling kexec handover",)
+    #: a "KHO: Failed to reserve <area>" line per failed area (§5)
     per_area_scratch_fail_msgs: bool = False
-    #: kexec segments alignment of the scratch array
+    #: alignment of the scratch array's kexec segment (§6)
     scratch_array_align: int = 0x10000
-    #: success line printed by populate on A0
-    notes: str = ""
-    #: debugfs files of out/ (cold boot)
-    debugfs_out: tuple[str, ...] = ("fdt", "scratch_phys", "scratch_len", "sub_fdts")
-    #: which sizes kho_alloc_preserve exists
-    alloc_preserve: bool = True
-    #: subnode names the kernel itself registers in kho_init
-    builtin_subtrees: tuple[str, ...] = ()
-    #: test_kho stores folios_info in vmalloc memory (6.18+) or in the FDT
+    #: test_kho stores folios_info in vmalloc memory (6.18+) or in the FDT (§4)
     test_kho_vmalloc: bool = True
-    #: the exported kho_unpreserve_* API (6.19+)
+    #: the exported kho_unpreserve_* API (6.19+) (§9)
     unpreserve: bool = True
-
-    @property
-    def bitmap_bytes(self) -> int:
-        return self.preserve_bits // 8
+    #: kho_init fails (and takes its error path, freeing every scratch
+    #: area) when debugfs refuses to create its directory, as with
+    #: ``debugfs=off``: seen on 7.2.13 (§9); not verified for older kernels
+    debugfs_required: bool = False
+    #: CONFIG_KEXEC_HANDOVER_DEBUG has a check that refuses to preserve
+    #: memory inside scratch (6.18+, §4); whether it is built in is the
+    #: kernel's config (:class:`pykho.model.kernel.Kernel` ``kho_debug``)
+    debug_scratch_overlap_check: bool = False
 
     def disable_line(self, err: int) -> str:
         return self.msg_disable.format(err=err)
@@ -139,58 +213,50 @@ class Profile:
 
 _CHUNK_STEPS = (STEP_MAP_FDT, STEP_HEADER, STEP_COMPATIBLE, STEP_MAP_SCRATCH, STEP_MARK_SCRATCH)
 _FIXED_STEPS = (STEP_MAP_FDT, STEP_HEADER, STEP_COMPATIBLE, STEP_MEM_MAP, STEP_MAP_SCRATCH, STEP_MARK_SCRATCH)
+_KHO_V1_FOUND = "KHO: found kexec handover data. Will skip init for some devices"
+_A_MARK = "KHO: failed to mark the scratch region 0x0x{addr:016x}+0x0x{size:016x}: {err}"
 
 A0 = Profile(
-    name="A0", kernels="6.16-6.17", compatible="kho-v1",
-    subtree_prop="fdt", size_prop=None, map_format="chunks", preserve_bits=512 * 8,
-    khop_magic=False, restore_checks_order=False, finalize="notifier", abort=True,
-    fdt_built_at="finalize", fill_kimage_gate="enable", populate_steps=_CHUNK_STEPS,
-    msg_found="KHO: found kexec handover data. Will skip init for some devices",
-    msg_mark_scratch="KHO: failed to mark the scratch region 0x0x{addr:016x}+0x0x{size:016x}: {err}",
-    memory_init_zero_map="walk-nothing", scratch_grammar="a0",
-    msg_scratch_fail=(), alloc_preserve=False,
-    debugfs_out=("finalize", "scratch_phys", "scratch_len", "sub_fdts"),
-    test_kho_vmalloc=False, unpreserve=False,
-    notes="unfinalized kexec hands over an unwritten FDT page",
+    name="A0", kernels="6.16-6.17", default_release="6.17.0", compatible="kho-v1",
+    subtree_prop="fdt", size_prop=None, map_format=MapFormat.CHUNKS, preserve_bits=512 * 8,
+    khop_magic=False, restore_checks_order=False, finalize=Finalize.NOTIFIER, abort=True,
+    fdt_built_at=FdtBuiltAt.FINALIZE, fill_kimage_gate=FillKimageGate.ENABLE, populate_steps=_CHUNK_STEPS,
+    msg_found=_KHO_V1_FOUND, msg_mark_scratch=_A_MARK,
+    memory_init_zero_map=ZeroMapAction.WALK_NOTHING, scratch_grammar=ScratchGrammar.A0,
+    msg_scratch_fail=(), test_kho_vmalloc=False, unpreserve=False,
 )
 
 A1 = Profile(
-    name="A1", kernels="6.18", compatible="kho-v1",
-    subtree_prop="fdt", size_prop=None, map_format="chunks", preserve_bits=4096 * 8,
-    khop_magic=True, restore_checks_order=True, finalize="notifier", abort=True,
-    fdt_built_at="finalize", fill_kimage_gate="finalized", populate_steps=_CHUNK_STEPS,
-    msg_found="KHO: found kexec handover data. Will skip init for some devices",
-    msg_mark_scratch="KHO: failed to mark the scratch region 0x0x{addr:016x}+0x0x{size:016x}: {err}",
-    memory_init_zero_map="walk-nothing", alloc_preserve=False,
-    debugfs_out=("finalize", "scratch_phys", "scratch_len", "sub_fdts"), unpreserve=False,
+    name="A1", kernels="6.18", default_release="6.18.0", compatible="kho-v1",
+    subtree_prop="fdt", size_prop=None, map_format=MapFormat.CHUNKS, preserve_bits=4096 * 8,
+    khop_magic=True, restore_checks_order=True, finalize=Finalize.NOTIFIER, abort=True, debug_scratch_overlap_check=True,
+    fdt_built_at=FdtBuiltAt.FINALIZE, fill_kimage_gate=FillKimageGate.FINALIZED, populate_steps=_CHUNK_STEPS,
+    msg_found=_KHO_V1_FOUND, msg_mark_scratch=_A_MARK,
+    memory_init_zero_map=ZeroMapAction.WALK_NOTHING, unpreserve=False,
 )
 
 B_PREFIX = Profile(
-    name="B-prefix", kernels="6.19 (before the populate fix)", compatible="kho-v1",
-    subtree_prop="fdt", size_prop=None, map_format="chunks", preserve_bits=4096 * 8,
-    khop_magic=True, restore_checks_order=True, finalize="serialize", abort=False,
-    fdt_built_at="boot", fill_kimage_gate="enable", populate_steps=_CHUNK_STEPS,
-    memory_init_zero_map="clear-fdt",
-    debugfs_out=("fdt", "finalize", "scratch_phys", "scratch_len", "sub_fdts"),
-    notes="populate accepts preserved-memory-map = 0; kho_init frees scratch twice",
+    name="B-prefix", kernels="6.19 (before the populate fix)", default_release="6.19.0-rc4", compatible="kho-v1",
+    subtree_prop="fdt", size_prop=None, map_format=MapFormat.CHUNKS, preserve_bits=4096 * 8,
+    khop_magic=True, restore_checks_order=True, finalize=Finalize.SERIALIZE, abort=False, debug_scratch_overlap_check=True,
+    fdt_built_at=FdtBuiltAt.BOOT, fill_kimage_gate=FillKimageGate.ENABLE, populate_steps=_CHUNK_STEPS,
+    memory_init_zero_map=ZeroMapAction.CLEAR_FDT,
 )
 
 B = Profile(
-    name="B", kernels="6.19-7.0", compatible="kho-v1",
-    subtree_prop="fdt", size_prop=None, map_format="chunks", preserve_bits=4096 * 8,
-    khop_magic=True, restore_checks_order=True, finalize="serialize", abort=False,
-    fdt_built_at="boot", fill_kimage_gate="enable", populate_steps=_FIXED_STEPS,
+    name="B", kernels="6.19-7.0", default_release="7.0.0", compatible="kho-v1",
+    subtree_prop="fdt", size_prop=None, map_format=MapFormat.CHUNKS, preserve_bits=4096 * 8,
+    khop_magic=True, restore_checks_order=True, finalize=Finalize.SERIALIZE, abort=False, debug_scratch_overlap_check=True,
+    fdt_built_at=FdtBuiltAt.BOOT, fill_kimage_gate=FillKimageGate.ENABLE, populate_steps=_FIXED_STEPS,
     msg_map_prop_bad="KHO: failed to get preserved memory bitmaps",
-    msg_map_zero=None,
-    memory_init_zero_map="clear-fdt",
-    debugfs_out=("fdt", "finalize", "scratch_phys", "scratch_len", "sub_fdts"),
+    memory_init_zero_map=ZeroMapAction.CLEAR_FDT,
 )
 
 C = Profile(
-    name="C", kernels="7.1 merge window", compatible="kho-v2",
-    subtree_prop="preserved-data", size_prop=None, map_format="radix", preserve_bits=0,
-    khop_magic=True, restore_checks_order=True, finalize=None, abort=False,
-    fdt_built_at="boot", fill_kimage_gate="enable", populate_steps=_FIXED_STEPS,
+    name="C", kernels="7.1 merge window", default_release="7.1.0-rc1", compatible="kho-v2",
+    subtree_prop="preserved-data", size_prop=None, map_format=MapFormat.RADIX, preserve_bits=0,
+    khop_magic=True, restore_checks_order=True, finalize=None, abort=False, debug_scratch_overlap_check=True,
+    fdt_built_at=FdtBuiltAt.BOOT, fill_kimage_gate=FillKimageGate.ENABLE, populate_steps=_FIXED_STEPS,
     msg_disable="KHO: disabling KHO revival",
     msg_map_prop_bad="KHO: failed to get preserved memory map",
     msg_walker_prop_bad="KHO: failed to get preserved KHO memory tree",
@@ -198,28 +264,27 @@ C = Profile(
 )
 
 D = Profile(
-    name="D", kernels="7.1", compatible="kho-v3",
-    subtree_prop="preserved-data", size_prop="blob-size", map_format="radix", preserve_bits=0,
-    khop_magic=True, restore_checks_order=False, finalize=None, abort=False,
-    fdt_built_at="boot", fill_kimage_gate="enable", populate_steps=_FIXED_STEPS,
+    name="D", kernels="7.1", default_release="7.1.0", compatible="kho-v3",
+    subtree_prop="preserved-data", size_prop="blob-size", map_format=MapFormat.RADIX, preserve_bits=0,
+    khop_magic=True, restore_checks_order=False, finalize=None, abort=False, debug_scratch_overlap_check=True,
+    fdt_built_at=FdtBuiltAt.BOOT, fill_kimage_gate=FillKimageGate.ENABLE, populate_steps=_FIXED_STEPS,
     msg_disable="KHO: disabling KHO revival",
     msg_map_prop_bad="KHO: failed to get preserved memory map",
     msg_walker_prop_bad="KHO: failed to get preserved KHO memory tree",
-    per_area_scratch_fail_msgs=True, kexec_metadata=True,
-    builtin_subtrees=("kexec-metadata",),
+    per_area_scratch_fail_msgs=True, kexec_metadata=True, debugfs_in_subfdts=True,
 )
 
 E = Profile(
-    name="E", kernels="7.2", compatible="kho-v4",
-    subtree_prop="preserved-data", size_prop="blob-size", map_format="radix", preserve_bits=0,
-    khop_magic=True, restore_checks_order=False, finalize=None, abort=False,
-    fdt_built_at="boot", fill_kimage_gate="enable", populate_steps=_FIXED_STEPS,
+    name="E", kernels="7.2", default_release="7.2.13", compatible="kho-v4",
+    subtree_prop="preserved-data", size_prop="blob-size", map_format=MapFormat.RADIX, preserve_bits=0,
+    khop_magic=True, restore_checks_order=False, finalize=None, abort=False, debug_scratch_overlap_check=True,
+    fdt_built_at=FdtBuiltAt.BOOT, fill_kimage_gate=FillKimageGate.ENABLE, populate_steps=_FIXED_STEPS,
     msg_disable="KHO: disabling KHO revival",
     msg_map_prop_bad="KHO: failed to get preserved memory map",
     msg_walker_prop_bad="KHO: failed to get preserved KHO memory tree",
-    per_area_scratch_fail_msgs=True, kexec_metadata=True, kho_blocks=True,
-    scratch_align=4 * SZ_1M, scratch_round_explicit=("lowmem", "global", "pernode"),
-    builtin_subtrees=("kexec-metadata",),
+    per_area_scratch_fail_msgs=True, kexec_metadata=True, kho_blocks=True, luo=True, debugfs_in_subfdts=True,
+    debugfs_required=True, scratch_align=4 * SZ_1M,
+    scratch_round_explicit=(ScratchArea.LOWMEM, ScratchArea.GLOBAL, ScratchArea.PERNODE),
 )
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (A0, A1, B_PREFIX, B, C, D, E)}

@@ -234,7 +234,8 @@ def _add_blocks(ctx, blocks):
 
 
 def _add_blocks_in(ctx, raw, blocks):
-    from pykho.abi import clients, radix
+    from pykho import clients
+from pykho.abi import radix
     from pykho.memory import CowMemory
     cow = CowMemory(raw, raw.ranges())
     mb = [x for x in ctx.locate["subnodes"] if x["name"] == "memblock"][0]
@@ -309,7 +310,7 @@ def predict(ctx, writes) -> dict:
     """pykho's verdict for the bytes the next kernel will find."""
     from pykho.handover import load
     from pykho.memory import CowMemory, RawImage
-    from pykho.validate import validate
+    from pykho.reports.validate import validate
     with RawImage(str(ctx.ram_file)) as raw:   # 1 GiB mapped: unmapped on return
         cow = CowMemory(raw, raw.ranges())
         for phys, data in writes:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from .base import CowMemory, PhysMemory, SparseMemory, MemoryFault, ReadOnlyView
 from .bump import Bump
+from .iomem import parse_iomem
+from .overlay import LayeredMemory, NotCaptured, StrictCowMemory
 from .sources import RawImage, SparseDir, ElfDump, open_source
 
-__all__ = ["Bump", "CowMemory", "PhysMemory", "SparseMemory", "MemoryFault", "ReadOnlyView", "RawImage",
+__all__ = ["Bump", "parse_iomem", "LayeredMemory", "NotCaptured", "StrictCowMemory", "CowMemory", "PhysMemory", "SparseMemory", "MemoryFault", "ReadOnlyView", "RawImage",
            "SparseDir", "ElfDump", "open_source"]

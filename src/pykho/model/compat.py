@@ -65,12 +65,3 @@ def render(cells: list[dict]) -> str:
         out.append("why (first line):")
         out.extend(notes)
     return "\n".join(out)
-
-
-def run_cli(args) -> int:
-    cells = matrix()
-    if args.json:
-        print(json.dumps(cells, indent=2 if args.pretty else None))
-    else:
-        print(render(cells))
-    return 0

@@ -144,33 +144,3 @@ def explore(profile: str, runs: int, seed: int, faults: bool = True) -> dict:
                                "minimal": c["minimal"]} for k, c in sorted(classes.items())},
             "model_errors": {k: {"runs": v["count"], "error": v["error"], "spec": v["spec"]}
                              for k, v in model_errors.items()}}
-
-
-def run_cli(args) -> int:
-    res = explore(args.profile, args.runs, args.seed)
-    if args.save:
-        os.makedirs(args.save, exist_ok=True)
-        for kind, c in res["violations"].items():
-            path = os.path.join(args.save, f"{res['profile']}-{kind}.toml")
-            with open(path, "w") as f:
-                f.write(to_toml(c["minimal"], f"kho explore --profile {res['profile']} --runs {res['runs']} "
-                                              f"--seed {res['seed']}: minimal lifecycle reaching {kind}\n"
-                                              f"replay: kho simulate {path}"))
-            c["file"] = path
-    if args.json:
-        print(json.dumps(res, indent=2))
-        return 1 if res["violations"] or res["model_errors"] else 0
-    print(f"kho explore: {res['runs']} lifecycles of {res['profile']} (seed {res['seed']}) in {res['seconds']} s")
-    if not res["violations"]:
-        print("  no invariant violated")
-    for kind, c in res["violations"].items():
-        ex = c["example"]
-        print(f"  {kind}: {c['runs']} runs, first at run {c['first_run']}; e.g. [0x{ex['start']:x}-0x{ex['end']:x}) "
-              f"in {ex['kernel']} during {ex['step']}")
-        steps = ", ".join(s["do"] for s in c["minimal"]["step"])
-        faults = c["minimal"]["kernel"][1].get("faults")
-        print(f"    minimal: {steps}" + (f"; next kernel faults {faults}" if faults else "")
-              + (f"  -> {c['file']}" if "file" in c else ""))
-    for k, v in res["model_errors"].items():
-        print(f"  MODEL ERROR ({v['runs']} runs): {v['error']}")
-    return 1 if res["violations"] or res["model_errors"] else 0

@@ -15,21 +15,11 @@ from .. import profiles as P
 from ..abi import fdt as _fdt
 from ..abi import structs
 from ..errors import KhoDecodeError
-from ..inspect import walker
+from ..handover import map_walker as walker
 
 PAGE_SIZE = 4096
 
-#: ``%pe`` prints "-EINVAL" only with CONFIG_SYMBOLIC_ERRNAME; the oracle's and
-#: vmtest's tinyconfig kernels lack it and print "-22" (seen on 7.2.13)
-SYMBOLIC_ERRNAME = False
-
-ERRNAMES = {P.ENOENT: "-ENOENT", P.EFAULT: "-EFAULT", P.EINVAL: "-EINVAL", P.ENOMEM: "-ENOMEM",
-            P.EEXIST: "-EEXIST", P.EBUSY: "-EBUSY"}
-
-
-def errname(err: int) -> str:
-    """How ``%pe`` prints a negative errno."""
-    return ERRNAMES.get(-err, str(err)) if SYMBOLIC_ERRNAME else str(err)
+errname = P.errname
 
 
 @dataclass
@@ -124,7 +114,7 @@ def kho_populate(profile: P.Profile, mem, fdt_phys: int, fdt_len: int, scratch_p
         res.failed_step = step
         res.lines.append(profile.disable_line(err))
         return res
-    if profile.map_format == "chunks" and P.STEP_MEM_MAP not in profile.populate_steps:
+    if not res.mem_map:              # generations whose populate does not look at it
         v, ln = _fdt.getprop(fdt, 0, "preserved-memory-map")
         res.mem_map = _fdt.u64(v) if v is not None and ln == 8 else 0
     res.accepted = True
@@ -142,6 +132,8 @@ class MemoryInitResult:
     lines: list[str] = field(default_factory=list)
     blocks: list[tuple[int, int]] = field(default_factory=list)
     problems: list = field(default_factory=list)
+    #: the map's own pages, in walk order: (phys, what)
+    meta_pages: list[tuple[int, str]] = field(default_factory=list)
 
 
 #: x86-64, 4-level paging, no memory-layout randomisation (the vmtest kernel):
@@ -215,7 +207,7 @@ def first_pfn_without_memmap(phys: int, order: int, present) -> int | None:
     return None
 
 
-def kernel_radix_walk(mem, root: int, on_block, budget: int = FAITHFUL_WALK_BUDGET):
+def kernel_radix_walk(mem, root: int, on_block, budget: int = FAITHFUL_WALK_BUDGET, on_node=None):
     """``kho_radix_walk_tree`` as the kernel runs it, for the model's own
     boot (decoders use :class:`~pykho.abi.radix.RadixWalk`, which reports
     and skips what is hostile).  The kernel follows every non-zero entry
@@ -248,6 +240,8 @@ def kernel_radix_walk(mem, root: int, on_block, budget: int = FAITHFUL_WALK_BUDG
         if visits > budget:
             raise WalkBudgetExceeded(f"more than {budget} radix node visits")
         page = read(phys)
+        if on_node is not None:
+            on_node(phys, level)
         if level == 0:
             for order, physs in decoder._leaf(phys, page, prefix):
                 for p in bits.tolist(physs):
@@ -277,20 +271,21 @@ def kho_memory_walk(profile: P.Profile, mem, fdt_blob: bytes, preserve_bits: int
     res = MemoryInitResult(walked=False, keep_fdt=True)
     if v is None or ln != 8:
         res.lines.append(profile.msg_walker_prop_bad)
-        res.keep_fdt = profile.memory_init_zero_map == "walk-nothing"
+        res.keep_fdt = profile.memory_init_zero_map is P.ZeroMapAction.WALK_NOTHING
         return res
     mm = _fdt.u64(v)
     if not mm:
-        res.keep_fdt = profile.memory_init_zero_map == "walk-nothing"
+        res.keep_fdt = profile.memory_init_zero_map is P.ZeroMapAction.WALK_NOTHING
         return res
-    if faithful and profile.map_format == "radix":
+    if faithful and profile.map_format is P.MapFormat.RADIX:
         def cb(p, o):
             if on_block:
                 on_block(p, o)
             if want_blocks:
                 res.blocks.append((p, o))
         res.walked = True
-        res.problems = kernel_radix_walk(mem, mm, cb)
+        res.problems = kernel_radix_walk(mem, mm, cb, on_node=lambda p, lv: res.meta_pages.append(
+            (p, f"radix level {lv} node")))
         return res
     w = walker(profile, mem, mm, preserve_bits=preserve_bits)
     res.walked = True
@@ -301,6 +296,9 @@ def kho_memory_walk(profile: P.Profile, mem, fdt_blob: bytes, preserve_bits: int
             if want_blocks:
                 res.blocks.append((p, order))
     res.problems = list(w.problems)
+    res.meta_pages = [(n.phys, f"radix level {n.level} node") for n in getattr(w, "nodes", [])]
+    res.meta_pages += [(c.phys, "khoser_mem_chunk") for c in getattr(w, "chunks", [])]
+    res.meta_pages += [(b, "kho-v1 bitmap") for b in getattr(w, "bitmaps", [])]
     return res
 
 
@@ -322,17 +320,3 @@ def retrieve_subtree(profile: P.Profile, fdt_blob: bytes | None, name: str) -> t
             return -P.EINVAL, phys, None, [f"KHO: broken KHO subnode '{name}': missing or invalid blob-size property"]
         size = _fdt.u64(s)
     return 0, phys, size, []
-
-
-def kexec_metadata_in(profile: P.Profile, mem, fdt_blob: bytes) -> tuple[structs.KexecMetadata | None, list[str]]:
-    """``kho_in_kexec_metadata``: the metadata and the lines printed."""
-    err, phys, size, lines = retrieve_subtree(profile, fdt_blob, structs.KHO_METADATA_NODE_NAME)
-    if err:
-        return None, lines
-    try:
-        md = structs.decode_kexec_metadata(mem.read(phys, min(size, 4096)) if size else b"", phys)
-    except KhoDecodeError as e:
-        if e.code.startswith("metadata"):
-            return None, lines + ["KHO: " + e.message]
-        return None, lines + [f"KHO: kexec-metadata at 0x{phys:x} unreadable ({e.message})"]
-    return md, lines + [f"KHO: exec from: {md.previous_release} (count {md.kexec_count})"]

@@ -237,6 +237,7 @@ class PageAllocator:
         self.preserved: dict[int, int] = {}          # phys -> order, reserved from the map, not yet restored
         self.preserved_set = IntervalSet()
         self.restored: set[int] = set()
+        self.restored_set = IntervalSet()
         self.violations = violations
         self.kernel = kernel_name
         self.step = ""
@@ -293,7 +294,13 @@ class PageAllocator:
             return None
         self.preserved_set.remove(phys, phys + (PAGE_SIZE << order))
         self.restored.add(phys)
+        self.restored_set.add(phys, phys + (PAGE_SIZE << order))
         return order
+
+    def unpreserved_parts(self, s: int, e: int) -> list[tuple[int, int]]:
+        """The parts of [s, e) that the map did not reserve (neither still
+        reserved nor restored): memory this kernel may already have reused."""
+        return _subtract(_subtract([(s, e)], self.preserved_set), self.restored_set)
 
 
 def _subtract(ranges, iv: IntervalSet):

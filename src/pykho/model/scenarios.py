@@ -179,35 +179,13 @@ class Run:
             self.log.append(f"    [{k.name}] preserve folio 0x{phys:x} order {order} -> {rc}")
         elif do == "vmalloc":
             n = int(st.get("pages", 4))
-            pages = []
-            rc = -P.ENOMEM
-            for i in range(n):
-                pg = k.alloc_pages(0)
-                if not pg:
-                    break
-                k.m.mem.write(pg, struct.pack("<QQ", 0x564D414C4C4F4321, i))
-                pages.append(pg)
-            else:
-                desc = k.preserve_vmalloc(pages, "vmalloc area")
-                blob_phys = k.alloc_preserve(16, "vmalloc descriptor") if desc else 0
-                if blob_phys:
-                    k.m.mem.write(blob_phys, desc.pack())
-                    rc = k.add_subtree("vmalloc-test", blob_phys, 16)
+            c = k.client("vmalloc-test")
+            rc = c.preserve(n) if c is not None else -P.EOPNOTSUPP
             self.log.append(f"    [{k.name}] preserve vmalloc area of {n} pages -> {rc}")
         elif do == "restore_vmalloc":
-            from .incoming import retrieve_subtree
-            err, phys, size, lines = retrieve_subtree(k.p, k.kho_in_fdt, "vmalloc-test")
-            ok = False
-            if not err and k.restore_folio(phys) is not None:
-                try:
-                    desc = structs.KhoVmalloc.unpack(k.m.mem.read(phys, 16))
-                    blocks, chunks = structs.decode_vmalloc(k.m.mem, desc)
-                except KhoDecodeError as e:      # kho_restore_vmalloc fails on what it finds
-                    self.log.append(f"vmalloc-test: kho_restore_vmalloc fails: {e.message}")
-                    blocks, chunks = None, None
-                ok = blocks is not None and all(k.restore_folio(p) is not None for p in blocks + chunks) and all(
-                    k.m.mem.read(p, 16) == struct.pack("<QQ", 0x564D414C4C4F4321, i) for i, p in enumerate(blocks))
-            self.log.append(f"vmalloc-test: restore {'succeeded' if ok else 'failed'}")
+            c = k.client("vmalloc-test")
+            if c is not None:
+                c.restore()
         elif do == "corrupt":
             self._corrupt(k, st)
         elif do == "luo_session":
@@ -358,26 +336,3 @@ def load_spec(name: str) -> tuple[str, dict]:
 def simulate(name: str) -> dict:
     n, spec = load_spec(name)
     return Run(spec, n).run().result()
-
-
-def run_cli(args) -> int:
-    if args.list:
-        for n, (desc, _) in BUILTIN.items():
-            print(f"{n:20} {desc}")
-        return 0
-    res = simulate(args.scenario)
-    if args.json:
-        print(json.dumps(res, indent=2 if args.pretty else None))
-    else:
-        print(f"scenario {res['scenario']}")
-        for line in res["log"]:
-            print(line)
-        print()
-        if res["violations"]:
-            print(f"INVARIANTS: {len(res['violations'])} violation(s)")
-            for v in res["violations"]:
-                print(f"  {v['kind']}: [0x{v['start']:x}-0x{v['end']:x}) in {v['kernel']} during {v['step']}: "
-                      f"{v['detail']}")
-        else:
-            print("INVARIANTS: no violation")
-    return 1 if res["violations"] else 0

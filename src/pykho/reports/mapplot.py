@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from xml.sax.saxutils import escape
 
-from .errors import UsageError
-from .handover import load
-from .inspect import detect_generation, walker
+from ..errors import UsageError
+from ..handover import detect_generation, map_walker
+
+__all__ = ["collect", "render_svg", "render_png"]
 
 PAGE = 4096
 ORDER_COLORS = ["#440154", "#482878", "#3e4989", "#31688e", "#26828e", "#1f9e89", "#35b779", "#6ece58",
@@ -32,7 +33,7 @@ def collect(ho, iomem=None, max_blocks: int = 2_000_000) -> dict:
         if st.phys:
             layers["blobs"].append((st.name, st.phys, st.phys + max(st.size or PAGE, 1)))
     if ho.mem is not None and r.mem_map and prof is not None:
-        w = walker(prof, ho.mem, r.mem_map)
+        w = map_walker(prof, ho.mem, r.mem_map)
         n = 0
         for order, physs in w.leaves():
             for p in (physs.tolist() if hasattr(physs, "tolist") else physs):
@@ -178,31 +179,3 @@ def render_png(layers: dict, title: str, path: str):
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
-
-def run_cli(args) -> int:
-    from .memory import open_source
-    from .validate import parse_iomem
-    mem = open_source(args.mem) if args.mem else None
-    ho = load(args.path, mem, args.fdt_phys)
-    iomem = None
-    if args.iomem:
-        try:
-            iomem = parse_iomem(open(args.iomem).read())
-        except OSError as e:
-            raise UsageError(f"{args.iomem}: cannot read: {e.strerror}") from None
-    layers = collect(ho, iomem)
-    title = f"KHO handover {ho.source} ({ho.root.compatible})"
-    if args.out.endswith(".png"):
-        render_png(layers, title, args.out)
-    elif args.out.endswith(".svg"):
-        try:
-            with open(args.out, "w") as f:
-                f.write(render_svg(layers, title))
-        except OSError as e:
-            raise UsageError(f"{args.out}: cannot write: {e.strerror}") from None
-    else:
-        raise UsageError(f"{args.out}: --out must end in .svg or .png")
-    print(f"wrote {args.out}: {len(layers['blocks'])} preserved blocks, {len(layers['meta'])} metadata pages, "
-          f"{len(layers['scratch'])} scratch areas")
-    return 0

@@ -1,0 +1,26 @@
+"""``kho compat``: the old -> new generation matrix, computed by the model."""
+
+from __future__ import annotations
+
+import argparse
+
+from ._common import dump_json
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("compat", help="matrix of every old->new generation pair, computed by the model")
+    p.add_argument("-j", "--json", action="store_true", help="JSON output: one object per cell")
+    p.add_argument("-p", "--pretty", action="store_true", help="indented JSON (implies -j)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..model.compat import matrix, render
+    cells = matrix()
+    if args.json:
+        dump_json(cells, args)
+    else:
+        print(render(cells))
+    return 0

@@ -1,0 +1,33 @@
+"""``kho inspect``: decode a handover."""
+
+from __future__ import annotations
+
+import argparse
+
+from ._common import BUILTIN_NOTE, add_input_args, default_paths, dump_json, open_mem
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("inspect", help="decode a handover: tree, sub-blobs, scratch, preserved blocks")
+    add_input_args(p, "debugfs kho dir (kho/, kho/out, kho/in) or a root FDT file")
+    p.add_argument("--blocks", action="store_true", help="list every preserved block (text output)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..handover import load
+    from ..profiles import get_profile
+    from ..reports.inspect import inspect, render
+    default_paths(args)
+    ho = load(args.path, open_mem(args.mem), args.fdt_phys)
+    prof = get_profile(args.profile) if args.profile else None
+    rep = inspect(ho, prof, want_blocks=True, preserve_bits=args.bitmap_bits)
+    if args.json:
+        dump_json(rep, args)
+    else:
+        if args.builtin:
+            print(BUILTIN_NOTE)
+        print(render(rep, show_blocks=args.blocks))
+    return 0

@@ -1,0 +1,210 @@
+"""What a given kernel will do with a captured handover.
+
+:func:`predict` boots the target generation's modelled kernel on the
+capture (copy-on-write: the source is never written) with the command line
+the real next kernel would have, and reports what it printed, reserved,
+restored and broke.  The consequences that matter to a user (the handover
+refused, a client that fails, a double free, an oops) are findings whose
+severity comes from :mod:`pykho.findings`: this is where ``kho validate``'s
+errors come from, and no report repeats a kernel rule.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import clients as _clients
+from .. import profiles as P
+from ..abi import structs
+from ..errors import KhoDecodeError
+from ..findings import Finding, severity_of
+from ..handover import Handover
+from ..memory import CowMemory, LayeredMemory, NotCaptured, SparseMemory, StrictCowMemory
+from ..profiles import PAGE_SIZE
+from .incoming import retrieve_subtree
+from .kernel import Kernel
+from .kexec import Segment
+from .machine import Machine
+
+__all__ = ["predict"]
+
+GiB = 1 << 30
+#: where the verdict puts the root FDT / scratch array when only files are given
+_FDT_PLACEHOLDER = 0x1000
+_SCRATCH_PLACEHOLDER = 0x2000000000
+
+
+def _finding(code: str, message: str, where: str = "") -> dict[str, Any]:
+    return Finding(severity_of(code), code, message, where).as_dict()
+
+
+def _readable(mem: Any, phys: int, size: int) -> bool:
+    try:
+        return bool(mem.contains(phys, size))
+    except KhoDecodeError:
+        return False
+
+
+def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for s, e in sorted(ranges):
+        if out and s <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], e))
+        else:
+            out.append((s, e))
+    return out
+
+
+def _page_span(phys: int, size: int) -> tuple[int, int]:
+    return phys & ~(PAGE_SIZE - 1), (phys + max(size, 1) + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+
+
+def predict(ho: Handover, tgt: P.Profile, cmdline: str = "kho=on", iomem: list[tuple[int, int]] | None = None,
+            want_reserved: bool = False) -> dict[str, Any]:
+    """The target kernel's verdict on ``ho`` (see the module docstring).
+
+    With memory, the model boots on the capture.  Without (a debugfs copy or
+    an FDT file alone), it boots on the root FDT and the scratch array
+    placed where the handover says they are, and stops where it would need
+    memory nobody gave: the verdict then says what it could predict."""
+    blob = ho.root_blob or b""
+    fdt_phys = ho.root_phys
+    scratch_phys, scratch_len = ho.scratch_phys, ho.scratch_len
+    strict = ho.mem is None or fdt_phys is None
+    mem: Any = ho.mem
+    if strict:
+        fdt_phys = fdt_phys if fdt_phys is not None else _FDT_PLACEHOLDER
+        fdt_size = max(PAGE_SIZE, len(blob))
+        arr = structs.encode_scratch(ho.scratch)
+        if scratch_phys is None or scratch_len is None:
+            scratch_phys, scratch_len = _SCRATCH_PLACEHOLDER, len(arr)
+        known = sorted({_page_span(fdt_phys, fdt_size), _page_span(scratch_phys, scratch_len)})
+        base = SparseMemory(known, name="the handover files")
+        base.write(fdt_phys, blob.ljust(fdt_size, b"\0"))
+        base.write(scratch_phys, arr.ljust(scratch_len, b"\0")[:scratch_len])
+        mem = base
+    elif scratch_phys is None or scratch_len is None or not _readable(mem, scratch_phys, scratch_len) or \
+            not any(mem.read(scratch_phys, scratch_len)):
+        # the array as the kernel will see it after relocation (kexec copies
+        # the segment during the jump): from debugfs
+        arr = structs.encode_scratch(ho.scratch)
+        top = SparseMemory([(0, 1 << 52)])
+        scratch_phys = scratch_phys if scratch_phys is not None else _SCRATCH_PLACEHOLDER
+        scratch_len = len(arr) if scratch_len is None else scratch_len
+        top.write(scratch_phys, arr.ljust(scratch_len, b"\0")[:scratch_len])
+        mem = LayeredMemory(mem, top, scratch_phys, scratch_len)
+    return _boot(ho, tgt, mem, fdt_phys, scratch_phys, scratch_len, iomem, cmdline, want_reserved, strict)
+
+
+def _head(tgt: P.Profile) -> dict[str, Any]:
+    return {"target": tgt.name, "target_kernels": tgt.kernels}
+
+
+def _rejected(v: dict[str, Any], failed_step: str | None) -> None:
+    last = v["log"][-2] if len(v["log"]) >= 2 else (v["log"][0] if v["log"] else "")
+    v["outcome"] = "cold boot: nothing preserved is restored"
+    v["consequences"].append(_finding(
+        "handover-rejected", f"kho_populate refuses the handover at {failed_step or 'an early check'}"
+        + (f" ('{last}')" if last else "") + ": the kernel boots cold and everything preserved is lost"))
+
+
+def _boot(ho: Handover, tgt: P.Profile, mem: Any, fdt_phys: int, scratch_phys: int, scratch_len: int,
+          iomem: list[tuple[int, int]] | None, cmdline: str, want_reserved: bool, strict: bool) -> dict[str, Any]:
+    """Boot the model's kernel of generation ``tgt`` on the captured memory.
+    Clients whose data is not in the memory given are not run, and the
+    verdict says so."""
+    ends = [e for _, e in (ho.mem.ranges() if ho.mem is not None else [])] + [a.end for a in ho.scratch]
+    top = max(ends + [GiB])
+    ram = iomem or [(0x100000, min(((top + GiB - 1) // GiB) * GiB, 1 << 52))]
+    if strict:      # the placed FDT and array are memory the kernel can map
+        ram = _merge(ram + list(mem.ranges()))
+    cow = (StrictCowMemory if strict else CowMemory)(mem, [(s, e) for s, e in ram])
+    machine = Machine(ram=[(s, e, 0) for s, e in ram], mem=cow)
+    try:
+        decoded = ho.root
+    except KhoDecodeError:
+        decoded = None               # the kernel will judge these bytes itself
+    skip: set[str] = set()
+    notes: dict[str, str] = {}
+    for st in (decoded.subtrees if decoded is not None else []):
+        plugin = _clients.by_node(st.name)
+        if not plugin.model_name:
+            continue
+        dec = _clients.decode_subblob(st.name, ho.blob_of(st.name), ho.mem, st.phys, tgt)
+        why = (plugin.predictable(dec, ho.mem) if ho.mem is not None else "no memory given") \
+            if "error" not in dec else None
+        if why:
+            notes[st.name] = f"not predicted: {why}"
+            skip.add(plugin.model_name)
+    names = tuple(n for n in _clients.DEFAULT_MODEL_CLIENTS if n not in skip)
+    k = Kernel(machine, tgt, cmdline, name="target kernel", clients=names)
+    if want_reserved:
+        k.reserved_log = []
+    image = None
+    for a in ho.scratch:
+        if a.size >= 2 * Kernel.KERNEL_IMAGE_SIZE:
+            image = Segment("kernel", a.addr, Kernel.KERNEL_IMAGE_SIZE)
+            break
+    missing = None
+    try:
+        k.boot(structs.KhoData(fdt_phys, PAGE_SIZE, scratch_phys, scratch_len), image)
+    except NotCaptured as e:
+        missing = e.phys
+    log = [line for line in k.log if not line.startswith("(model)")]
+    assert k.populate is not None
+    v: dict[str, Any] = _head(tgt) | {
+        "populate": "accepted" if k.populate.accepted else "rejected", "log": log,
+        "model_violations": [x.as_dict() for x in k.violations], "consequences": []}
+    if want_reserved:
+        v["reserved"] = [list(b) for b in k.reserved_log or []]
+    if missing is not None:
+        v["populate"] = "accepted" if k.populate.accepted else "rejected"
+        v["outcome"] = (f"populate accepts; predicting the rest of the boot needs memory at 0x{missing:x}"
+                        + (" (the root FDT's address is not known)" if ho.root_phys is None and ho.mem is not None
+                           else "") + ": give --mem with memory captured at the jump")
+        v["incomplete"] = True
+    elif k.oops is not None:
+        v["outcome"] = (f"the kernel oopses in {k.oops.function} and panics: "
+                        f"{k.oops.access} of {k.oops.what} at 0x{k.oops.phys:x}, not mapped")
+        v["oops"] = k.oops.as_dict()
+    elif k.panicked:
+        v["outcome"] = "the kernel panics during boot"
+    elif not k.populate.accepted:
+        _rejected(v, k.populate.failed_step)
+    elif not k.is_kho_boot():
+        v["outcome"] = "the kernel adopted the old scratch, then forgot the handover"
+        v["consequences"].append(_finding(
+            "handover-forgotten", "kho_populate accepted the handover, then kho_memory_init dropped it"
+            + (f" ('{k.log[-1]}')" if k.log and k.log[-1].startswith("KHO: failed") else "")
+            + ": no client can retrieve its data and kho_init takes the cold-boot path over the adopted scratch"))
+    elif k.violations:
+        v["outcome"] = f"KHO boot with {len(k.violations)} memory-state violations"
+    else:
+        v["outcome"] = (f"KHO boot: {len(k.pages.preserved) + len(k.pages.restored)} preserved blocks reserved, "
+                        f"{len(k.pages.restored)} restored by the clients run")
+    for x in k.violations:
+        v["consequences"].append(_finding(
+            "model-" + x.kind, f"the {tgt.name} kernel would hit {x.kind} during {x.step}: {x.detail}",
+            f"0x{x.start:x}-0x{x.end:x}"))
+    clients_v: dict[str, str] = {}
+    by_node = {c.node: c for c in k.clients}
+    for s_ in (decoded.subtrees if decoded is not None else []):
+        inst = by_node.get(s_.name)
+        if inst is not None and inst.status is not None:
+            clients_v[s_.name] = inst.status
+            if inst.status == "restore failed":
+                v["consequences"].append(_finding(
+                    "client-restore-failed", f"client {s_.name!r}: restore fails in the {tgt.name} kernel"
+                    + (f": {inst.detail}" if inst.detail else ""), f"0x{s_.phys:x}" if s_.phys else ""))
+            continue
+        err, _, _, _ = retrieve_subtree(tgt, k.populate.fdt_blob if k.populate.accepted else None, s_.name)
+        clients_v[s_.name] = "retrievable" if err == 0 else f"kho_retrieve_subtree fails: {err}"
+        if err and k.populate.accepted and k.is_kho_boot():
+            v["consequences"].append(_finding(
+                "client-retrieve-failed", f"client {s_.name!r}: kho_retrieve_subtree fails with {err}: the client "
+                "cannot find its data", f"0x{s_.phys:x}" if s_.phys else ""))
+    for name, why in notes.items():
+        clients_v[name] = why
+        v["consequences"].append(_finding("client-not-predicted", f"client {name!r}: {why}"))
+    v["clients"] = clients_v
+    return v

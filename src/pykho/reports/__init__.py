@@ -1,0 +1,1 @@
+"""Reports: what users read (inspect, validate, map)."""

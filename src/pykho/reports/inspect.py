@@ -1,0 +1,111 @@
+"""``kho inspect``: decode a handover and say what is in it.
+
+Builds a plain dict (the JSON schema of ``kho inspect -j``) and renders it
+as text.  Everything here only reads; judging belongs to :mod:`validate`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import clients as _clients
+from .. import profiles as P
+from ..handover import Handover, detect_generation, map_walker, summarize_walk
+
+__all__ = ["inspect", "render"]
+
+
+def inspect(ho: Handover, profile: P.Profile | None = None, want_blocks: bool = True,
+            preserve_bits: int | None = None) -> dict[str, Any]:
+    """What the handover holds, as the JSON of ``kho inspect -j``."""
+    r = ho.root
+    detected, evidence = detect_generation(ho)
+    prof = profile or detected
+    h = r.header
+    out: dict[str, Any] = {
+        "source": ho.source,
+        "compatible": r.compatible,
+        "generation": prof.name if prof else None,
+        "generation_evidence": evidence,
+        "memory_map": r.mem_map if r.mem_map is not None else 0,
+        "fdt": {"phys": ho.root_phys, "origin": ho.root_blob_origin, "totalsize": h.totalsize,
+                "off_mem_rsvmap": h.off_mem_rsvmap, "off_dt_struct": h.off_dt_struct,
+                "off_dt_strings": h.off_dt_strings, "version": h.version,
+                "last_comp_version": h.last_comp_version},
+        "subtrees": [],
+        "scratch": [{"addr": a.addr, "size": a.size} for a in ho.scratch],
+        "scratch_origin": ho.scratch_origin,
+        "quirks": [q.__dict__ for q in ho.quirks],
+        "problems": [],
+    }
+    if ho.setup_data_phys is not None:
+        out["setup_data"] = {"phys": ho.setup_data_phys, "scratch_addr": ho.scratch_phys,
+                             "scratch_size": ho.scratch_len}
+    for st in r.subtrees:
+        d = st.as_dict()
+        d["property"] = st.prop
+        d["decoded"] = _clients.decode_subblob(st.name, ho.blob_of(st.name), ho.mem, st.phys, prof)
+        out["subtrees"].append(d)
+    if ho.mem is not None and r.mem_map and prof is not None:
+        w = map_walker(prof, ho.mem, r.mem_map, preserve_bits=preserve_bits)
+        summary, meta, blocks = summarize_walk(w, want_blocks)
+        out["summary"] = summary
+        out["metadata"] = meta
+        if want_blocks:
+            out["preserved"] = blocks
+        out["problems"] = [{"code": p.code, "message": str(p)} for p in w.problems]
+    return out
+
+
+def _size(n: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift} {unit}"
+    return f"{n} B" if n < 1024 else f"{n / (1 << 20):.1f} MiB"
+
+
+def render(rep: dict[str, Any], show_blocks: bool = False) -> str:
+    L = []
+    f = rep["fdt"]
+    L.append(f"KHO handover from {rep['source']}")
+    L.append(f"  generation     {rep['generation']}  ({rep['generation_evidence']})")
+    where = f"0x{f['phys']:x}" if f["phys"] is not None else f["origin"]
+    L.append(f"  root FDT       {where}, {f['totalsize']} bytes, rsvmap at {f['off_mem_rsvmap']}")
+    L.append("  /")
+    L.append(f"    compatible = \"{rep['compatible']}\"")
+    L.append(f"    preserved-memory-map = 0x{rep['memory_map']:x}")
+    for st in rep["subtrees"]:
+        L.append(f"    {st['name']} {{")
+        if st["size"] is not None:
+            L.append(f"      blob-size = {st['size']}")
+        phys = f"0x{st['phys']:x}" if st["phys"] is not None else "(missing or not 8 bytes)"
+        L.append(f"      {st['property'] or 'preserved-data'} = {phys}")
+        dec = st["decoded"]
+        if "error" in dec:
+            L.append(f"      !! {dec['error']}")
+        else:
+            plugin = _clients.by_node(st["name"])
+            if dec.get("kind") != plugin.kind:
+                plugin = _clients.GenericClient
+            for line in plugin.describe(dec):
+                L.append(f"      # {line}")
+        L.append("    }")
+    if rep["scratch"]:
+        L.append(f"  scratch ({rep['scratch_origin']})")
+        names = ["lowmem", "global"]
+        for i, a in enumerate(rep["scratch"]):
+            nm = names[i] if i < 2 else f"node {i - 2}"
+            L.append(f"    [{i}] {nm:8} 0x{a['addr']:x}+0x{a['size']:x}  ({_size(a['size'])})")
+    if "summary" in rep:
+        s = rep["summary"]
+        L.append(f"  preserved      {s['blocks']} blocks, {_size(s['bytes'])}")
+        L.append("    by order     " + ", ".join(f"{o}: {n}" for o, n in s["by_order"].items()))
+        L.append("    map metadata " + ", ".join(f"{k} {v}" for k, v in rep["metadata"].items()))
+        if show_blocks and "preserved" in rep:
+            for p, o in rep["preserved"]:
+                L.append(f"    0x{p:012x} order {o:2}  [0x{p:x}-0x{p + (1 << (o + 12)):x})")
+    for q in rep["quirks"]:
+        L.append(f"  note [{q['code']}] {q['message']}")
+    for p in rep["problems"]:
+        L.append(f"  problem [{p['code']}] {p['message']}")
+    return "\n".join(L)
