@@ -15,7 +15,7 @@ from typing import Any
 from ..abi import fdt as _fdt
 from ..abi.cmdline import memparse
 from ..errors import KhoDecodeError
-from ..profiles import PAGE_SHIFT, PAGE_SIZE, FdtBuiltAt, Profile
+from ..profiles import ENOENT, PAGE_SHIFT, PAGE_SIZE, FdtBuiltAt, Profile
 from .base import Client
 
 __all__ = ["MEMBLOCK_KHO_FDT", "MEMBLOCK_COMPATIBLE", "RESERVE_MEM_COMPATIBLE", "ReserveMem", "encode_memblock",
@@ -57,15 +57,22 @@ def decode_memblock(blob: bytes, where: Any = None) -> list[ReserveMem]:
     return out
 
 
+#: x86-64 and arm64 L1 cache line: reserve_mem raises a smaller alignment to it
+SMP_CACHE_BYTES = 64
+RESERVE_MEM_NAME_SIZE = 16
+RESERVE_MEM_MAX_ENTRIES = 8
+
+
 def parse_reserve_mem(spec: str) -> tuple[int, int, str] | None:
-    """``reserve_mem=SIZE:ALIGN:NAME`` as (size, align, name), None when malformed."""
-    try:
-        size_s, align_s, name = spec.split(":", 2)
-    except ValueError:
+    """``reserve_mem=SIZE:ALIGN:NAME`` as (size, align, name), None when the
+    sizes do not parse (memparse must consume up to each colon)."""
+    size, rest = memparse(spec)
+    if rest == spec or not rest.startswith(":"):
         return None
-    size, _ = memparse(size_s)
-    align, _ = memparse(align_s)
-    return size, align, name
+    align, rest2 = memparse(rest[1:])
+    if not rest2.startswith(":"):
+        return None
+    return size, align, rest2[1:]
 
 
 class MemblockClient(Client):
@@ -85,41 +92,98 @@ class MemblockClient(Client):
     def __init__(self, kernel: Any):
         super().__init__(kernel)
         self.regions: list[ReserveMem] = []
+        self._fdt: bytes | None = None
 
     def early_param(self) -> None:
         for spec in self.k.params_all("reserve_mem"):
-            self._reserve_mem(spec)
+            self.reserve_mem(spec)
 
-    def _reserve_mem(self, spec: str) -> None:
+    def _retrieve_fdt(self) -> bytes | None:
+        """``reserve_mem_kho_retrieve_fdt``: the memblock FDT, kept once found
+        (a failure is retried, and warned about, for every ``reserve_mem=``)."""
+        if self._fdt is not None:
+            return self._fdt
+        k = self.k
+        err, phys, bsize = k.retrieve_subtree(self.node)
+        if err:
+            if err != -ENOENT:
+                k.printk(f"failed to retrieve FDT '{self.node}' from KHO: {err}")
+            return None
+        try:
+            head = k.read_preserved(phys, 40, "memblock FDT")
+            blob = k.read_preserved(phys, max(40, min(_fdt.totalsize(head), 1 << 20)), "memblock FDT")
+        except KhoDecodeError:
+            return None
+        rc = _fdt.node_check_compatible(blob, 0, MEMBLOCK_COMPATIBLE)
+        if rc:
+            k.printk(f"FDT '{self.node}' is incompatible with '{MEMBLOCK_COMPATIBLE}': {rc}")
+            return None
+        self._fdt = blob
+        return blob
+
+    def _revive(self, name: str, size: int, align: int) -> bool:
+        """``reserve_mem_kho_revive``: the region is only recorded; what keeps
+        its pages is the preserved map alone (no memblock_reserve)."""
+        k = self.k
+        fdt = self._retrieve_fdt()
+        if fdt is None:
+            return False
+        off = _fdt.subnode_offset(fdt, 0, name)
+        if off < 0:
+            k.printk(f"FDT '{self.node}' has no child '{name}': {off}")
+            return False
+        rc = _fdt.node_check_compatible(fdt, off, RESERVE_MEM_COMPATIBLE)
+        if rc:
+            k.printk(f"Node '{name}' is incompatible with '{RESERVE_MEM_COMPATIBLE}': {rc}")
+            return False
+        v_start, l_start = _fdt.getprop(fdt, off, "start")
+        v_size, l_size = _fdt.getprop(fdt, off, "size")
+        if v_start is None or l_start != 8 or v_size is None or l_size != 8:
+            return False
+        start, rsize = _fdt.u64(v_start), _fdt.u64(v_size)
+        if start & (align - 1):
+            k.printk(f"KHO reserve-mem '{name}' has wrong alignment (0x{align:x}, 0x{start:x})")
+            return False
+        if rsize != size:
+            k.printk(f"KHO reserve-mem '{name}' has wrong size (0x{rsize:x} != 0x{size:x})")
+            return False
+        self.regions.append(ReserveMem(name, start, size))
+        k.printk(f"Revived memory reservation '{name}' from KHO")
+        self.status, self.restored = "revived", True
+        return True
+
+    def reserve_mem(self, spec: str) -> None:
+        """The ``reserve_mem=`` early parameter."""
         k = self.k
         got = parse_reserve_mem(spec)
-        if got is None:
+        if got is None or not got[0] or not got[2].strip() or len(got[2]) >= RESERVE_MEM_NAME_SIZE:
+            k.printk("reserve_mem: empty or malformed parameter")
             return
         size, align, name = got
-        # reserve_mem_kho_revive: only while the incoming handover is kept
-        if k.kho_in_fdt is not None:
-            err, phys, bsize = k.retrieve_subtree(self.node)
-            if not err:
-                try:
-                    regions = decode_memblock(k.read_preserved(phys, bsize or PAGE_SIZE, "memblock FDT"))
-                except KhoDecodeError:
-                    regions = []
-                for r in regions:
-                    if r.name == name:
-                        if r.start % max(align, 1):
-                            k.printk(f"KHO reserve-mem '{name}' has wrong alignment (0x{r.start:x}, 0x{align:x})")
-                            break
-                        if r.size != size:
-                            k.printk(f"KHO reserve-mem '{name}' has wrong size (0x{r.size:x} != 0x{size:x})")
-                            break
-                        k.memblock.reserve(r.start, r.size)
-                        self.regions.append(r)
-                        k.printk(f"Revived memory reservation '{name}' from KHO")
-                        self.status, self.restored = "revived", True
-                        return
+        if len(self.regions) >= RESERVE_MEM_MAX_ENTRIES:
+            k.printk("reserve_mem: no more room for reserved memory")
+            return
+        if any(r.name == name for r in self.regions):
+            k.printk(f'reserve_mem: name "{name}" was already used')
+            return
+        align = max(align, SMP_CACHE_BYTES)
+        if k.kho_in_fdt is not None and self._revive(name, size, align):
+            return
         addr = k.memblock.alloc(size, max(align, PAGE_SIZE))
-        if addr:
-            self.regions.append(ReserveMem(name, addr, size))
+        if not addr:
+            k.printk("reserve_mem: memblock allocation failed")
+            return
+        self.regions.append(ReserveMem(name, addr, size))
+
+    def initcall(self) -> None:
+        """A revived region is used by its owner (pstore, tracing) once the
+        system runs: only the preserved map kept its pages."""
+        if self.status == "revived":
+            for r in self.regions:
+                if not self.k.check_preserved(r.start, r.size, f"reserve_mem region '{r.name}'"):
+                    self.status, self.restored = "revived, but its memory was not preserved", False
+                    self.detail = (f"region '{r.name}' 0x{r.start:x}+0x{r.size:x} is not covered by the map: "
+                                   "memblock_free_all gave its pages to the page allocator")
 
     def late_initcall(self) -> None:
         if self.k.kho_enable and self.regions and self.k.p.fdt_built_at is FdtBuiltAt.BOOT:

@@ -34,7 +34,7 @@ def random_spec(profile: str, rng: random.Random, faults: bool = True) -> dict:
             steps.append({"do": "preserve", "order": rng.choice([0, 0, 0, 1, 2, 9, 10])})
         elif r < 0.55 and prof.unpreserve:
             steps.append({"do": "unpreserve", "index": rng.randrange(8)})
-        elif r < 0.65 and prof.map_format == "radix":
+        elif r < 0.65 and prof.map_format is P.MapFormat.RADIX:
             steps.append({"do": "vmalloc", "pages": rng.randrange(1, 20)})
         elif r < 0.8 and faults:
             steps.append({"do": "fault", "site": rng.choice(["page", "memblock"]), "count": rng.randrange(1, 3),

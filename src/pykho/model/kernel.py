@@ -153,25 +153,29 @@ class Kernel(OutgoingKHO, Kexec):
         self.printk(*lines)
         return err, phys, size
 
+    def check_preserved(self, phys: int, size: int, what: str) -> bool:
+        """Whether handed-over data a client uses is still protected.  Before
+        the map walk memblock allocates only from scratch, so memory outside
+        it is as the old kernel left it; afterwards only what the map reserved
+        is.  A violation (once per structure) when it is not."""
+        if not self.is_kho_boot() or not size:
+            return True
+        if self.step in ("setup_arch", "early params"):
+            lost = self._scratch_set().overlaps(phys, phys + size)
+        else:
+            lost = self.pages.unpreserved_parts(phys, phys + size)
+        if lost and what not in self._reported_unpreserved:
+            self._reported_unpreserved.add(what)
+            s, e = lost[0]
+            self.violation("client-data-not-preserved", s, e,
+                           f"{what} at 0x{phys:x}+0x{size:x} is used after boot but 0x{s:x}-0x{e:x} is not in "
+                           "the preserved map: this kernel may already have reused it")
+        return not lost
+
     def read_preserved(self, phys: int, size: int, what: str) -> bytes:
-        """A client reads its handed-over data through ``phys_to_virt``.
-        Memory the map did not reserve may already hold something else (a
-        violation, once per structure); an address outside the direct map
-        faults."""
-        if self.is_kho_boot() and size:
-            if self.step in ("setup_arch", "early params"):
-                # before the map walk memblock allocates only from scratch:
-                # memory outside it is still as the old kernel left it
-                lost = self._scratch_set().overlaps(phys, phys + size)
-            else:
-                lost = self.pages.unpreserved_parts(phys, phys + size)
-            if lost and what not in self._reported_unpreserved:
-                self._reported_unpreserved.add(what)
-                s, e = lost[0]
-                self.violation("client-data-not-preserved", s, e,
-                               f"{what} at 0x{phys:x}+0x{size:x} is read after boot but "
-                               f"0x{s:x}-0x{e:x} is not in the preserved map: this kernel may already have "
-                               "reused it")
+        """A client reads its handed-over data through ``phys_to_virt``
+        (:meth:`check_preserved`); an address outside the direct map faults."""
+        self.check_preserved(phys, size, what)
         try:
             return self.m.mem.read(phys, size, what)
         except MemoryFault:

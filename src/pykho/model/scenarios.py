@@ -247,9 +247,9 @@ class Run:
     def _check_map(self, k):
         if getattr(k, "map_checked", False):
             return
-        if not k.image or not k.image.get("kho_data") or k.p.fdt_built_at == "finalize" and not k.finalized:
+        if not k.image or not k.image.get("kho_data") or k.p.fdt_built_at is P.FdtBuiltAt.FINALIZE and not k.finalized:
             return
-        if k.p.finalize == "serialize" and not k.finalized:
+        if k.p.finalize is P.Finalize.SERIALIZE and not k.finalized:
             return
         decoded = set(k.decoded_map())
         truth = set(k.preserved.blocks)

@@ -192,7 +192,7 @@ def _boot(ho: Handover, tgt: P.Profile, mem: Any, fdt_phys: int, scratch_phys: i
         inst = by_node.get(s_.name)
         if inst is not None and inst.status is not None:
             clients_v[s_.name] = inst.status
-            if inst.status == "restore failed":
+            if inst.restored is False:
                 v["consequences"].append(_finding(
                     "client-restore-failed", f"client {s_.name!r}: restore fails in the {tgt.name} kernel"
                     + (f": {inst.detail}" if inst.detail else ""), f"0x{s_.phys:x}" if s_.phys else ""))
