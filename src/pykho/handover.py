@@ -10,18 +10,16 @@ explain them instead of failing on them.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import clients as _clients
 from . import profiles as P
 from .abi import chunks as _chunks
 from .abi import fdt as _fdt
-from .abi import radix
+from .abi import radix, structs
 from .abi import root as _root
-from .abi import structs
 from .clients import Quirk
 from .errors import KhoDecodeError, UsageError
 from .profiles import PAGE_SHIFT, PAGE_SIZE, FdtBuiltAt, MapFormat

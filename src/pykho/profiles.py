@@ -32,7 +32,8 @@ from .errors import UsageError
 __all__ = ["Profile", "MapFormat", "Finalize", "FdtBuiltAt", "FillKimageGate", "PopulateStep", "ZeroMapAction",
            "ScratchGrammar", "ScratchArea", "PROFILES", "ALIASES", "get_profile", "profiles_for_compatible",
            "newest_for_compatible", "A0", "A1", "B_PREFIX", "B", "C", "D", "E", "PAGE_SHIFT", "PAGE_SIZE",
-           "MAX_PAGE_ORDER", "errname", "ENOENT", "EFAULT", "EEXIST", "EINVAL", "ENOMEM", "EBUSY", "E2BIG", "EOPNOTSUPP"]
+           "MAX_PAGE_ORDER", "errname", "ENOENT", "EFAULT", "EEXIST", "EINVAL", "ENOMEM", "EBUSY", "E2BIG",
+           "EOPNOTSUPP"]
 
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
@@ -229,7 +230,8 @@ A0 = Profile(
 A1 = Profile(
     name="A1", kernels="6.18", default_release="6.18.0", compatible="kho-v1",
     subtree_prop="fdt", size_prop=None, map_format=MapFormat.CHUNKS, preserve_bits=4096 * 8,
-    khop_magic=True, restore_checks_order=True, finalize=Finalize.NOTIFIER, abort=True, debug_scratch_overlap_check=True,
+    khop_magic=True, restore_checks_order=True, finalize=Finalize.NOTIFIER, abort=True,
+    debug_scratch_overlap_check=True,
     fdt_built_at=FdtBuiltAt.FINALIZE, fill_kimage_gate=FillKimageGate.FINALIZED, populate_steps=_CHUNK_STEPS,
     msg_found=_KHO_V1_FOUND, msg_mark_scratch=_A_MARK,
     memory_init_zero_map=ZeroMapAction.WALK_NOTHING, unpreserve=False,
@@ -238,7 +240,8 @@ A1 = Profile(
 B_PREFIX = Profile(
     name="B-prefix", kernels="6.19 (before the populate fix)", default_release="6.19.0-rc4", compatible="kho-v1",
     subtree_prop="fdt", size_prop=None, map_format=MapFormat.CHUNKS, preserve_bits=4096 * 8,
-    khop_magic=True, restore_checks_order=True, finalize=Finalize.SERIALIZE, abort=False, debug_scratch_overlap_check=True,
+    khop_magic=True, restore_checks_order=True, finalize=Finalize.SERIALIZE, abort=False,
+    debug_scratch_overlap_check=True,
     fdt_built_at=FdtBuiltAt.BOOT, fill_kimage_gate=FillKimageGate.ENABLE, populate_steps=_CHUNK_STEPS,
     memory_init_zero_map=ZeroMapAction.CLEAR_FDT,
 )
@@ -246,7 +249,8 @@ B_PREFIX = Profile(
 B = Profile(
     name="B", kernels="6.19-7.0", default_release="7.0.0", compatible="kho-v1",
     subtree_prop="fdt", size_prop=None, map_format=MapFormat.CHUNKS, preserve_bits=4096 * 8,
-    khop_magic=True, restore_checks_order=True, finalize=Finalize.SERIALIZE, abort=False, debug_scratch_overlap_check=True,
+    khop_magic=True, restore_checks_order=True, finalize=Finalize.SERIALIZE, abort=False,
+    debug_scratch_overlap_check=True,
     fdt_built_at=FdtBuiltAt.BOOT, fill_kimage_gate=FillKimageGate.ENABLE, populate_steps=_FIXED_STEPS,
     msg_map_prop_bad="KHO: failed to get preserved memory bitmaps",
     memory_init_zero_map=ZeroMapAction.CLEAR_FDT,
@@ -255,7 +259,8 @@ B = Profile(
 C = Profile(
     name="C", kernels="7.1 merge window", default_release="7.1.0-rc1", compatible="kho-v2",
     subtree_prop="preserved-data", size_prop=None, map_format=MapFormat.RADIX, preserve_bits=0,
-    khop_magic=True, restore_checks_order=True, finalize=None, abort=False, debug_scratch_overlap_check=True,
+    khop_magic=True, restore_checks_order=True, finalize=None, abort=False,
+    debug_scratch_overlap_check=True,
     fdt_built_at=FdtBuiltAt.BOOT, fill_kimage_gate=FillKimageGate.ENABLE, populate_steps=_FIXED_STEPS,
     msg_disable="KHO: disabling KHO revival",
     msg_map_prop_bad="KHO: failed to get preserved memory map",
@@ -266,7 +271,8 @@ C = Profile(
 D = Profile(
     name="D", kernels="7.1", default_release="7.1.0", compatible="kho-v3",
     subtree_prop="preserved-data", size_prop="blob-size", map_format=MapFormat.RADIX, preserve_bits=0,
-    khop_magic=True, restore_checks_order=False, finalize=None, abort=False, debug_scratch_overlap_check=True,
+    khop_magic=True, restore_checks_order=False, finalize=None, abort=False,
+    debug_scratch_overlap_check=True,
     fdt_built_at=FdtBuiltAt.BOOT, fill_kimage_gate=FillKimageGate.ENABLE, populate_steps=_FIXED_STEPS,
     msg_disable="KHO: disabling KHO revival",
     msg_map_prop_bad="KHO: failed to get preserved memory map",
@@ -277,7 +283,8 @@ D = Profile(
 E = Profile(
     name="E", kernels="7.2", default_release="7.2.13", compatible="kho-v4",
     subtree_prop="preserved-data", size_prop="blob-size", map_format=MapFormat.RADIX, preserve_bits=0,
-    khop_magic=True, restore_checks_order=False, finalize=None, abort=False, debug_scratch_overlap_check=True,
+    khop_magic=True, restore_checks_order=False, finalize=None, abort=False,
+    debug_scratch_overlap_check=True,
     fdt_built_at=FdtBuiltAt.BOOT, fill_kimage_gate=FillKimageGate.ENABLE, populate_steps=_FIXED_STEPS,
     msg_disable="KHO: disabling KHO revival",
     msg_map_prop_bad="KHO: failed to get preserved memory map",

@@ -16,13 +16,43 @@ from .base import Client, KernelAPI, KernelPanic, Quirk
 from .common import read_blocks
 from .generic import GenericClient
 from .kexec_metadata import KexecMetadataClient
-from .luo import (LUO_ABI_COMPATIBLE, LUO_FILE_SER, LUO_FLB_HEADER, LUO_FLB_SER, LUO_KHO_ENTRY_NAME, LUO_SER,
-                  LUO_SESSION_SER, MEMFD_FOLIO_SER, MEMFD_LUO_SER, Luo, LuoClient, LuoFile, LuoSession, decode_luo,
-                  decode_memfd, encode_luo_ser)
-from .memblock import (MEMBLOCK_COMPATIBLE, MEMBLOCK_KHO_FDT, RESERVE_MEM_COMPATIBLE, MemblockClient, ReserveMem,
-                       decode_memblock, encode_memblock)
-from .test_kho import (KHO_TEST_COMPAT, KHO_TEST_FDT, KHO_TEST_MAGIC, KhoTest, TestKhoClient, csum_partial,
-                       decode_kho_test, encode_kho_test)
+from .luo import (
+    LUO_ABI_COMPATIBLE,
+    LUO_FILE_SER,
+    LUO_FLB_HEADER,
+    LUO_FLB_SER,
+    LUO_KHO_ENTRY_NAME,
+    LUO_SER,
+    LUO_SESSION_SER,
+    MEMFD_FOLIO_SER,
+    MEMFD_LUO_SER,
+    Luo,
+    LuoClient,
+    LuoFile,
+    LuoSession,
+    decode_luo,
+    decode_memfd,
+    encode_luo_ser,
+)
+from .memblock import (
+    MEMBLOCK_COMPATIBLE,
+    MEMBLOCK_KHO_FDT,
+    RESERVE_MEM_COMPATIBLE,
+    MemblockClient,
+    ReserveMem,
+    decode_memblock,
+    encode_memblock,
+)
+from .test_kho import (
+    KHO_TEST_COMPAT,
+    KHO_TEST_FDT,
+    KHO_TEST_MAGIC,
+    KhoTest,
+    TestKhoClient,
+    csum_partial,
+    decode_kho_test,
+    encode_kho_test,
+)
 from .vmalloc_test import VmallocTestClient
 
 __all__ = ["Client", "KernelAPI", "KernelPanic", "Quirk", "REGISTRY", "GenericClient", "by_node", "by_model_name",

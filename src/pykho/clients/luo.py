@@ -139,6 +139,16 @@ def decode_memfd(mem: Any, phys: int, compatible: str = "memfd-v2", cap: int = 1
     return out
 
 
+def _strncmp_equal(a: bytes, b: bytes) -> bool:
+    """``strncmp(a, b, len(a)) == 0``: equal up to the first NUL."""
+    for x, y in zip(a, b.ljust(len(a), b"\0")):
+        if x != y:
+            return False
+        if x == 0:
+            return True
+    return True
+
+
 class LuoClient(Client):
     node = LUO_KHO_ENTRY_NAME
     kind = "luo"
@@ -192,10 +202,10 @@ class LuoClient(Client):
         # debugfs copy taken before the jump
         if len(debugfs_copy) >= LUO_SER.size and debugfs_copy[:16] == in_memory[:16] and \
                 debugfs_copy[24:] == in_memory[24:]:
+            was, now = int.from_bytes(debugfs_copy[16:24], "little"), int.from_bytes(in_memory[16:24], "little")
             return Quirk("debugfs-luo-not-serialized",
-                         "out/sub_fdts/LUO has sessions_pa = 0x%x, memory at the jump 0x%x: LUO serialises its "
-                         "sessions only in kernel_kexec(), after the copy was taken"
-                         % (int.from_bytes(debugfs_copy[16:24], "little"), int.from_bytes(in_memory[16:24], "little")))
+                         f"out/sub_fdts/LUO has sessions_pa = 0x{was:x}, memory at the jump 0x{now:x}: LUO "
+                         "serialises its sessions only in kernel_kexec(), after the copy was taken")
         return None
 
     def __init__(self, kernel: Any):
@@ -231,21 +241,28 @@ class LuoClient(Client):
             k.printk(f"luo: LUO state is too small ({size} < {LUO_SER.size})")
             return self.fail(-EINVAL, "luo_ser is too small")
         raw = k.read_preserved(phys, LUO_SER.size, "luo_ser")
-        if raw[:8].split(b"\0")[0] != LUO_ABI_COMPATIBLE.encode() or raw[6:8] != b"\0\0":
+        if not _strncmp_equal(raw[:8], LUO_ABI_COMPATIBLE.encode()):
             k.printk(f"luo: LUO state is incompatible with '{LUO_ABI_COMPATIBLE}'")
             return self.fail(-EINVAL, "luo_ser compatible mismatch")
-        luo = decode_luo(raw)
-        self.num_in = luo.liveupdate_num
-        k.printk(f"luo: Retrieved live update data, liveupdate number: {luo.liveupdate_num}")
+        _comp, num, sessions_pa, _flbs_pa = LUO_SER.unpack_from(raw)
+        self.num_in = num
+        k.printk(f"luo: Retrieved live update data, liveupdate number: {num}")
+        # luo_session_setup_incoming: only the session block chain is
+        # restored now (kho_block_set_restore); sessions and their file
+        # chains are deserialised on the first open of /dev/liveupdate,
+        # where a failure is -EIO to userspace, not a panic
         try:
-            full = decode_luo(raw, phys, k.mem)
-            self.incoming = full.sessions
-            for p_ in structs.decode_blocks(k.mem, luo.sessions_pa, LUO_SESSION_SER.size)[1]:
-                k.restore_folio(p_)
+            _entries, pages = structs.decode_blocks(k.mem, sessions_pa, LUO_SESSION_SER.size, "luo session block")
         except KhoDecodeError as e:
             k.printk(f"luo: {e.message.split(' (')[0]}")
             k.restore_folio(phys)
             return self.fail(-EINVAL, e.message)
+        for p_ in pages:
+            k.restore_folio(p_)
+        try:
+            self.incoming = decode_luo(raw, phys, k.mem).sessions
+        except KhoDecodeError as e:
+            self.detail = f"sessions do not deserialise (first open of /dev/liveupdate returns -EIO): {e.message}"
         k.restore_folio(phys)                     # kho_restore_free(luo_ser)
         self.status, self.restored = "sessions restored", True
 

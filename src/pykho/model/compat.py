@@ -8,8 +8,6 @@ Nothing here is a table typed in by hand.
 
 from __future__ import annotations
 
-import json
-
 from .. import profiles as P
 from .scenarios import Run
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 
-from .kernel import Kernel, PAGE_SIZE
+from .kernel import PAGE_SIZE, Kernel
 from .machine import Machine
 
 

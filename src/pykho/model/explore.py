@@ -16,7 +16,6 @@ some lifecycles never finalize.
 from __future__ import annotations
 
 import json
-import os
 import random
 import time
 

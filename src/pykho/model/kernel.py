@@ -21,16 +21,25 @@ from .. import clients as _clients
 from .. import profiles as P
 from ..abi import chunks as _chunks
 from ..abi import fdt as _fdt
-from ..abi import radix
+from ..abi import radix, structs
 from ..abi import root as _root
-from ..abi import structs
 from ..clients import Client, KernelPanic
 from ..errors import MemoryFault
 from ..profiles import FdtBuiltAt, Finalize, MapFormat, ScratchArea
 from .cmdline import kstrtobool, memparse, param_values, parse_kho_scratch
-from .incoming import (STRUCT_PAGE_SIZE, X86_64_PAGE_OFFSET, X86_64_VMEMMAP, KernelOops, PopulateResult,
-                       WalkBudgetExceeded, first_pfn_without_memmap, kho_memory_walk, kho_populate, memmap_present,
-                       retrieve_subtree)
+from .incoming import (
+    STRUCT_PAGE_SIZE,
+    X86_64_PAGE_OFFSET,
+    X86_64_VMEMMAP,
+    KernelOops,
+    PopulateResult,
+    WalkBudgetExceeded,
+    first_pfn_without_memmap,
+    kho_memory_walk,
+    kho_populate,
+    memmap_present,
+    retrieve_subtree,
+)
 from .kexec import Kexec, Segment
 from .machine import ARCH_LOW_ADDRESS_LIMIT, PAGE_SIZE, IntervalSet, Machine, Memblock, PageAllocator, Violation
 from .outgoing import OutgoingKHO, Preserved

@@ -13,8 +13,8 @@ from ..abi import fdt as _fdt
 from ..abi import structs
 from ..errors import KhoDecodeError
 from ..profiles import PAGE_SIZE, FillKimageGate
-from .state import KernelState
 from .machine import IntervalSet, _subtract
+from .state import KernelState
 
 __all__ = ["Kexec", "Segment", "EADDRNOTAVAIL"]
 

@@ -103,7 +103,7 @@ class IntervalSet:
         self.starts[i:j] = new_s
         self.ends[i:j] = new_e
 
-    def copy(self) -> "IntervalSet":
+    def copy(self) -> IntervalSet:
         c = IntervalSet()
         c.starts, c.ends = list(self.starts), list(self.ends)
         return c

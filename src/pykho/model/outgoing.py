@@ -15,8 +15,8 @@ from ..abi import chunks as _chunks
 from ..abi import root as _root
 from ..abi import structs
 from ..profiles import FdtBuiltAt, Finalize
-from .state import KernelState
 from .machine import PAGE_SHIFT, PAGE_SIZE, IntervalSet
+from .state import KernelState
 
 __all__ = ["OutgoingKHO", "Preserved"]
 

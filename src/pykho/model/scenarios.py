@@ -30,16 +30,12 @@ After every step the invariants are checked.
 
 from __future__ import annotations
 
-import json
 import os
-import struct
 
 from .. import profiles as P
-from ..abi import fdt as _fdt
-from ..abi import structs
-from ..errors import KhoDecodeError, UsageError
+from ..errors import UsageError
 from .kernel import Kernel
-from .machine import Machine, Violation, PAGE_SIZE
+from .machine import PAGE_SIZE, Machine, Violation
 
 try:
     import tomllib
@@ -87,7 +83,8 @@ BUILTIN = {
                   {"machine": {"ram": [[0x100000, GiB, 0]]},
                    "kernel": [{"profile": "E", "cmdline": "kho=on liveupdate=on"}] * 2,
                    "step": [{"do": "luo_session", "name": "test-session", "token": 26},
-                            {"do": "kexec_file_load"}, {"do": "kexec"}, {"do": "luo_retrieve", "name": "test-session"}]}),
+                            {"do": "kexec_file_load"}, {"do": "kexec"},
+                            {"do": "luo_retrieve", "name": "test-session"}]}),
     "reserve-mem": ("7.2: a reserve_mem region revived from KHO",
                     {"machine": {"ram": [[0x100000, GiB, 0]]},
                      "kernel": [{"profile": "E", "cmdline": "kho=on liveupdate=on reserve_mem=4M:4K:oracle_rmem "
@@ -105,7 +102,8 @@ class Run:
         self.spec = spec
         self.name = name
         m = spec.get("machine", {})
-        ram = [tuple(int(x, 0) if isinstance(x, str) else int(x) for x in r) for r in m.get("ram", [[0x100000, GiB, 0]])]
+        ram = [tuple(int(x, 0) if isinstance(x, str) else int(x) for x in r)
+               for r in m.get("ram", [[0x100000, GiB, 0]])]
         ram = [(r[0], r[1], r[2] if len(r) > 2 else 0) for r in ram]
         self.machine = Machine(ram=ram)
         self.seed = int(m.get("seed", 1))
@@ -263,7 +261,6 @@ class Run:
             return
         truth = set(old.preserved.blocks)
         got = set(new.pages.preserved) | new.pages.restored
-        got_blocks = {(p, o) for p, o in new.pages.preserved.items()}
         reserved = {p for p, _ in truth}
         for phys in sorted(set(new.pages.preserved) - reserved):
             o = new.pages.preserved[phys]

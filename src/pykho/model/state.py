@@ -13,9 +13,8 @@ from typing import Any
 
 from .. import profiles as P
 from ..abi import chunks as _chunks
-from ..abi import radix
+from ..abi import radix, structs
 from ..abi import root as _root
-from ..abi import structs
 from ..clients import Client
 from .machine import IntervalSet, Machine, Memblock, PageAllocator, Violation
 

@@ -77,13 +77,12 @@ def _size(n):
 
 def render_svg(layers: dict, title: str, width: int = 1200, rows: int | None = None) -> str:
     lo, hi = layers["span"]
-    span = hi - lo
     rows, per_row = grid(layers["span"])
     left, top, rh, gap = 110, 40, 18, 6
     plot_w = width - left - 20
     height = top + rows * (rh + gap) + 120
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="monospace" '
-           f'font-size="11">', f'<rect width="100%" height="100%" fill="white"/>',
+           f'font-size="11">', '<rect width="100%" height="100%" fill="white"/>',
            f'<text x="10" y="20" font-size="14">{escape(title)}</text>']
 
     def rects(s, e, y0, h, color, tip):
