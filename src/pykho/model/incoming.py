@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .. import profiles as P
+from ..abi import bits
 from ..abi import fdt as _fdt
 from ..abi import structs
 from ..errors import KhoDecodeError
@@ -207,7 +208,7 @@ def first_pfn_without_memmap(phys: int, order: int, present) -> int | None:
     return None
 
 
-def kernel_radix_walk(mem, root: int, on_block, budget: int = FAITHFUL_WALK_BUDGET, on_node=None):
+def kernel_radix_walk(mem, root: int, on_leaf, budget: int = FAITHFUL_WALK_BUDGET, on_node=None):
     """``kho_radix_walk_tree`` as the kernel runs it, for the model's own
     boot (decoders use :class:`~pykho.abi.radix.RadixWalk`, which reports
     and skips what is hostile).  The kernel follows every non-zero entry
@@ -215,11 +216,11 @@ def kernel_radix_walk(mem, root: int, on_block, budget: int = FAITHFUL_WALK_BUDG
     twice, a pointer into an upper level makes its table read as a lower
     level or as a leaf bitmap, an unaligned pointer reads across pages, and
     a pointer outside the direct map faults (:class:`KernelOops`, raised
-    here; the blocks reported before it were reserved).  ``on_block(phys,
-    order)`` is called in the kernel's order.  More than ``budget`` node
+    here; the blocks reported before it were reserved).  ``on_leaf(order,
+    physs)`` is called per leaf in the kernel's order, with the leaf's
+    blocks in ascending order (a numpy array when numpy is installed).  More than ``budget`` node
     visits raise :class:`WalkBudgetExceeded` (the kernel would walk for a
     very long time)."""
-    from ..abi import bits
     from ..abi import radix as R
     from ..memory.base import MemoryFault
 
@@ -244,8 +245,7 @@ def kernel_radix_walk(mem, root: int, on_block, budget: int = FAITHFUL_WALK_BUDG
             on_node(phys, level)
         if level == 0:
             for order, physs in decoder._leaf(phys, page, prefix):
-                for p in bits.tolist(physs):
-                    on_block(p, order)
+                on_leaf(order, physs)
             continue
         shift = R.level_shift(level)
         for idx, child in reversed(bits.nonzero_u64(page)):
@@ -254,10 +254,11 @@ def kernel_radix_walk(mem, root: int, on_block, budget: int = FAITHFUL_WALK_BUDG
 
 
 def kho_memory_walk(profile: P.Profile, mem, fdt_blob: bytes, preserve_bits: int | None = None,
-                    want_blocks: bool = True, on_block=None, faithful: bool = False) -> MemoryInitResult:
+                    want_blocks: bool = True, on_leaf=None, faithful: bool = False) -> MemoryInitResult:
     """The map walk of an accepted handover (``kho_mem_deserialize`` /
     ``kho_mem_retrieve``): every block the kernel memblock-reserves, in its
-    order.  ``on_block(phys, order)`` is called per block when given.
+    order.  ``on_leaf(order, physs)`` is called per leaf (or kho-v1 bitmap)
+    when given; ``want_blocks`` also lists every block (small maps only).
 
     * A0, A1: a missing or bad property prints the walker's message and
       walks nothing; a zero map walks nothing; the handover is kept.
@@ -277,12 +278,12 @@ def kho_memory_walk(profile: P.Profile, mem, fdt_blob: bytes, preserve_bits: int
     if not mm:
         res.keep_fdt = profile.memory_init_zero_map is P.ZeroMapAction.WALK_NOTHING
         return res
+    def cb(order, physs):
+        if on_leaf:
+            on_leaf(order, physs)
+        if want_blocks:
+            res.blocks.extend((p, order) for p in bits.tolist(physs))
     if faithful and profile.map_format is P.MapFormat.RADIX:
-        def cb(p, o):
-            if on_block:
-                on_block(p, o)
-            if want_blocks:
-                res.blocks.append((p, o))
         res.walked = True
         res.problems = kernel_radix_walk(mem, mm, cb, on_node=lambda p, lv: res.meta_pages.append(
             (p, f"radix level {lv} node")))
@@ -290,11 +291,7 @@ def kho_memory_walk(profile: P.Profile, mem, fdt_blob: bytes, preserve_bits: int
     w = walker(profile, mem, mm, preserve_bits=preserve_bits)
     res.walked = True
     for order, physs in w.leaves():
-        for p in (physs.tolist() if hasattr(physs, "tolist") else physs):
-            if on_block:
-                on_block(p, order)
-            if want_blocks:
-                res.blocks.append((p, order))
+        cb(order, physs)
     res.problems = list(w.problems)
     res.meta_pages = [(n.phys, f"radix level {n.level} node") for n in getattr(w, "nodes", [])]
     res.meta_pages += [(c.phys, "khoser_mem_chunk") for c in getattr(w, "chunks", [])]

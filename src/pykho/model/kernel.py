@@ -19,6 +19,7 @@ from typing import Any
 
 from .. import clients as _clients
 from .. import profiles as P
+from ..abi import bits
 from ..abi import chunks as _chunks
 from ..abi import fdt as _fdt
 from ..abi import radix, structs
@@ -28,6 +29,7 @@ from ..errors import MemoryFault
 from ..profiles import FdtBuiltAt, Finalize, MapFormat, ScratchArea
 from .cmdline import kstrtobool, memparse, param_values, parse_kho_scratch
 from .incoming import (
+    SECTION_SIZE_BITS,
     STRUCT_PAGE_SIZE,
     X86_64_PAGE_OFFSET,
     X86_64_VMEMMAP,
@@ -41,7 +43,8 @@ from .incoming import (
     retrieve_subtree,
 )
 from .kexec import Kexec, Segment
-from .machine import ARCH_LOW_ADDRESS_LIMIT, PAGE_SIZE, IntervalSet, Machine, Memblock, PageAllocator, Violation
+from .machine import (ARCH_LOW_ADDRESS_LIMIT, PAGE_SIZE, IntervalSet, Machine, Memblock, PageAllocator, Violation,
+                      block_runs, merge_runs)
 from .outgoing import OutgoingKHO, Preserved
 
 __all__ = ["Kernel", "KernelPanic", "Segment", "Preserved", "kstrtobool", "memparse", "parse_kho_scratch",
@@ -52,6 +55,14 @@ MiB = 1 << 20
 
 def roundup(v: int, a: int) -> int:
     return (v + a - 1) // a * a
+
+
+def _unique_sections(physs: Any) -> Any:
+    """The 128 MiB sections the blocks start in, each once."""
+    if hasattr(physs, "dtype"):
+        import numpy as np
+        return np.unique(physs.astype(np.uint64) >> np.uint64(SECTION_SIZE_BITS))
+    return sorted({p >> SECTION_SIZE_BITS for p in physs})
 
 
 class Kernel(OutgoingKHO, Kexec):
@@ -314,13 +325,28 @@ class Kernel(OutgoingKHO, Kexec):
             # pageblocks MIGRATE_CMA; either way they go to the buddy
             # allocator in memblock_free_all
             self._memmap = memmap_present([(s_, e_) for s_, e_, _ in self.m.ram])
+            self._leaf_runs: dict[int, list[tuple[int, int]]] = {}
             try:
-                walk = kho_memory_walk(self.p, self.m.mem, self.kho_in_fdt, on_block=self._reserve_preserved,
+                walk = kho_memory_walk(self.p, self.m.mem, self.kho_in_fdt, on_leaf=self._reserve_leaf,
                                        want_blocks=False, faithful=True)
             except WalkBudgetExceeded as e:
+                self._commit_reserved()
                 self.violation("walk-amplified", self.kho_in_scratch_phys, self.kho_in_scratch_phys + 1,
                                f"the map walk does not end in reasonable time: {e} (nodes reached more than once)")
                 return
+            except KernelOops:
+                self._commit_reserved()
+                raise
+            self._commit_reserved()
+            if self.p.map_format is MapFormat.CHUNKS:
+                # the model walks kho-v1 lists with the decoder, which stops
+                # where the kernel would follow a bad pointer or loop
+                for prob in walk.problems:
+                    if prob.code in ("chunk-pointer-outside", "chunk-cycle", "chunk-too-many"):
+                        w = prob.where if isinstance(prob.where, int) else 0
+                        self.violation("map-walk-failed", w, w + 1,
+                                       f"the kernel's kho-v1 walk follows what the decoder refused: {prob}")
+                        break
             self.printk(*walk.lines)
             for prob in walk.problems:
                 self.printk(f"(model) map walk problem: {prob}")
@@ -331,28 +357,60 @@ class Kernel(OutgoingKHO, Kexec):
         else:
             self.kho_reserve_scratch()
 
-    def _reserve_preserved(self, phys: int, order: int) -> None:
-        """``kho_preserved_memory_reserve``: the struct pages of the block are
-        initialised (CONFIG_DEFERRED_STRUCT_PAGE_INIT, as in the vmtest kernel
-        and distribution kernels) and the head's ``private`` written: a pfn
-        without memmap faults."""
-        bad = first_pfn_without_memmap(phys, order, self._memmap)
-        if bad is not None:
-            v = X86_64_VMEMMAP + (bad >> 12) * STRUCT_PAGE_SIZE
-            raise KernelOops("kho_preserved_memory_reserve", "write", bad,
-                             f"struct page (block 0x{phys:x} order {order})", (v, v + STRUCT_PAGE_SIZE))
+    def _reserve_leaf(self, order: int, physs: Any) -> None:
+        """``kho_preserved_memory_reserve`` for every block of one leaf: the
+        struct pages of each block are initialised (CONFIG_DEFERRED_STRUCT_PAGE_INIT,
+        as in the vmtest kernel and distribution kernels) and the head's
+        ``private`` written: a pfn without memmap faults, after the blocks
+        before it were reserved.  Blocks are kept as coalesced runs."""
+        bad_i, bad_at = self._first_without_memmap(order, physs)
+        if bad_i is not None:
+            physs = physs[:bad_i]
         if self.reserved_log is not None:
-            self.reserved_log.append((phys, order))
-        self.memblock.reserve(phys, PAGE_SIZE << order)
-        self.pages.reserve_preserved(phys, order)
+            self.reserved_log.extend((p, order) for p in bits.tolist(physs))
+        self._leaf_runs.setdefault(order, []).extend(block_runs(order, physs))
+        if bad_i is not None:
+            assert bad_at is not None
+            head = bad_at[0]
+            v = X86_64_VMEMMAP + (bad_at[1] >> 12) * STRUCT_PAGE_SIZE
+            raise KernelOops("kho_preserved_memory_reserve", "write", bad_at[1],
+                             f"struct page (block 0x{head:x} order {order})", (v, v + STRUCT_PAGE_SIZE))
+
+    def _first_without_memmap(self, order: int, physs: Any) -> tuple[int | None, tuple[int, int] | None]:
+        """(index of the first block with a pfn that has no struct page,
+        (block, that pfn's address)); (None, None) when every pfn has one.
+        A block of order <= 15 lies inside one 128 MiB section."""
+        if order <= SECTION_SIZE_BITS - 12 and bits.length(physs):
+            secs = bits.tolist(_unique_sections(physs))
+            bad = [sec for sec in secs if not self._memmap(sec << SECTION_SIZE_BITS)]
+            if not bad:
+                return None, None
+            first_bad = min(bad)
+            for i, p in enumerate(bits.tolist(physs)):
+                if p >> SECTION_SIZE_BITS == first_bad:
+                    return i, (p, p)
+        for i, p in enumerate(bits.tolist(physs)):
+            at = first_pfn_without_memmap(p, order, self._memmap)
+            if at is not None:
+                return i, (p, at)
+        return None, None
+
+    def _commit_reserved(self) -> None:
+        """memblock_reserve and page state for everything the walk reserved."""
+        for order, runs in getattr(self, "_leaf_runs", {}).items():
+            runs = merge_runs(sorted(runs))
+            self.memblock.reserved.update(runs)
+            self.pages.reserve_preserved_runs(order, runs)
+        self._leaf_runs = {}
 
     def _check_scratch_overlap(self, meta_pages: list[tuple[int, str]]) -> None:
         """The next kernel boots out of scratch: its image and early
         allocations may overwrite whatever the map says lies there, before
         (map pages) or after (preserved blocks) the walk read it."""
         sc = IntervalSet((a.addr, a.end) for a in self.scratch if a.size)
-        for phys, order in self.pages.preserved.items():
-            for s, e in sc.overlaps(phys, phys + (PAGE_SIZE << order)):
+        for a_s, a_e in sc:
+            for s, e in self.pages.preserved_set.overlaps(a_s, a_e):
+                phys, order = self.pages.preserved.block_at(s) or (s, 0)
                 self.violation("preserved-overlaps-scratch", s, e,
                                f"preserved block 0x{phys:x} order {order} lies in scratch: early "
                                "allocations of this kernel may already have overwritten it")
@@ -416,13 +474,11 @@ class Kernel(OutgoingKHO, Kexec):
 
     def memblock_free_all(self) -> None:
         self.memblock.scratch_only = False
-        free = IntervalSet((s, e) for s, e, _ in self.m.ram)
-        for s, e in self.memblock.reserved:
-            free.remove(s, e)
-        for s, e in free:
-            s, e = (s + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1), e & ~(PAGE_SIZE - 1)
-            if e > s:
-                self.pages.free(s, e, "memblock_free_all")
+        for rs, re_, _ in self.m.ram:
+            for s, e in self.memblock.reserved.complement(rs, re_):
+                s, e = (s + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1), e & ~(PAGE_SIZE - 1)
+                if e > s:
+                    self.pages.free(s, e, "memblock_free_all")
 
     # ------------------------------------------------------------ kho_init
     def is_kho_boot(self) -> bool:

@@ -108,6 +108,157 @@ class IntervalSet:
         c.starts, c.ends = list(self.starts), list(self.ends)
         return c
 
+    def update(self, runs: list[tuple[int, int]]) -> None:
+        """Add many intervals at once (sorted or not): one merge, not one
+        list insertion per interval."""
+        if not runs:
+            return
+        if len(runs) < 8:
+            for s, e in runs:
+                self.add(s, e)
+            return
+        merged = merge_runs(sorted(list(zip(self.starts, self.ends)) + [r for r in runs if r[1] > r[0]]))
+        self.starts = [a for a, _ in merged]
+        self.ends = [b for _, b in merged]
+
+    def complement(self, lo: int, hi: int) -> list[tuple[int, int]]:
+        """The parts of [lo, hi) not in the set."""
+        out = []
+        at = lo
+        i = bisect.bisect_right(self.ends, lo)
+        while i < len(self.starts) and self.starts[i] < hi:
+            if self.starts[i] > at:
+                out.append((at, self.starts[i]))
+            at = max(at, self.ends[i])
+            i += 1
+        if at < hi:
+            out.append((at, hi))
+        return out
+
+
+def merge_runs(runs) -> list[tuple[int, int]]:
+    """Sorted (start, end) pairs with overlapping or touching ones joined."""
+    out: list[tuple[int, int]] = []
+    for s, e in runs:
+        if out and s <= out[-1][1]:
+            if e > out[-1][1]:
+                out[-1] = (out[-1][0], e)
+        else:
+            out.append((s, e))
+    return out
+
+
+def block_runs(order: int, physs) -> list[tuple[int, int]]:
+    """The blocks of one order (ascending addresses, a list or a numpy
+    array) as coalesced (start, end) runs: a fully preserved leaf is one run,
+    whatever its 32768 blocks."""
+    size = PAGE_SIZE << order
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover - numpy is optional
+        np = None
+    if np is not None and hasattr(physs, "dtype"):
+        if len(physs) == 0:
+            return []
+        a = physs.astype(np.uint64, copy=False)
+        if len(a) > 1 and not bool(np.all(a[1:] > a[:-1])):
+            a = np.sort(a)
+        brk = np.nonzero(a[1:] != a[:-1] + np.uint64(size))[0]
+        starts = np.concatenate(([0], brk + 1))
+        ends = np.concatenate((brk, [len(a) - 1]))
+        return [(int(a[i]), int(a[j]) + size) for i, j in zip(starts.tolist(), ends.tolist())]
+    out: list[tuple[int, int]] = []
+    for p in sorted(physs):
+        if out and p == out[-1][1]:
+            out[-1] = (out[-1][0], p + size)
+        else:
+            out.append((p, p + size))
+    return out
+
+
+class PreservedBlocks:
+    """The blocks a kernel reserved from the map and not yet restored, kept
+    as runs of equal-order blocks per order: memory O(runs), not O(blocks)
+    (a fully preserved 1 TiB is one run).  Behaves like a ``phys -> order``
+    mapping for lookups; iterating yields every block (small maps only)."""
+
+    def __init__(self) -> None:
+        #: order -> sorted list of (start, end) runs of blocks of that order
+        self._runs: dict[int, list[tuple[int, int]]] = {}
+        self._starts: dict[int, list[int]] = {}
+        self.removed: set[int] = set()
+        self._count = 0
+
+    def add_runs(self, order: int, runs: list[tuple[int, int]]) -> None:
+        if not runs:
+            return
+        cur = self._runs.get(order, [])
+        self._runs[order] = merge_runs(sorted(cur + runs)) if cur else merge_runs(runs)
+        self._starts[order] = [a for a, _ in self._runs[order]]
+        self._count = sum((e - s) // (PAGE_SIZE << o) for o, rs in self._runs.items() for s, e in rs) - \
+            len(self.removed)
+
+    def __setitem__(self, phys: int, order: int) -> None:
+        self.removed.discard(phys)
+        self.add_runs(order, [(phys, phys + (PAGE_SIZE << order))])
+
+    def get(self, phys: int, default: int | None = None) -> int | None:
+        if phys in self.removed:
+            return default
+        for order, starts in self._starts.items():
+            i = bisect.bisect_right(starts, phys) - 1
+            if i >= 0:
+                s, e = self._runs[order][i]
+                if phys < e and (phys - s) % (PAGE_SIZE << order) == 0:
+                    return order
+        return default
+
+    def __getitem__(self, phys: int) -> int:
+        order = self.get(phys)
+        if order is None:
+            raise KeyError(phys)
+        return order
+
+    def __contains__(self, phys: object) -> bool:
+        return isinstance(phys, int) and self.get(phys) is not None
+
+    def pop(self, phys: int, default: int | None = None) -> int | None:
+        order = self.get(phys)
+        if order is None:
+            return default
+        self.removed.add(phys)
+        self._count -= 1
+        return order
+
+    def __len__(self) -> int:
+        return self._count
+
+    def items(self):
+        for order, rs in sorted(self._runs.items()):
+            size = PAGE_SIZE << order
+            for s, e in rs:
+                for p in range(s, e, size):
+                    if p not in self.removed:
+                        yield p, order
+
+    def __iter__(self):
+        return (p for p, _ in self.items())
+
+    def block_at(self, addr: int) -> tuple[int, int] | None:
+        """(phys, order) of the reserved block holding ``addr``."""
+        for order, starts in self._starts.items():
+            i = bisect.bisect_right(starts, addr) - 1
+            if i >= 0:
+                s, e = self._runs[order][i]
+                if addr < e:
+                    size = PAGE_SIZE << order
+                    return s + (addr - s) // size * size, order
+        return None
+
+    def runs(self) -> list[tuple[int, int]]:
+        """Every reserved byte range, all orders together, coalesced."""
+        return merge_runs(sorted(r for rs in self._runs.values() for r in rs))
+
 
 @dataclass
 class Violation:
@@ -234,7 +385,7 @@ class PageAllocator:
 
     def __init__(self, kernel_name: str, violations: list):
         self.free_set = IntervalSet()
-        self.preserved: dict[int, int] = {}          # phys -> order, reserved from the map, not yet restored
+        self.preserved = PreservedBlocks()            # phys -> order, reserved from the map, not yet restored
         self.preserved_set = IntervalSet()
         self.restored: set[int] = set()
         self.restored_set = IntervalSet()
@@ -287,6 +438,15 @@ class PageAllocator:
         self.preserved[phys] = order
         self.preserved_set.add(phys, phys + (PAGE_SIZE << order))
         self.free_set.remove(phys, phys + (PAGE_SIZE << order))
+
+    def reserve_preserved_runs(self, order: int, runs: list[tuple[int, int]]) -> None:
+        """Many blocks of one order at once, as coalesced runs (the map walk
+        runs before the page allocator has any free page)."""
+        self.preserved.add_runs(order, runs)
+        self.preserved_set.update(runs)
+        if len(self.free_set):
+            for s, e in runs:
+                self.free_set.remove(s, e)
 
     def restore(self, phys: int) -> int | None:
         order = self.preserved.pop(phys, None)
