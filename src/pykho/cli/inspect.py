@@ -12,22 +12,27 @@ __all__ = ["add_parser", "run"]
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("inspect", help="decode a handover: tree, sub-blobs, scratch, preserved blocks")
     add_input_args(p, "debugfs kho dir (kho/, kho/out, kho/in) or a root FDT file")
-    p.add_argument("--blocks", action="store_true", help="list every preserved block (text output)")
+    p.add_argument("--blocks", action="store_true",
+                   help="after the report, stream every preserved block in the kernel's walk order "
+                        "(one line each; with -j one JSON line [phys, order] each), in constant memory")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..handover import load
     from ..profiles import get_profile
-    from ..reports.inspect import inspect, render
+    from ..reports.inspect import block_line, inspect, iter_blocks, render
     default_paths(args)
     ho = load(args.path, open_mem(args.mem), args.fdt_phys)
     prof = get_profile(args.profile) if args.profile else None
-    rep = inspect(ho, prof, want_blocks=True, preserve_bits=args.bitmap_bits)
+    rep = inspect(ho, prof, want_blocks=False, preserve_bits=args.bitmap_bits)
     if args.json:
         dump_json(rep, args)
     else:
         if args.builtin:
             print(BUILTIN_NOTE)
-        print(render(rep, show_blocks=args.blocks))
+        print(render(rep))
+    if args.blocks:
+        for p, o in iter_blocks(ho, prof, args.bitmap_bits):
+            print(f"[{p}, {o}]" if args.json else block_line(p, o))
     return 0

@@ -6,16 +6,35 @@ as text.  Everything here only reads; judging belongs to :mod:`validate`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from .. import clients as _clients
 from .. import profiles as P
+from ..abi import bits
 from ..handover import Handover, detect_generation, map_walker, summarize_walk
 
-__all__ = ["inspect", "render"]
+__all__ = ["inspect", "render", "iter_blocks", "block_line"]
 
 
-def inspect(ho: Handover, profile: P.Profile | None = None, want_blocks: bool = True,
+def iter_blocks(ho: Handover, profile: P.Profile | None = None,
+                preserve_bits: int | None = None) -> Iterator[tuple[int, int]]:
+    """Every preserved block ``(phys, order)`` in the kernel's walk order,
+    one leaf at a time: constant memory whatever the map's size."""
+    prof = profile or detect_generation(ho)[0]
+    r = ho.root
+    if ho.mem is None or not r.mem_map or prof is None:
+        return
+    for order, physs in map_walker(prof, ho.mem, r.mem_map, preserve_bits=preserve_bits).leaves():
+        for p in bits.tolist(physs):
+            yield p, order
+
+
+def block_line(p: int, o: int) -> str:
+    return f"    0x{p:012x} order {o:2}  [0x{p:x}-0x{p + (1 << (o + 12)):x})"
+
+
+def inspect(ho: Handover, profile: P.Profile | None = None, want_blocks: bool = False,
             preserve_bits: int | None = None) -> dict[str, Any]:
     """What the handover holds, as the JSON of ``kho inspect -j``."""
     r = ho.root
@@ -103,7 +122,7 @@ def render(rep: dict[str, Any], show_blocks: bool = False) -> str:
         L.append("    map metadata " + ", ".join(f"{k} {v}" for k, v in rep["metadata"].items()))
         if show_blocks and "preserved" in rep:
             for p, o in rep["preserved"]:
-                L.append(f"    0x{p:012x} order {o:2}  [0x{p:x}-0x{p + (1 << (o + 12)):x})")
+                L.append(block_line(p, o))
     for q in rep["quirks"]:
         L.append(f"  note [{q['code']}] {q['message']}")
     for p in rep["problems"]:
