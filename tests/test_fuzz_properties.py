@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from pykho import clients, fuzz
 from pykho.abi import chunks, fdt, radix, structs
 from pykho.errors import KhoDecodeError, KhoError
-from pykho.memory import SparseMemory
+from pykho.memory import Bump, SparseMemory
 
 # a timeout raised inside hypothesis' gc callback is swallowed there (and
 # re-raised 50 ms later by call_with_limit); pytest reports the swallowed one
@@ -188,7 +188,7 @@ def test_chunks_roundtrip_then_mutate(blocks, pb, data):
     for pfn, o in blocks:
         tr.add((pfn >> o) << (o + 12), o)
     rng = random.Random(data.draw(st.integers(0, 1 << 30)))
-    alloc = fuzz.generators.Bump(rng, mem)
+    alloc = Bump(rng=rng)
     first, pages = chunks.encode(tr, mem, alloc.alloc)
     w = chunks.ChunkWalk(mem, first, pb)
     assert sorted(w.blocks()) == sorted(tr.blocks()) and not w.problems

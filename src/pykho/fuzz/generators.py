@@ -22,7 +22,6 @@ from ..memory import SparseMemory
 from .mutation import PAGE, i32, i64
 
 __all__ = [
-    "Bump",
     "build_elf",
     "build_memfd",
     "build_vmalloc",
@@ -34,43 +33,6 @@ __all__ = [
     "small_payload",
     "tar_bytes",
 ]
-
-
-class Bump:
-    """A deterministic page allocator over a SparseMemory (zeroed pages)."""
-
-    def __init__(self, rng: random.Random, mem: SparseMemory, base: int | None = None, fail: float = 0.0):
-        self.rng = rng
-        self.mem = mem
-        self.at = base if base is not None else rng.randrange(0x100, 0x8000) << 12
-        self.fail = fail
-        self.pages: list[int] = []
-
-    def page(self):
-        if self.fail and self.rng.random() < self.fail:
-            return None
-        if self.rng.random() < 0.3:
-            self.at += PAGE * self.rng.randrange(1, 8)
-        p = self.at
-        self.at += PAGE
-        self.pages.append(p)
-        return p     # never-written pages read as zero
-
-    def alloc(self, size: int):
-        if size >= PAGE:
-            p = self.page()
-            self.at += ((size - 1) // PAGE) * PAGE
-            return p
-        # small objects: size-aligned inside fresh pages (kmalloc-like)
-        if not hasattr(self, "_small") or self._small + size > self._small_end:
-            p = self.page()
-            self._small, self._small_end = p, p + PAGE
-        p = self._small
-        self._small += size
-        return p
-
-    def free(self, p):
-        pass
 
 
 # --------------------------------------------------------------------------

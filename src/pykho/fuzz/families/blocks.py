@@ -12,7 +12,8 @@ from __future__ import annotations
 import struct
 
 from ...abi import structs as _structs
-from ..generators import Bump, new_mem
+from ...memory import Bump
+from ..generators import new_mem
 from ..mutation import clone, geo, i64, mutate_memory, pointer, poke, poke64
 from .base import Family, Lie
 
@@ -27,7 +28,7 @@ class BlocksFamily(Family):
         out = []
         for _ in range(12):
             mem = new_mem(rng, 36)
-            alloc = Bump(rng, mem)
+            alloc = Bump(rng=rng)
             es = rng.choice(self.SIZES)
             entries = [bytes(rng.randrange(256) for _ in range(min(es, 16))).ljust(es, b"\0")
                        for _ in range(rng.choice((0, 1, 3, 50, 51, 52, 200, rng.randrange(0, 600))))]

@@ -14,7 +14,8 @@ from __future__ import annotations
 import struct
 
 from ...abi import chunks as _chunks
-from ..generators import Bump, new_mem
+from ...memory import Bump
+from ..generators import new_mem
 from ..mutation import clone, mutate_memory, pointer, poke
 from .base import Family, Lie, count_leaves
 
@@ -29,7 +30,7 @@ class ChunksFamily(Family):
         for k in range(12):
             pb = rng.choice((4096, 32768))
             mem = new_mem(rng, 40)
-            alloc = Bump(rng, mem)
+            alloc = Bump(rng=rng)
             tr = _chunks.ChunkTracker(pb)
             # two lists long enough for several chunks (255 elements each);
             # the rest small, so that inputs stay cheap

@@ -13,8 +13,9 @@ from __future__ import annotations
 import struct
 
 from ... import clients as _clients
+from ...memory import Bump
 from ..corpus import oracle_memory, seed_files
-from ..generators import Bump, build_vmalloc, new_mem
+from ..generators import build_vmalloc, new_mem
 from ..mutation import PAGE, clone, mutate_bytes, mutate_memory
 from .base import Family, Lie
 
@@ -34,7 +35,7 @@ class KhoTestFamily(Family):
                             "targets": [0xDF9000, 0xDF8000] if n.startswith("A") else []})
         for _ in range(12):
             mem = new_mem(rng, 36)
-            alloc = Bump(rng, mem)
+            alloc = Bump(rng=rng)
             nr = rng.choice((0, 1, 19, 512, rng.randrange(0, 100)))
             folios = [((rng.randrange(1 << 30) << 12) | rng.randrange(0, 11)) for _ in range(nr)]
             if rng.random() < 0.3:

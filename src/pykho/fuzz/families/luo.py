@@ -13,9 +13,9 @@ import struct
 
 from ... import clients as _clients
 from ...abi import structs as _structs
-from ...memory import SparseMemory
+from ...memory import Bump, SparseMemory
 from ..corpus import seed_files
-from ..generators import Bump, build_memfd, new_mem
+from ..generators import build_memfd, new_mem
 from ..mutation import PAGE, clone, geo, i64, mutate_bytes, mutate_memory, pointer, poke64
 from .base import Family
 
@@ -32,7 +32,7 @@ class LuoFamily(Family):
             out.append({"mem": SparseMemory(ram=[(0, 1 << 32)]), "data": seeds["B-sub-LUO"], "targets": []})
         for _ in range(12):
             mem = new_mem(rng, 36)
-            alloc = Bump(rng, mem)
+            alloc = Bump(rng=rng)
             targets = []
             sessions = []
             for s in range(rng.choice((0, 1, 2, 5, 60))):

@@ -12,7 +12,8 @@ from __future__ import annotations
 import struct
 
 from ... import clients as _clients
-from ..generators import Bump, build_memfd, new_mem
+from ...memory import Bump
+from ..generators import build_memfd, new_mem
 from ..mutation import clone, i32, i64, mutate_memory, pointer, poke, poke64
 from .base import Family, Lie
 
@@ -26,7 +27,7 @@ class MemfdFamily(Family):
         out = []
         for _ in range(12):
             mem = new_mem(rng, 36)
-            alloc = Bump(rng, mem)
+            alloc = Bump(rng=rng)
             rec, targets, nr = build_memfd(rng, mem, alloc)
             out.append({"mem": mem, "phys": rec, "targets": [rec] + targets, "nr": nr})
         return out

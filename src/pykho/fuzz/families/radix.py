@@ -14,8 +14,9 @@ from __future__ import annotations
 import struct
 
 from ...abi import radix as _radix
+from ...memory import Bump
 from ..corpus import ORACLE_A_MAP, oracle_memory
-from ..generators import Bump, new_mem
+from ..generators import new_mem
 from ..mutation import clone, mutate_memory, pointer, poke
 from .base import Family, Lie, count_leaves
 
@@ -35,7 +36,7 @@ class RadixFamily(Family):
             out.append({"mem": om, "root": ORACLE_A_MAP, "nodes": [n.phys for n in w.nodes], "expect": blocks})
         for _ in range(12):
             mem = new_mem(rng, 40)
-            alloc = Bump(rng, mem)
+            alloc = Bump(rng=rng)
             blocks = set()
             for _ in range(rng.choice((1, 2, 4, 8, 20, 40, rng.randrange(1, 120)))):
                 order = rng.choice((0, 0, 0, 1, 2, 3, 4, 9, 10, rng.randrange(0, 19)))
@@ -70,7 +71,7 @@ class RadixFamily(Family):
         """Encoder fuzz: random adds/deletes with failing allocations; the
         walk must show exactly the blocks whose add succeeded."""
         mem = new_mem(rng, 40)
-        alloc = Bump(rng, mem, fail=rng.choice((0.0, 0.05, 0.3)))
+        alloc = Bump(rng=rng, fail=rng.choice((0.0, 0.05, 0.3)))
         root = None
         while root is None:
             root = alloc.page()

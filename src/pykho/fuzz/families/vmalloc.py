@@ -10,7 +10,8 @@ Oracle: an unmutated area decodes to exactly the encoded block addresses.
 from __future__ import annotations
 
 from ...abi import structs as _structs
-from ..generators import Bump, build_vmalloc, new_mem
+from ...memory import Bump
+from ..generators import build_vmalloc, new_mem
 from ..mutation import clone, i32, mutate_bytes, mutate_memory, pointer
 from .base import Family, Lie
 
@@ -24,7 +25,7 @@ class VmallocFamily(Family):
         out = []
         for _ in range(12):
             mem = new_mem(rng, 36)
-            alloc = Bump(rng, mem)
+            alloc = Bump(rng=rng)
             order = rng.choice((0, 0, 1, 2, 4, 10))
             n = rng.choice((0, 1, 5, 511, 512, 1023, rng.randrange(0, 300)))
             desc, chunks, physs = build_vmalloc(rng, mem, alloc, n, order)
