@@ -308,6 +308,16 @@ def test_generation_is_reproducible():
         assert fuzz.case_to_json(a) == fuzz.case_to_json(b), fam
 
 
+def test_generation_does_not_depend_on_the_clock(monkeypatch):
+    """A .tar.gz input carries no time stamp (gzip would write the clock)."""
+    def gz_cases(now):
+        monkeypatch.setattr(time, "time", lambda: now)
+        cases = [fuzz.generate(3, "mem_sparse", i) for i in range(300)]
+        return [fuzz.case_to_json(c) for c in cases if c.get("tar", b"")[:2] == b"\x1f\x8b"]
+    early, late = gz_cases(1e9), gz_cases(2e9)
+    assert early and early == late
+
+
 def test_saved_case_replays(tmp_path):
     case = {"blob": b"\xd0\x0d\xfe\xed" + bytes(60)}
     path = fuzz.save_failure(str(tmp_path), 1, "fdt", 2, "crash", "X", "detail", case)

@@ -8,6 +8,7 @@ families then mutate them).  Each function draws from the caller's
 
 from __future__ import annotations
 
+import gzip
 import io
 import random
 import struct
@@ -206,12 +207,21 @@ def build_elf(rng, segments: list[tuple[int, bytes]], extra_phdrs: int = 0) -> b
 
 
 def tar_bytes(files: dict[str, bytes], mode: str = "w") -> bytes:
-    """A tar archive (``mode`` "w" or "w:gz") of ``files`` (name -> bytes), mtime 0."""
+    """A tar archive (``mode`` "w" or "w:gz") of ``files`` (name -> bytes).
+    Every time stamp is 0, the gzip header's too, so the bytes depend on
+    ``files`` only (a seed replays to the same input)."""
     bio = io.BytesIO()
-    with tarfile.open(fileobj=bio, mode=mode) as tf:
+    with tarfile.open(fileobj=bio, mode="w") as tf:
         for name, data in files.items():
             ti = tarfile.TarInfo(name)
             ti.size = len(data)
             ti.mtime = 0
             tf.addfile(ti, io.BytesIO(data))
-    return bio.getvalue()
+    if mode == "w":
+        return bio.getvalue()
+    if mode != "w:gz":
+        raise ValueError(f"tar_bytes: mode {mode!r}")
+    out = io.BytesIO()
+    with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=9, mtime=0) as gz:
+        gz.write(bio.getvalue())
+    return out.getvalue()
