@@ -25,6 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import oracle, reserve_lines
 from pykho import clients, fuzz
 from pykho.abi import chunks, fdt, radix, structs
 from pykho.errors import KhoDecodeError, KhoError
@@ -316,6 +317,29 @@ def test_generation_does_not_depend_on_the_clock(monkeypatch):
         return [fuzz.case_to_json(c) for c in cases if c.get("tar", b"")[:2] == b"\x1f\x8b"]
     early, late = gz_cases(1e9), gz_cases(2e9)
     assert early and early == late
+
+
+def test_radix_oracle_is_the_real_kernels_reservations():
+    """Scenario A's expected blocks are what the real next kernel reserved."""
+    dmesg = open(oracle("A-selftest", "stage2-dmesg.txt")).read()
+    assert list(fuzz.corpus.ORACLE_A_BLOCKS) == sorted(reserve_lines(dmesg))
+
+
+def test_radix_oracle_catches_a_walker_that_drops_a_block(monkeypatch):
+    """The expectation does not come from the walker under test: a walker
+    that loses one block fails the unmutated inputs, scenario A's included."""
+    blocks = radix.RadixWalk.blocks
+
+    def lossy(self):
+        it = blocks(self)
+        next(it, None)
+        yield from it
+    monkeypatch.setattr(radix.RadixWalk, "blocks", lossy)
+    corpus = fuzz.FAMILIES["radix"].corpus(random.Random("lossy"))
+    assert corpus[0]["root"] == fuzz.corpus.ORACLE_A_MAP
+    for base in corpus:
+        case = {"mem": fuzz.mutation.clone(base["mem"]), "root": base["root"], "expect": base["expect"]}
+        assert fuzz.execute("radix", case)[0] == "lie", hex(base["root"])
 
 
 def test_saved_case_replays(tmp_path):

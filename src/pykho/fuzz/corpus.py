@@ -16,6 +16,7 @@ from ..memory import SparseMemory
 from ..memory import sources as _sources
 
 __all__ = [
+    "ORACLE_A_BLOCKS",
     "ORACLE_A_MAP",
     "ORACLE_A_ROOT_FDT",
     "ORACLE_A_SETUP_DATA",
@@ -34,6 +35,15 @@ SEEDS_DIR = Path(__file__).resolve().parent / "seeds"
 ORACLE_A_MAP = 0x306000
 ORACLE_A_ROOT_FDT = 0x317000
 ORACLE_A_SETUP_DATA = 0x212B080
+#: the (phys, order) blocks scenario A preserved, sorted: what the real
+#: 7.2.13 kernel that booted from this handover reserved (its memblock
+#: debug lines for the preserved-memory reservations), not what pykho's
+#: walker reads -- the radix family's oracle for the unmutated tree
+ORACLE_A_BLOCKS = (
+    (0x2EC000, 2), (0x2F0000, 2), (0x317000, 0), (0x320000, 0), (0x333000, 0), (0x334000, 0), (0x378000, 1),
+    (0x37A000, 1), (0x37C000, 1), (0x37E000, 1), (0x390000, 4), (0x3C0000, 3), (0x3C8000, 3), (0x3E0000, 4),
+    (0x3F0000, 4), (0x400000, 10), (0x800000, 9), (0xDF8000, 0), (0xDF9000, 0), (0xE00000, 5), (0xE20000, 4),
+    (0xE40000, 6), (0xE80000, 6), (0xF00000, 8))
 
 
 def data_dir() -> Path | None:
