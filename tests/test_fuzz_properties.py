@@ -342,6 +342,51 @@ def test_radix_oracle_catches_a_walker_that_drops_a_block(monkeypatch):
         assert fuzz.execute("radix", case)[0] == "lie", hex(base["root"])
 
 
+def _pristine(family):
+    """The unmutated inputs among the first 400 of ``family`` (seed 0)."""
+    cases = [fuzz.generate(0, family, i) for i in range(400)]
+    return [c for c in cases if "expect" in c]
+
+
+def test_debugfs_text_oracle_can_fail(monkeypatch):
+    """Unmutated formatted lists parse back to their values; a parser that
+    drops the last value is a lie on every one that has a value."""
+    cases = _pristine("debugfs_text")
+    assert cases and all(fuzz.execute("debugfs_text", c)[0] == "result" for c in cases)
+    parse = structs.parse_debugfs_scratch
+    monkeypatch.setattr(structs, "parse_debugfs_scratch", lambda text, name: parse(text, name)[:-1])
+    kinds = {fuzz.execute("debugfs_text", c)[0] for c in cases if c["expect"]}
+    assert kinds == {"lie"}
+
+
+def test_memblock_oracle_is_the_real_kernels_region():
+    """The real memblock sub-FDT's expected region: the name and size on the
+    command line, the address the kernel's memblock debug line shows."""
+    cmdline = open(oracle("B-luo-memblock-chain", "stage1-cmdline.txt")).read()
+    size, _align, name = cmdline.split("reserve_mem=")[1].split()[0].split(":")
+    assert size == "4M"
+    dmesg = open(oracle("B-luo-memblock-chain", "stage1-dmesg.txt")).read().splitlines()
+    at = next(i for i, line in enumerate(dmesg) if "reserve_mem+" in line)
+    start, end = (int(x, 16) for x in dmesg[at + 1].split("[")[2].split("]")[0].split("-"))
+    assert fuzz.corpus.ORACLE_B_MEMBLOCK == ((name, start, 4 << 20),) and end + 1 - start == 4 << 20
+
+
+def test_memblock_oracle_can_fail(monkeypatch):
+    """Unmutated sub-FDTs (the real one included) decode to the encoded
+    regions; a decoder that moves a start by a page is a lie."""
+    cases = _pristine("memblock")
+    assert any(c["expect"] for c in cases)
+    assert all(fuzz.execute("memblock", c)[0] == "result" for c in cases)
+    assert fuzz.corpus_for(0, "memblock")[0]["regions"] == [list(r) for r in fuzz.corpus.ORACLE_B_MEMBLOCK]
+    assert fuzz.execute("memblock", {"blob": fuzz.seed_files()["B-sub-memblock"],
+                                     "expect": fuzz.corpus.ORACLE_B_MEMBLOCK})[0] == "result"
+    decode = clients.decode_memblock
+    monkeypatch.setattr(clients, "decode_memblock", lambda blob: [
+        clients.ReserveMem(r.name, r.start + 4096, r.size) for r in decode(blob)])
+    kinds = {fuzz.execute("memblock", c)[0] for c in cases if c["expect"]}
+    assert kinds == {"lie"}
+
+
 def test_saved_case_replays(tmp_path):
     case = {"blob": b"\xd0\x0d\xfe\xed" + bytes(60)}
     path = fuzz.save_failure(str(tmp_path), 1, "fdt", 2, "crash", "X", "detail", case)

@@ -20,6 +20,7 @@ __all__ = [
     "ORACLE_A_MAP",
     "ORACLE_A_ROOT_FDT",
     "ORACLE_A_SETUP_DATA",
+    "ORACLE_B_MEMBLOCK",
     "SEEDS_DIR",
     "blob_corpus",
     "data_dir",
@@ -44,6 +45,11 @@ ORACLE_A_BLOCKS = (
     (0x37A000, 1), (0x37C000, 1), (0x37E000, 1), (0x390000, 4), (0x3C0000, 3), (0x3C8000, 3), (0x3E0000, 4),
     (0x3F0000, 4), (0x400000, 10), (0x800000, 9), (0xDF8000, 0), (0xDF9000, 0), (0xE00000, 5), (0xE20000, 4),
     (0xE40000, 6), (0xE80000, 6), (0xF00000, 8))
+#: the reserve_mem region in scenario B's memblock sub-FDT
+#: (``B-sub-memblock``): the name and size its command line asked for
+#: (``reserve_mem=4M:4K:oracle_rmem``) at the address its memblock debug
+#: line shows the kernel allocated -- the memblock family's oracle for that seed
+ORACLE_B_MEMBLOCK = (("oracle_rmem", 0x3D400000, 0x400000),)
 
 
 def data_dir() -> Path | None:
