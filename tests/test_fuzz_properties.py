@@ -421,6 +421,9 @@ def test_cli_parser():
     a = p.parse_args(["fuzz", "--seconds", "3", "--family", "fdt", "--family", "radix", "--jobs", "2",
                       "--seed", "9", "--crash-dir", "x"])
     assert a.func is fuzz.run and a.family == ["fdt", "radix"] and a.jobs == 2 and a.seed == 9
+    # -j is not --jobs (it means --json in the other sub-commands)
+    with pytest.raises(SystemExit):
+        p.parse_args(["fuzz", "-j", "2"])
 
 
 # --------------------------------------------------------------------------

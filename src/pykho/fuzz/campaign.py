@@ -255,7 +255,8 @@ def configure_parser(p: argparse.ArgumentParser):
     p.add_argument("--seconds", type=float, default=60.0, help="campaign length (default 60)")
     p.add_argument("--family", action="append", choices=names, metavar="F",
                    help=f"fuzz only this family (repeatable): {', '.join(names)}")
-    p.add_argument("--jobs", "-j", type=int, default=os.cpu_count() or 1, help="worker processes (default: all cores)")
+    # long form only: -j means --json everywhere else in the kho command line
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes (default: all cores)")
     p.add_argument("--seed", type=int, default=0, help="campaign seed (default 0)")
     p.add_argument("--crash-dir", default="fuzz-crashes",
                    help="where failing inputs are saved (default ./fuzz-crashes)")
