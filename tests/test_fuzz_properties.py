@@ -20,6 +20,7 @@ from __future__ import annotations
 import random
 import struct
 import time
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -321,7 +322,7 @@ def test_generation_does_not_depend_on_the_clock(monkeypatch):
 
 def test_radix_oracle_is_the_real_kernels_reservations():
     """Scenario A's expected blocks are what the real next kernel reserved."""
-    dmesg = open(oracle("A-selftest", "stage2-dmesg.txt")).read()
+    dmesg = Path(oracle("A-selftest", "stage2-dmesg.txt")).read_text()
     assert list(fuzz.corpus.ORACLE_A_BLOCKS) == sorted(reserve_lines(dmesg))
 
 
@@ -362,10 +363,10 @@ def test_debugfs_text_oracle_can_fail(monkeypatch):
 def test_memblock_oracle_is_the_real_kernels_region():
     """The real memblock sub-FDT's expected region: the name and size on the
     command line, the address the kernel's memblock debug line shows."""
-    cmdline = open(oracle("B-luo-memblock-chain", "stage1-cmdline.txt")).read()
+    cmdline = Path(oracle("B-luo-memblock-chain", "stage1-cmdline.txt")).read_text()
     size, _align, name = cmdline.split("reserve_mem=")[1].split()[0].split(":")
     assert size == "4M"
-    dmesg = open(oracle("B-luo-memblock-chain", "stage1-dmesg.txt")).read().splitlines()
+    dmesg = Path(oracle("B-luo-memblock-chain", "stage1-dmesg.txt")).read_text().splitlines()
     at = next(i for i, line in enumerate(dmesg) if "reserve_mem+" in line)
     start, end = (int(x, 16) for x in dmesg[at + 1].split("[")[2].split("]")[0].split("-"))
     assert fuzz.corpus.ORACLE_B_MEMBLOCK == ((name, start, 4 << 20),) and end + 1 - start == 4 << 20

@@ -78,11 +78,11 @@ class Campaign:
         hb = ctx.Array("d", 3 * self.jobs, lock=False)
         stop_at = time.time() + self.seconds
         t0 = time.time()
-        inputs = Counter()
+        inputs: Counter[str] = Counter()
         results: dict[str, Counter] = {f: Counter() for f in self.families}
         bad: list[dict] = []
-        peak_rss = {}
-        busy = Counter()
+        peak_rss: dict[int, int] = {}
+        busy: Counter[str] = Counter()
         # worker w runs indices first_index + w, + jobs, ... of every family
         nxt: dict[int, dict] = {w: {f: self.first_index + w for f in self.families} for w in range(self.jobs)}
         skip: dict[int, set] = {w: set() for w in range(self.jobs)}
@@ -100,7 +100,7 @@ class Campaign:
 
         for w in range(self.jobs):
             start(w)
-        done = set()
+        done: set[int] = set()
         last_progress = time.time()
         while len(done) < self.jobs:
             try:
@@ -223,7 +223,7 @@ def format_summary(s: dict) -> str:
     lines.append(f"peak RSS per worker: {peak / 1024:.0f} MiB (max over {len(s['peak_rss_kb'])} workers)")
     if s["failures"]:
         lines.append(f"failures (inputs saved under {s['crash_dir']}):")
-        seen = Counter()
+        seen: Counter[tuple[str, str, str]] = Counter()
         for b in s["failures"]:
             key = (b["family"], b["kind"], b["tag"])
             seen[key] += 1

@@ -79,15 +79,15 @@ def seed_files() -> dict[str, bytes]:
     return _SEEDS
 
 
-_ORACLE_MEM: SparseMemory | None | bool = False
+_ORACLE_MEM: list[SparseMemory | None] = []
 
 
 def oracle_memory() -> SparseMemory | None:
     """Scenario A's RAM extract (radix tree at 0x306000, kho_test, setup_data)
-    as a writable SparseMemory holding exactly the extracted ranges."""
-    global _ORACLE_MEM
-    if _ORACLE_MEM is False:
-        _ORACLE_MEM = None
+    as a writable SparseMemory holding exactly the extracted ranges (loaded
+    once; None when the seed file is missing)."""
+    if not _ORACLE_MEM:
+        m = None
         d = data_dir()
         p = d / "A-ram.sparse.tar.xz" if d else None
         if p is not None and p.is_file():
@@ -95,8 +95,8 @@ def oracle_memory() -> SparseMemory | None:
             m = SparseMemory(ram=list(src.ranges()), name="oracle A RAM")
             for s, e in src.ranges():
                 m.write(s, src.read(s, e - s))
-            _ORACLE_MEM = m
-    return _ORACLE_MEM or None
+        _ORACLE_MEM.append(m)
+    return _ORACLE_MEM[0]
 
 
 def blob_corpus(names, extra) -> list[bytes]:

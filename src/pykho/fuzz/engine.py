@@ -243,7 +243,7 @@ def worker(wid: int, jobs: int, seed: int, families: list[str], limit: float, st
     limit_memory(mem_mb)
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 1000))
     nxt = {f: resume.get(f, wid) for f in families}
-    saved = Counter()
+    saved: Counter[tuple[str, str, str]] = Counter()
     # short campaigns use shorter slices so that every family gets rounds
     slice_s = max(0.01, min(SLICE, (stop_at - time.time()) / (8 * max(1, len(families)))))
     try:
@@ -256,7 +256,7 @@ def worker(wid: int, jobs: int, seed: int, families: list[str], limit: float, st
             for fi, f in enumerate(families):
                 if f not in active:
                     continue
-                counts = Counter()
+                counts: Counter[tuple[str, str]] = Counter()
                 bad = []
                 n = 0
                 t_start = time.perf_counter()

@@ -181,7 +181,7 @@ _MEM_OPS = (0, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 6, 7, 7, 8, 9, 10)
 
 
 def mutate_memory(rng: random.Random, mem: SparseMemory, targets: list[int], nops: int | None = None,
-                  extra_ptrs: list[int] = ()) -> list[str]:
+                  extra_ptrs: list[int] | tuple[int, ...] = ()) -> list[str]:
     """Mutate fields of the structures in ``targets`` (page-granular) in place.
     Returns a description of the operations."""
     log = []
@@ -238,7 +238,7 @@ def mutate_memory(rng: random.Random, mem: SparseMemory, targets: list[int], nop
                 if new:
                     m2 = SparseMemory(ram=new, fill=mem.fill, name=mem.name)
                     mem._ram = m2._ram           # same object identity for the caller
-                    mem._starts_cache = None
+                    mem._starts_cache = None  # type: ignore[assignment]
                     log.append(f"unmap 0x{base:x}")
             elif op == 10:                       # self-pointer at the start (cycles)
                 poke64(mem, t, t)
