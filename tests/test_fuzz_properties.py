@@ -6,7 +6,7 @@ For every input: the decoder returns a result or raises a pykho error
 Inputs are built two ways: structured (valid handovers from the encoders,
 then fields, pointers and lengths mutated, the mutation choices drawn by
 hypothesis) and byte-level (hypothesis bytes, and mutations of the real
-7.2.13 artifacts in tests/data/fuzz).
+7.2.13 artifacts shipped in pykho/fuzz/seeds).
 
 A decoder bug found and not yet fixed goes into KNOWN together with a
 strict-xfail regression test: the property tests then tolerate exactly that
@@ -20,15 +20,17 @@ from __future__ import annotations
 import random
 import struct
 import time
+from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from pykho import fuzz
-from pykho import clients
+from conftest import oracle, reserve_lines
+from pykho import clients, fuzz
 from pykho.abi import chunks, fdt, radix, structs
 from pykho.errors import KhoDecodeError, KhoError
-from pykho.memory import SparseMemory
+from pykho.memory import Bump, SparseMemory
 
 # a timeout raised inside hypothesis' gc callback is swallowed there (and
 # re-raised 50 ms later by call_with_limit); pytest reports the swallowed one
@@ -71,16 +73,16 @@ BLOB_FAMILIES = ("fdt", "root", "chosen", "memblock", "kexec_metadata", "scratch
 # every family, structured generation driven by hypothesis
 
 
-@pytest.mark.parametrize("family", fuzz.FAMILIES)
+@pytest.mark.parametrize("family", list(fuzz.FAMILIES))
 @SETTINGS
 @given(rnd=st.randoms(use_true_random=False))
 def test_structured_generation(family, rnd):
     corpus = fuzz.corpus_for(0, family)
-    case = fuzz.REGISTRY[family].generate(rnd, corpus)
+    case = fuzz.FAMILIES[family].generate(rnd, corpus)
     check(family, case)
 
 
-@pytest.mark.parametrize("family", fuzz.FAMILIES)
+@pytest.mark.parametrize("family", list(fuzz.FAMILIES))
 @FEW
 @given(index=st.integers(0, 10**9))
 def test_campaign_inputs(family, index):
@@ -188,7 +190,7 @@ def test_chunks_roundtrip_then_mutate(blocks, pb, data):
     for pfn, o in blocks:
         tr.add((pfn >> o) << (o + 12), o)
     rng = random.Random(data.draw(st.integers(0, 1 << 30)))
-    alloc = fuzz.Bump(rng, mem)
+    alloc = Bump(rng=rng)
     first, pages = chunks.encode(tr, mem, alloc.alloc)
     w = chunks.ChunkWalk(mem, first, pb)
     assert sorted(w.blocks()) == sorted(tr.blocks()) and not w.problems
@@ -308,6 +310,84 @@ def test_generation_is_reproducible():
         assert fuzz.case_to_json(a) == fuzz.case_to_json(b), fam
 
 
+def test_generation_does_not_depend_on_the_clock(monkeypatch):
+    """A .tar.gz input carries no time stamp (gzip would write the clock)."""
+    def gz_cases(now):
+        monkeypatch.setattr(time, "time", lambda: now)
+        cases = [fuzz.generate(3, "mem_sparse", i) for i in range(300)]
+        return [fuzz.case_to_json(c) for c in cases if c.get("tar", b"")[:2] == b"\x1f\x8b"]
+    early, late = gz_cases(1e9), gz_cases(2e9)
+    assert early and early == late
+
+
+def test_radix_oracle_is_the_real_kernels_reservations():
+    """Scenario A's expected blocks are what the real next kernel reserved."""
+    dmesg = Path(oracle("A-selftest", "stage2-dmesg.txt")).read_text()
+    assert list(fuzz.corpus.ORACLE_A_BLOCKS) == sorted(reserve_lines(dmesg))
+
+
+def test_radix_oracle_catches_a_walker_that_drops_a_block(monkeypatch):
+    """The expectation does not come from the walker under test: a walker
+    that loses one block fails the unmutated inputs, scenario A's included."""
+    blocks = radix.RadixWalk.blocks
+
+    def lossy(self):
+        it = blocks(self)
+        next(it, None)
+        yield from it
+    monkeypatch.setattr(radix.RadixWalk, "blocks", lossy)
+    corpus = fuzz.FAMILIES["radix"].corpus(random.Random("lossy"))
+    assert corpus[0]["root"] == fuzz.corpus.ORACLE_A_MAP
+    for base in corpus:
+        case = {"mem": fuzz.mutation.clone(base["mem"]), "root": base["root"], "expect": base["expect"]}
+        assert fuzz.execute("radix", case)[0] == "lie", hex(base["root"])
+
+
+def _pristine(family):
+    """The unmutated inputs among the first 400 of ``family`` (seed 0)."""
+    cases = [fuzz.generate(0, family, i) for i in range(400)]
+    return [c for c in cases if "expect" in c]
+
+
+def test_debugfs_text_oracle_can_fail(monkeypatch):
+    """Unmutated formatted lists parse back to their values; a parser that
+    drops the last value is a lie on every one that has a value."""
+    cases = _pristine("debugfs_text")
+    assert cases and all(fuzz.execute("debugfs_text", c)[0] == "result" for c in cases)
+    parse = structs.parse_debugfs_scratch
+    monkeypatch.setattr(structs, "parse_debugfs_scratch", lambda text, name: parse(text, name)[:-1])
+    kinds = {fuzz.execute("debugfs_text", c)[0] for c in cases if c["expect"]}
+    assert kinds == {"lie"}
+
+
+def test_memblock_oracle_is_the_real_kernels_region():
+    """The real memblock sub-FDT's expected region: the name and size on the
+    command line, the address the kernel's memblock debug line shows."""
+    cmdline = Path(oracle("B-luo-memblock-chain", "stage1-cmdline.txt")).read_text()
+    size, _align, name = cmdline.split("reserve_mem=")[1].split()[0].split(":")
+    assert size == "4M"
+    dmesg = Path(oracle("B-luo-memblock-chain", "stage1-dmesg.txt")).read_text().splitlines()
+    at = next(i for i, line in enumerate(dmesg) if "reserve_mem+" in line)
+    start, end = (int(x, 16) for x in dmesg[at + 1].split("[")[2].split("]")[0].split("-"))
+    assert fuzz.corpus.ORACLE_B_MEMBLOCK == ((name, start, 4 << 20),) and end + 1 - start == 4 << 20
+
+
+def test_memblock_oracle_can_fail(monkeypatch):
+    """Unmutated sub-FDTs (the real one included) decode to the encoded
+    regions; a decoder that moves a start by a page is a lie."""
+    cases = _pristine("memblock")
+    assert any(c["expect"] for c in cases)
+    assert all(fuzz.execute("memblock", c)[0] == "result" for c in cases)
+    assert fuzz.corpus_for(0, "memblock")[0]["regions"] == [list(r) for r in fuzz.corpus.ORACLE_B_MEMBLOCK]
+    assert fuzz.execute("memblock", {"blob": fuzz.seed_files()["B-sub-memblock"],
+                                     "expect": fuzz.corpus.ORACLE_B_MEMBLOCK})[0] == "result"
+    decode = clients.decode_memblock
+    monkeypatch.setattr(clients, "decode_memblock", lambda blob: [
+        clients.ReserveMem(r.name, r.start + 4096, r.size) for r in decode(blob)])
+    kinds = {fuzz.execute("memblock", c)[0] for c in cases if c["expect"]}
+    assert kinds == {"lie"}
+
+
 def test_saved_case_replays(tmp_path):
     case = {"blob": b"\xd0\x0d\xfe\xed" + bytes(60)}
     path = fuzz.save_failure(str(tmp_path), 1, "fdt", 2, "crash", "X", "detail", case)
@@ -325,13 +405,13 @@ def test_timeout_is_reported_as_hang():
         def run(self, case):
             while True:
                 pass
-    fuzz.REGISTRY["slow"] = Slow()
+    fuzz.FAMILIES["slow"] = Slow()
     try:
         t = time.time()
         kind, tag, _ = fuzz.execute("slow", {}, 0.2)
         assert kind == "hang" and time.time() - t < 10
     finally:
-        del fuzz.REGISTRY["slow"]
+        del fuzz.FAMILIES["slow"]
 
 
 def test_cli_parser():
@@ -342,6 +422,9 @@ def test_cli_parser():
     a = p.parse_args(["fuzz", "--seconds", "3", "--family", "fdt", "--family", "radix", "--jobs", "2",
                       "--seed", "9", "--crash-dir", "x"])
     assert a.func is fuzz.run and a.family == ["fdt", "radix"] and a.jobs == 2 and a.seed == 9
+    # -j is not --jobs (it means --json in the other sub-commands)
+    with pytest.raises(SystemExit):
+        p.parse_args(["fuzz", "-j", "2"])
 
 
 # --------------------------------------------------------------------------
@@ -384,7 +467,7 @@ def test_regression_parse_deep_fdt():
     for depth in (1100, 5000):
         blob = deep_fdt(depth)
         assert fdt.check_full(blob) == 0
-        bounded(lambda: fdt.parse(blob))
+        bounded(lambda blob=blob: fdt.parse(blob))
 
 
 def test_regression_parse_non_utf8_property_name():
@@ -503,8 +586,8 @@ def test_sparse_archive_header_does_not_size_memory(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.strip() == "UsageError", r.stderr[-2000:]
     # an xz stream whose header wants more than the cap is a decode error
-    import lzma
     import io
+    import lzma
     import tarfile
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tf:
@@ -513,8 +596,8 @@ def test_sparse_archive_header_does_not_size_memory(tmp_path):
         tf.addfile(info, io.BytesIO(b""))
     big = tmp_path / "big-dict.tar.xz"
     big.write_bytes(lzma.compress(buf.getvalue(), filters=[{"id": lzma.FILTER_LZMA2, "dict_size": 1 << 30}]))
-    from pykho.memory import open_source
     from pykho.errors import KhoDecodeError
+    from pykho.memory import open_source
     with pytest.raises(KhoDecodeError) as e:
         open_source(f"sparse:{big}")
     assert "Memory usage limit" in str(e.value) or "memory" in str(e.value).lower()
