@@ -208,7 +208,8 @@ def first_pfn_without_memmap(phys: int, order: int, present) -> int | None:
     return None
 
 
-def kernel_radix_walk(mem, root: int, on_leaf, budget: int = FAITHFUL_WALK_BUDGET, on_node=None):
+def kernel_radix_walk(mem, root: int, on_leaf, budget: int = FAITHFUL_WALK_BUDGET, on_node=None,
+                      on_full_leaf=None):
     """``kho_radix_walk_tree`` as the kernel runs it, for the model's own
     boot (decoders use :class:`~pykho.abi.radix.RadixWalk`, which reports
     and skips what is hostile).  The kernel follows every non-zero entry
@@ -218,7 +219,9 @@ def kernel_radix_walk(mem, root: int, on_leaf, budget: int = FAITHFUL_WALK_BUDGE
     a pointer outside the direct map faults (:class:`KernelOops`, raised
     here; the blocks reported before it were reserved).  ``on_leaf(order,
     physs)`` is called per leaf in the kernel's order, with the leaf's
-    blocks in ascending order (a numpy array when numpy is installed).  More than ``budget`` node
+    blocks in ascending order (a numpy array when numpy is installed);
+    ``on_full_leaf(order, first, count)``, when given, takes a leaf whose
+    every bit is set instead (no array of its 32768 blocks is built).  More than ``budget`` node
     visits raise :class:`WalkBudgetExceeded` (the kernel would walk for a
     very long time)."""
     from ..abi import radix as R
@@ -244,6 +247,13 @@ def kernel_radix_walk(mem, root: int, on_leaf, budget: int = FAITHFUL_WALK_BUDGE
         if on_node is not None:
             on_node(phys, level)
         if level == 0:
+            if on_full_leaf is not None and prefix and bits.is_full(page):
+                order = R.KHO_ORDER_0_LOG2 + 1 - (prefix | (R.LEAF_BITS - 1)).bit_length()
+                if 0 <= order and R.KHO_ORDER_0_LOG2 - order >= R.KHO_BITMAP_SIZE_LOG2:
+                    first, o = R.decode_key(prefix)
+                    if o == order:
+                        on_full_leaf(order, first, R.LEAF_BITS)
+                        continue
             for order, physs in decoder._leaf(phys, page, prefix):
                 on_leaf(order, physs)
             continue
@@ -254,7 +264,8 @@ def kernel_radix_walk(mem, root: int, on_leaf, budget: int = FAITHFUL_WALK_BUDGE
 
 
 def kho_memory_walk(profile: P.Profile, mem, fdt_blob: bytes, preserve_bits: int | None = None,
-                    want_blocks: bool = True, on_leaf=None, faithful: bool = False) -> MemoryInitResult:
+                    want_blocks: bool = True, on_leaf=None, faithful: bool = False,
+                    on_full_leaf=None) -> MemoryInitResult:
     """The map walk of an accepted handover (``kho_mem_deserialize`` /
     ``kho_mem_retrieve``): every block the kernel memblock-reserves, in its
     order.  ``on_leaf(order, physs)`` is called per leaf (or kho-v1 bitmap)
@@ -286,7 +297,7 @@ def kho_memory_walk(profile: P.Profile, mem, fdt_blob: bytes, preserve_bits: int
     if faithful and profile.map_format is P.MapFormat.RADIX:
         res.walked = True
         res.problems = kernel_radix_walk(mem, mm, cb, on_node=lambda p, lv: res.meta_pages.append(
-            (p, f"radix level {lv} node")))
+            (p, f"radix level {lv} node")), on_full_leaf=None if want_blocks else on_full_leaf)
         return res
     w = walker(profile, mem, mm, preserve_bits=preserve_bits)
     res.walked = True

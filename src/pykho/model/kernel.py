@@ -58,10 +58,13 @@ def roundup(v: int, a: int) -> int:
 
 
 def _unique_sections(physs: Any) -> Any:
-    """The 128 MiB sections the blocks start in, each once."""
+    """The 128 MiB sections the blocks (ascending) start in, each once."""
     if hasattr(physs, "dtype"):
         import numpy as np
-        return np.unique(physs.astype(np.uint64) >> np.uint64(SECTION_SIZE_BITS))
+        secs = physs.astype(np.uint64, copy=False) >> np.uint64(SECTION_SIZE_BITS)
+        if secs[0] == secs[-1]:
+            return secs[:1]
+        return secs[np.concatenate(([True], secs[1:] != secs[:-1]))]
     return sorted({p >> SECTION_SIZE_BITS for p in physs})
 
 
@@ -328,7 +331,7 @@ class Kernel(OutgoingKHO, Kexec):
             self._leaf_runs: dict[int, list[tuple[int, int]]] = {}
             try:
                 walk = kho_memory_walk(self.p, self.m.mem, self.kho_in_fdt, on_leaf=self._reserve_leaf,
-                                       want_blocks=False, faithful=True)
+                                       want_blocks=False, faithful=True, on_full_leaf=self._reserve_full_leaf)
             except WalkBudgetExceeded as e:
                 self._commit_reserved()
                 self.violation("walk-amplified", self.kho_in_scratch_phys, self.kho_in_scratch_phys + 1,
@@ -375,6 +378,27 @@ class Kernel(OutgoingKHO, Kexec):
             v = X86_64_VMEMMAP + (bad_at[1] >> 12) * STRUCT_PAGE_SIZE
             raise KernelOops("kho_preserved_memory_reserve", "write", bad_at[1],
                              f"struct page (block 0x{head:x} order {order})", (v, v + STRUCT_PAGE_SIZE))
+
+    def _reserve_full_leaf(self, order: int, first: int, count: int) -> None:
+        """A leaf with every bit set: ``count`` consecutive blocks from
+        ``first``, reserved as one run (the same checks, no per-block work)."""
+        size = PAGE_SIZE << order
+        end = first + count * size
+        sec = first >> SECTION_SIZE_BITS
+        while sec << SECTION_SIZE_BITS < end:
+            at = max(first, sec << SECTION_SIZE_BITS)
+            if not self._memmap(at):
+                n = min((at - first) // size, count)       # the blocks wholly before the bad pfn
+                if n:
+                    self._reserve_full_leaf(order, first, n)
+                head = first + n * size
+                v = X86_64_VMEMMAP + (at >> 12) * STRUCT_PAGE_SIZE
+                raise KernelOops("kho_preserved_memory_reserve", "write", at,
+                                 f"struct page (block 0x{head:x} order {order})", (v, v + STRUCT_PAGE_SIZE))
+            sec += 1
+        if self.reserved_log is not None:
+            self.reserved_log.extend((p, order) for p in range(first, end, size))
+        self._leaf_runs.setdefault(order, []).append((first, end))
 
     def _first_without_memmap(self, order: int, physs: Any) -> tuple[int | None, tuple[int, int] | None]:
         """(index of the first block with a pfn that has no struct page,

@@ -149,9 +149,9 @@ def merge_runs(runs) -> list[tuple[int, int]]:
 
 
 def block_runs(order: int, physs) -> list[tuple[int, int]]:
-    """The blocks of one order (ascending addresses, a list or a numpy
-    array) as coalesced (start, end) runs: a fully preserved leaf is one run,
-    whatever its 32768 blocks."""
+    """The blocks of one order (strictly ascending addresses, as a leaf's
+    bits give them; a list or a numpy array) as coalesced (start, end) runs:
+    a fully preserved leaf is one run, whatever its 32768 blocks."""
     size = PAGE_SIZE << order
     try:
         import numpy as np
@@ -161,8 +161,9 @@ def block_runs(order: int, physs) -> list[tuple[int, int]]:
         if len(physs) == 0:
             return []
         a = physs.astype(np.uint64, copy=False)
-        if len(a) > 1 and not bool(np.all(a[1:] > a[:-1])):
-            a = np.sort(a)
+        first, last = int(a[0]), int(a[-1])
+        if last - first == (len(a) - 1) * size:
+            return [(first, last + size)]       # strictly ascending and spanning: contiguous
         brk = np.nonzero(a[1:] != a[:-1] + np.uint64(size))[0]
         starts = np.concatenate(([0], brk + 1))
         ends = np.concatenate((brk, [len(a) - 1]))
