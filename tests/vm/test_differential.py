@@ -235,7 +235,7 @@ def _add_blocks(ctx, blocks):
 
 def _add_blocks_in(ctx, raw, blocks):
     from pykho import clients
-from pykho.abi import radix
+    from pykho.abi import radix
     from pykho.memory import CowMemory
     cow = CowMemory(raw, raw.ranges())
     mb = [x for x in ctx.locate["subnodes"] if x["name"] == "memblock"][0]
