@@ -16,7 +16,15 @@ from .inject import command_hook, parse_inject_arg
 from .runner import Options, run_chain
 from .serial import dmesg_lines, split_serial, strip_ts
 
-__all__ = ["main"]
+__all__ = ["main", "parse_cmdline_stage"]
+
+
+def parse_cmdline_stage(s: str) -> tuple[int, str]:
+    """``N=WORDS`` of ``--cmdline-stage``."""
+    n, sep, words = s.partition("=")
+    if not sep or not n.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"--cmdline-stage wants N=WORDS, not {s!r}")
+    return int(n), words
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,13 +76,17 @@ def main(argv: list[str] | None = None) -> int:
                         "setup_data, scratch, node:I, blob:NAME, each with optional +OFF) when boot "
                         "STAGE stops at machine_kexec")
     p.add_argument("--inject-cmd", help="shell command run at every stop; prints JSON writes (see command_hook)")
+    p.add_argument("--cmdline-stage", action="append", default=[], type=parse_cmdline_stage, metavar="N=WORDS",
+                   help="boot N's own extra kernel command line words, in place of --append (repeatable; "
+                        "boots 2.. get theirs written at their x86_64_start_kernel)")
     a = p.parse_args(argv)
     opts = Options(boots=a.boots, luo=not a.no_luo, reserve_mem=a.reserve_mem or None,
                    test_kho_max_mem=int(a.test_kho_max_mem, 0) if a.test_kho_max_mem else None,
                    append=a.append, timeout=a.timeout, stall_timeout=a.stall_timeout,
                    earlyprintk=a.earlyprintk, stall_retries=a.stall_retries, keep=a.keep, keep_full_ram=a.keep_full_ram,
                    writes=[parse_inject_arg(s) for s in a.inject],
-                   hook=command_hook(a.inject_cmd) if a.inject_cmd else None)
+                   hook=command_hook(a.inject_cmd) if a.inject_cmd else None,
+                   cmdlines=dict(a.cmdline_stage))
     build = find_build(a.build)
     if build is None:
         print("no kernel build found: run vmtest/setup.sh (root) and vmtest/build.sh", file=sys.stderr)

@@ -9,7 +9,8 @@ and a phase:
   copied the kexec segments to their destinations and checked their sha256
   (:func:`entry_writes` finds them through ``boot_params``).
 
-Writes come from
+The same entry stop can give boot N+1 a command line of its own
+(:func:`write_cmdline`, used for ``Options.cmdlines``).  Writes come from
 ``--inject`` (:func:`parse_inject_arg`), from Python, or from a hook called at
 every stop with a :class:`StopContext` (:func:`command_hook` runs a program).
 """
@@ -27,10 +28,14 @@ from pathlib import Path
 from .capture import SETUP_KEXEC_KHO
 from .gdb import REG_RDI
 
-__all__ = ["StopContext", "Write", "apply_writes", "command_hook", "entry_writes", "parse_inject_arg",
-           "resolve_target"]
+__all__ = ["COMMAND_LINE_SIZE", "StopContext", "Write", "apply_writes", "command_hook", "entry_writes",
+           "parse_inject_arg", "resolve_target", "write_cmdline"]
 
-# struct boot_params offset (x86 boot protocol)
+#: x86 COMMAND_LINE_SIZE: the longest kernel command line, its NUL included
+COMMAND_LINE_SIZE = 2048
+# struct boot_params offsets (x86 boot protocol)
+_BP_EXT_CMD_LINE_PTR = 0x0C8
+_BP_CMD_LINE_PTR = 0x228
 _BP_SETUP_DATA = 0x250
 
 
@@ -194,26 +199,61 @@ def apply_writes(n: int, out: Path, gdb, stop: dict, writes: list, loc: dict,
     (out / "ram" / f"inject-stage{n}.json").write_text(json.dumps(record, indent=1) + "\n")
 
 
-def entry_writes(n: int, out: Path, gdb, stop: dict, writes: list, loc: dict, rlog) -> None:
+def entry_writes(n: int, out: Path, gdb, stop: dict, writes: list, loc: dict, rlog,
+                 cmdline: str | None = None) -> None:
     """At the next kernel's x86_64_start_kernel(real_mode_data): the kexec segments
     are at their destinations.  Find the SETUP_KEXEC_KHO record through
-    boot_params.hdr.setup_data and apply the deferred writes."""
+    boot_params.hdr.setup_data and apply the deferred writes; then, if
+    ``cmdline`` is given, make it the next kernel's command line (:func:`write_cmdline`)."""
     bp_phys = gdb.read_reg(REG_RDI)                # rdi: physical address of boot_params
-    sd = struct.unpack("<Q", gdb.read_phys(bp_phys + _BP_SETUP_DATA, 8))[0]
-    entry = None
-    for _ in range(64):
-        if not sd:
-            break
-        nxt, typ, _len = struct.unpack("<QII", gdb.read_phys(sd, 16))
-        if typ == SETUP_KEXEC_KHO:
-            fdt_addr, _fdt_size, sc_addr, sc_size = struct.unpack("<4Q", gdb.read_phys(sd + 16, 32))
-            entry = {"boot_params": bp_phys, "setup_data": sd, "fdt_addr": fdt_addr,
-                     "scratch_addr": sc_addr, "scratch_size": sc_size}
-            break
-        sd = nxt
-    if entry is None:
-        raise RuntimeError(f"stop {n}: no SETUP_KEXEC_KHO record reachable from boot_params at {bp_phys:#x}")
-    stop["entry"] = {k: f"{v:#x}" for k, v in entry.items()}
-    rlog(f"stop {n}: boot_params {bp_phys:#x}, setup_data {entry['setup_data']:#x}, "
-         f"scratch array {entry['scratch_addr']:#x}+{entry['scratch_size']:#x}")
-    apply_writes(n, out, gdb, stop, writes, loc, entry, "entry", rlog)
+    if writes or cmdline is None:
+        sd = struct.unpack("<Q", gdb.read_phys(bp_phys + _BP_SETUP_DATA, 8))[0]
+        entry = None
+        for _ in range(64):
+            if not sd:
+                break
+            nxt, typ, _len = struct.unpack("<QII", gdb.read_phys(sd, 16))
+            if typ == SETUP_KEXEC_KHO:
+                fdt_addr, _fdt_size, sc_addr, sc_size = struct.unpack("<4Q", gdb.read_phys(sd + 16, 32))
+                entry = {"boot_params": bp_phys, "setup_data": sd, "fdt_addr": fdt_addr,
+                         "scratch_addr": sc_addr, "scratch_size": sc_size}
+                break
+            sd = nxt
+        if entry is None:
+            raise RuntimeError(f"stop {n}: no SETUP_KEXEC_KHO record reachable from boot_params at {bp_phys:#x}")
+        stop["entry"] = {k: f"{v:#x}" for k, v in entry.items()}
+        rlog(f"stop {n}: boot_params {bp_phys:#x}, setup_data {entry['setup_data']:#x}, "
+             f"scratch array {entry['scratch_addr']:#x}+{entry['scratch_size']:#x}")
+        apply_writes(n, out, gdb, stop, writes, loc, entry, "entry", rlog)
+    if cmdline is not None:
+        rec = write_cmdline(gdb, bp_phys, cmdline)
+        stop["next_cmdline"] = rec
+        rlog(f"stop {n}: boot {n + 1}'s command line ({len(cmdline)} bytes) written at {rec['phys']}"
+             + ("" if rec["verified"] else " -- READ-BACK MISMATCH"))
+
+
+def write_cmdline(gdb, boot_params: int, cmdline: str) -> dict:
+    """Replace, in place, the command line a stopped kernel entry is about to copy
+    (``boot_params.hdr.cmd_line_ptr`` | ``ext_cmd_line_ptr`` << 32).
+
+    Only the room of the line already there (the one the previous boot gave
+    ``kexec_file_load``) is usable: a longer ``cmdline`` raises ValueError.
+    The runner pads every boot's line to the same length, so each fits.
+    The compressed kernel's decompressor has already run on the old line."""
+    ptr = struct.unpack("<I", gdb.read_phys(boot_params + _BP_CMD_LINE_PTR, 4))[0]
+    ptr |= struct.unpack("<I", gdb.read_phys(boot_params + _BP_EXT_CMD_LINE_PTR, 4))[0] << 32
+    if not ptr:
+        raise RuntimeError(f"boot_params at {boot_params:#x} has no command line pointer")
+    old = b""
+    while b"\0" not in old and len(old) < COMMAND_LINE_SIZE:
+        old += gdb.read_phys(ptr + len(old), 256)
+    if b"\0" not in old:
+        raise RuntimeError(f"no NUL in the {COMMAND_LINE_SIZE} bytes of the command line at {ptr:#x}")
+    old = old[:old.index(b"\0")]
+    new = cmdline.encode() + b"\0"
+    if len(new) > len(old) + 1:
+        raise ValueError(f"command line of {len(new) - 1} bytes does not fit in the {len(old)} "
+                         f"bytes of the one at {ptr:#x}")
+    gdb.write_phys(ptr, new)
+    return {"phys": f"{ptr:#x}", "before": old.decode("latin-1"), "written": cmdline,
+            "verified": gdb.read_phys(ptr, len(new)) == new}

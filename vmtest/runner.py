@@ -5,7 +5,8 @@ breakpoint at ``machine_kexec`` and runs the stage loop: at every stop it
 saves and scans the RAM (:mod:`vmtest.capture`), applies the writes and hook
 of :class:`Options` (:mod:`vmtest.inject`), steps past the breakpoint and
 lets the kexec happen; a second breakpoint at the next kernel's
-``x86_64_start_kernel`` serves the entry-phase writes.  A lost gdbstub link is connected
+``x86_64_start_kernel`` serves the entry-phase writes and the per-boot
+command lines (``Options.cmdlines``).  A lost gdbstub link is connected
 again; a silent guest is declared hung.  When QEMU exits the serial log is
 split into ``stageN/`` (:mod:`vmtest.serial`) and ``summary.json`` written.
 """
@@ -28,21 +29,23 @@ from . import capture
 from .build import Build, find_build, log
 from .gdb import REG_RIP, Gdb, GdbExited, arm
 from .gdb import reconnect as reconnect_gdb
-from .inject import StopContext, apply_writes, entry_writes
+from .inject import COMMAND_LINE_SIZE, StopContext, apply_writes, entry_writes
 from .qmp import Qmp
 from .serial import split_serial
 
-__all__ = ["BASE_CMDLINE", "Options", "qemu_argv", "qemu_binary", "run_chain"]
+__all__ = ["BASE_CMDLINE", "PAD_WORD", "Options", "qemu_argv", "qemu_binary", "run_chain"]
 
 BASE_CMDLINE = "console=ttyS0 kho=on liveupdate=on panic=-1 memblock=debug log_buf_len=4M"
+#: padding word that makes every boot's command line as long as the longest one
+PAD_WORD = "vmtest.pad="
 
 
 @dataclasses.dataclass
 class Options:
-    """How to run a chain.  The kernel command line is ``base_cmdline``, the
-    reserve_mem= / test_kho.max_mem= / earlyprintk words, ``append`` and the
-    words the guest's /init reads (vmtest_stage=1 vmtest_last= vmtest_luo=);
-    the /init of every boot hands its own line on to the next."""
+    """How to run a chain.  Boot N's kernel command line is ``base_cmdline``, the
+    reserve_mem= / test_kho.max_mem= / earlyprintk words, ``cmdlines[N]`` (or
+    ``append`` for a boot not in ``cmdlines``) and the words the guest's /init
+    reads (vmtest_stage=N vmtest_last= vmtest_luo=)."""
     boots: int = 2
     luo: bool = True
     reserve_mem: str | None = "4M:4K:vmtest_rmem"
@@ -61,8 +64,12 @@ class Options:
     gdb_drop_before_stop: int | None = None   # test hook: reset the gdbstub link while waiting for stop N (N >= 2)
     writes: list = dataclasses.field(default_factory=list)      # list[Write]
     hook: Callable[[StopContext], list] | None = None
+    # {boot: words}: that boot's own extra command line words, in place of ``append``
+    # (see boot_cmdlines for how boots 2.. get them)
+    cmdlines: dict = dataclasses.field(default_factory=dict)   # dict[int, str]
 
-    def cmdline(self) -> str:
+    def cmdline(self, stage: int = 1) -> str:
+        """The kernel command line of boot ``stage`` (as built, before any padding)."""
         words = [self.base_cmdline]
         if self.reserve_mem:
             words.append(f"reserve_mem={self.reserve_mem}")
@@ -70,10 +77,35 @@ class Options:
             words.append(f"test_kho.max_mem={self.test_kho_max_mem}")
         if self.earlyprintk:
             words.append("earlyprintk=serial,ttyS0,115200")
-        if self.append:
-            words.append(self.append)
-        words.append(f"vmtest_stage=1 vmtest_last={self.boots} vmtest_luo={1 if self.luo else 0}")
+        extra = self.cmdlines.get(stage, self.append)
+        if extra:
+            words.append(extra)
+        words.append(f"vmtest_stage={stage} vmtest_last={self.boots} vmtest_luo={1 if self.luo else 0}")
         return " ".join(words)
+
+    def boot_cmdlines(self) -> dict[int, str]:
+        """{boot: command line} for every boot when ``cmdlines`` is set, else {}.
+
+        The guest's /init hands its own /proc/cmdline (vmtest_stage bumped) to
+        kexec_file_load, so without help every boot inherits boot 1's line.
+        With ``cmdlines``, boot 1 gets its line through QEMU's -append and the
+        runner writes boot N's (N >= 2) over the inherited one at boot N's
+        x86_64_start_kernel, before the kernel copies it.  It can only write
+        into the room of the line already there, so every line is normalised
+        to single spaces and padded with a ``vmtest.pad=x...`` word (a dotted
+        name: the kernel drops it instead of handing it to /init) to the same
+        length.  The decompressor of boot N >= 2 still sees boot N-1's line."""
+        if not self.cmdlines:
+            return {}
+        bad = [k for k in self.cmdlines if not (isinstance(k, int) and 1 <= k <= self.boots)]
+        if bad:
+            raise ValueError(f"cmdlines: boots {bad} are not in 1..{self.boots}")
+        lines = {n: " ".join(self.cmdline(n).split()) for n in range(1, self.boots + 1)}
+        width = max(len(x) for x in lines.values()) + 1 + len(PAD_WORD)
+        if width + 1 > COMMAND_LINE_SIZE:
+            raise ValueError(f"cmdlines: a padded command line of {width} bytes is longer than "
+                             f"the kernel takes ({COMMAND_LINE_SIZE - 1})")
+        return {n: f"{x} {PAD_WORD}" + "x" * (width - len(x) - 1 - len(PAD_WORD)) for n, x in lines.items()}
 
 
 def _free_port() -> int:
@@ -106,12 +138,17 @@ def _shell_line(argv: list[str]) -> str:
                     for a in argv)
 
 
-def run_chain(out: str | os.PathLike, opts: Options | None = None, build: Build | None = None) -> dict:
+def run_chain(out: str | os.PathLike, opts: Options | None = None, build: Build | None = None,
+              cmdlines: dict[int, str] | None = None) -> dict:
     """Boot ``opts.boots`` kernels in a KHO kexec chain; write the capture to ``out``.
     Returns the summary (also written to out/summary.json).  A chain that hangs
     (exit "stalled") is booted again up to ``opts.stall_retries`` times; the hung
-    attempts are kept in out/stalled-attempt-K/."""
+    attempts are kept in out/stalled-attempt-K/.  ``cmdlines`` ({boot: words})
+    is merged into ``opts.cmdlines``: those boots get their own extra words."""
     opts = opts or Options()
+    if cmdlines:
+        opts = dataclasses.replace(opts, cmdlines={**opts.cmdlines, **cmdlines})
+    opts.boot_cmdlines()    # a bad cmdlines raises here, before QEMU starts
     out = Path(out)
     for attempt in range(opts.stall_retries + 1):
         summary = _run_chain_once(out, opts, build)
@@ -159,7 +196,8 @@ def _run_chain_once(out: Path, opts: Options, build: Build | None) -> dict:
     qmp_sock = work / "qmp.sock"
     port = _free_port()
     serial = out / "serial.log"
-    cmdline = opts.cmdline()
+    boot_lines = opts.boot_cmdlines()    # {} unless boots have their own lines
+    cmdline = boot_lines.get(1) or opts.cmdline()
     argv = qemu_argv(qemu, opts, build, serial, qmp_sock, port, cmdline)
     (out / "qemu-cmdline.txt").write_text(_shell_line(argv) + "\n")
     rlog(f"kernel {build.release} from {build.dir}")
@@ -172,7 +210,7 @@ def _run_chain_once(out: Path, opts: Options, build: Build | None) -> dict:
     gdb = qmp = None
     bp = build.machine_kexec
     entry_bp = build.symbol("x86_64_start_kernel")
-    pending = None          # (stage, stop record, writes, loc) waiting for the next kernel's entry
+    pending = None          # (stage, stop record, writes, loc, cmdline) waiting for the next kernel's entry
     deadline = t_start + opts.timeout
     drop = opts.gdb_drop_before_stop
     lost = (ConnectionResetError, BrokenPipeError, GdbExited)
@@ -272,16 +310,19 @@ def _run_chain_once(out: Path, opts: Options, build: Build | None) -> dict:
                 rlog(f"stop {stop_no}: guest at machine_kexec ({r})")
                 stop, deferred, loc = _handle_stop(stop_no, out, qmp, gdb, opts, rlog)
                 summary["stops"].append(stop)
-                if deferred:
-                    pending = (stop_no, stop, deferred, loc)
+                next_line = boot_lines.get(stop_no + 1)
+                if deferred or next_line:
+                    pending = (stop_no, stop, deferred, loc, next_line)
                     arm(gdb, [(entry_bp, "entry breakpoint")])
-                    rlog(f"stop {stop_no}: {len(deferred)} write(s) wait for the next kernel's "
+                    waiting = [f"{len(deferred)} write(s)"] if deferred else []
+                    waiting += [f"boot {stop_no + 1}'s command line"] if next_line else []
+                    rlog(f"stop {stop_no}: {' and '.join(waiting)} {'wait' if deferred else 'waits'} for the next kernel's "
                          f"x86_64_start_kernel ({entry_bp:#x})")
                 stop["seconds"] = round(time.time() - t_hit, 2)
             elif rip == entry_bp and pending:
-                n, stop, deferred, loc = pending
+                n, stop, deferred, loc, next_line = pending
                 rlog(f"stop {n}: next kernel at x86_64_start_kernel")
-                entry_writes(n, out, gdb, stop, deferred, loc, rlog)
+                entry_writes(n, out, gdb, stop, deferred, loc, rlog, next_line)
                 pending = None
                 gdb.clear_breakpoint(entry_bp)
             else:
@@ -292,7 +333,8 @@ def _run_chain_once(out: Path, opts: Options, build: Build | None) -> dict:
         if pending:
             summary.setdefault("problems", []).append(
                 f"stop {pending[0]}: the next kernel never reached x86_64_start_kernel; "
-                f"{len(pending[2])} deferred write(s) not done")
+                f"{len(pending[2])} deferred write(s) not done"
+                + (f", boot {pending[0] + 1}'s command line not written" if pending[4] else ""))
     except Exception as e:  # noqa: BLE001 - record and clean up
         summary["exit"] = f"error: {type(e).__name__}: {e}"
         rlog(summary["exit"])
@@ -312,6 +354,11 @@ def _run_chain_once(out: Path, opts: Options, build: Build | None) -> dict:
         qemu_err.close()
         shutil.rmtree(work, ignore_errors=True)
     stages = split_serial(serial, out)
+    if boot_lines:
+        summary["cmdlines"] = {str(n): x for n, x in boot_lines.items()}
+        for problem in _check_cmdlines(out, boot_lines):
+            summary.setdefault("problems", []).append(problem)
+            rlog(problem)
     summary["stages"] = {str(n): {k: s[k] for k in ("started", "kexec", "end", "errors", "notes")}
                          for n, s in sorted(stages.items())}
     summary["stages_reached"] = max((n for n, s in stages.items() if s["started"]), default=0)
@@ -323,6 +370,17 @@ def _run_chain_once(out: Path, opts: Options, build: Build | None) -> dict:
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     runner_log.close()
     return summary
+
+
+def _check_cmdlines(out: Path, boot_lines: dict[int, str]) -> list[str]:
+    """Every boot that reached /init printed its /proc/cmdline (stageN/cmdline.txt):
+    it must be the line that boot was given."""
+    problems = []
+    for n, want in sorted(boot_lines.items()):
+        f = out / f"stage{n}" / "cmdline.txt"
+        if f.exists() and f.read_text().strip() != want:
+            problems.append(f"boot {n} ran with the command line {f.read_text().strip()!r}, not {want!r}")
+    return problems
 
 
 def _handle_stop(n: int, out: Path, qmp: Qmp, gdb: Gdb, opts: Options, rlog) -> tuple[dict, list, dict]:

@@ -2,6 +2,7 @@
 its RAM analysis on the real 7.2.13 oracle bytes, and its serial-log splitter."""
 from __future__ import annotations
 
+import argparse
 import base64
 import hashlib
 import mmap
@@ -144,3 +145,81 @@ def test_cli_split(tmp_path):
     assert r.returncode == 0, r.stderr
     assert r.stdout == "stage1: started=True kexec=False end=True blobs=0 errors=[]\n"
     assert (tmp_path / "cap/stage1/cmdline.txt").read_text() == "console=ttyS0\n"
+
+
+def test_cmdline_per_boot():
+    from vmtest import runner
+    from vmtest.__main__ import parse_cmdline_stage
+    # without per-boot lines nothing changes: one line, handed to QEMU as it always was
+    o = runner.Options(boots=3)
+    assert o.boot_cmdlines() == {}
+    assert o.cmdline() == (runner.BASE_CMDLINE + " reserve_mem=4M:4K:vmtest_rmem test_kho.max_mem=1048576"
+                           " vmtest_stage=1 vmtest_last=3 vmtest_luo=1")
+    o = runner.Options(boots=3, append="a=1", cmdlines={2: "kho=off  memblock=debug"})
+    lines = o.boot_cmdlines()
+    assert sorted(lines) == [1, 2, 3]
+    assert len({len(x) for x in lines.values()}) == 1           # padded to one length
+    for n, x in lines.items():
+        words = x.split()
+        assert f"vmtest_stage={n}" in words and words[-1].startswith(runner.PAD_WORD)
+        assert ("kho=off" in words) == (n == 2) and ("a=1" in words) == (n != 2)
+        assert "  " not in x
+    # the guest's /init hands boot N+1 its own line with vmtest_stage bumped: each
+    # next line must fit in that room (write_cmdline refuses anything longer)
+    for n in (1, 2):
+        room = " ".join(w if not w.startswith("vmtest_stage=") else f"vmtest_stage={n + 1}"
+                        for w in lines[n].split())
+        assert len(lines[n + 1]) <= len(room)
+    with pytest.raises(ValueError):
+        runner.Options(boots=2, cmdlines={3: "x"}).boot_cmdlines()
+    with pytest.raises(ValueError):
+        runner.Options(boots=2, cmdlines={2: "x" * 2000}).boot_cmdlines()
+    assert parse_cmdline_stage("2=kho=off a") == (2, "kho=off a")
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_cmdline_stage("kho=off")
+
+
+class FakeGdb:
+    """Guest-physical memory and registers as a stopped kernel entry shows them."""
+
+    def __init__(self, mem: bytearray, regs: dict):
+        self.mem, self.regs = mem, regs
+
+    def read_reg(self, num):
+        return self.regs[num]
+
+    def read_phys(self, addr, length):
+        return bytes(self.mem[addr:addr + length])
+
+    def write_phys(self, addr, data):
+        self.mem[addr:addr + len(data)] = data
+
+
+def test_entry_cmdline_rewrite(tmp_path):
+    import struct
+    mem = bytearray(0x10000)
+    old = b"console=ttyS0 vmtest_stage=2 vmtest.pad=xxxxxxxx"
+    struct.pack_into("<I", mem, 0x1000 + 0x228, 0x3000)          # boot_params.hdr.cmd_line_ptr
+    mem[0x3000:0x3000 + len(old) + 1] = old + b"\0"
+    gdb = FakeGdb(mem, {5: 0x1000})
+    stop: dict = {}
+    msgs: list[str] = []
+    # no writes: the command line alone, no setup_data needed (hdr.setup_data is 0 here)
+    inject.entry_writes(1, tmp_path, gdb, stop, [], {}, msgs.append, "console=ttyS0 kho=off")
+    assert mem[0x3000:0x3000 + 22] == b"console=ttyS0 kho=off\0"
+    assert stop["next_cmdline"] == {"phys": "0x3000", "before": old.decode(), "written": "console=ttyS0 kho=off",
+                                    "verified": True}
+    assert "entry" not in stop and "boot 2's command line" in msgs[0]
+    with pytest.raises(ValueError):                             # longer than the room there
+        inject.write_cmdline(gdb, 0x1000, "y" * 60)
+    # with writes, the SETUP_KEXEC_KHO record must be reachable, as before
+    with pytest.raises(RuntimeError, match="no SETUP_KEXEC_KHO"):
+        inject.entry_writes(1, tmp_path, gdb, {}, [inject.Write("scratch", b"\0", 1)], {}, msgs.append)
+    struct.pack_into("<Q", mem, 0x1000 + 0x250, 0x4000)          # hdr.setup_data -> a KHO record
+    struct.pack_into("<QII4Q", mem, 0x4000, 0, capture.SETUP_KEXEC_KHO, 32, 0x5000, 0x1000, 0x6000, 0x20)
+    (tmp_path / "ram").mkdir()
+    stop = {}
+    inject.entry_writes(1, tmp_path, gdb, stop, [inject.Write("scratch+8", b"\xab", 1)], {}, msgs.append,
+                        "console=ttyS0")
+    assert mem[0x6008] == 0xAB and stop["entry"]["scratch_addr"] == "0x6000"
+    assert stop["injected"][0]["when"] == "entry" and stop["next_cmdline"]["written"] == "console=ttyS0"

@@ -132,6 +132,25 @@ def test_chain_survives_a_reset_gdbstub_link(vm_build, tmp_path):
     assert "(count 2)" in " ".join(kho_lines(tmp_path / "stage3"))
 
 
+@pytest.mark.multistop
+def test_chain_per_boot_cmdline(vm_build, tmp_path):
+    """Each boot can get its own command line: boot 2's is written over the one
+    boot 1's /init handed to kexec_file_load, at boot 2's x86_64_start_kernel,
+    and boot 3 gets the default words back.  The kernels themselves parse the
+    new lines (their "Kernel command line:"), and the handover still goes through."""
+    summary = vm.run_chain(tmp_path, vm.Options(boots=3, luo=False, stall_retries=1, append="vmtest_word=default"),
+                           cmdlines={2: "vmtest_word=two"})
+    assert_completed(summary, 3)
+    assert not summary.get("problems"), summary["problems"]
+    for n, word in ((1, "default"), (2, "two"), (3, "default")):
+        line = (tmp_path / f"stage{n}/cmdline.txt").read_text().strip()
+        assert line == summary["cmdlines"][str(n)]
+        assert f"vmtest_word={word}" in line.split() and f"vmtest_stage={n}" in line.split()
+        assert any(x == f"Kernel command line: {line}" for x in dmesg(tmp_path / f"stage{n}")), n
+    assert [s["next_cmdline"]["verified"] for s in summary["stops"]] == [True, True]
+    assert "(count 2)" in " ".join(kho_lines(tmp_path / "stage3"))
+
+
 # ------------------------------------------------------------ fault injection
 
 def test_injection_zeroed_root_fdt(vm_build, tmp_path):
