@@ -1,8 +1,9 @@
 """Fixtures for the real-kernel tests (pytest marker ``vm``).
 
 These tests boot the vmtest kernel under QEMU (TCG) and drive real KHO kexecs
-through vmtest/run.py.  What they need: root, qemu-system-x86_64 and a kernel
-build (``sudo vmtest/setup.sh && vmtest/build.sh``).  When something is missing
+through the ``vmtest`` package (importable: pyproject.toml puts the repository
+root on pytest's ``pythonpath``).  What they need: root, qemu-system-x86_64 and
+a kernel build (``sudo vmtest/setup.sh && vmtest/build.sh``).  When something is missing
 they are skipped with a message naming it -- except under CI=true, where a
 missing prerequisite is a failure: CI must really run them.
 """
@@ -18,19 +19,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-VMTEST = REPO / "vmtest"
-
-
-def _load_runner():
-    spec = importlib.util.spec_from_file_location("vmtest_run", VMTEST / "run.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["vmtest_run"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-vmrun = _load_runner()
+import vmtest as vm
 
 
 def pytest_configure(config):
@@ -56,9 +45,9 @@ def vm_missing() -> list[str]:
     missing = []
     if os.geteuid() != 0:
         missing.append("not root (the vm tests run QEMU as root; CI runs as root)")
-    if not vmrun.qemu_binary():
+    if not vm.qemu_binary():
         missing.append("no qemu-system-x86_64 (run: sudo vmtest/setup.sh)")
-    if vmrun.find_build() is None:
+    if vm.find_build() is None:
         missing.append("no kernel build (run: sudo vmtest/setup.sh && vmtest/build.sh)")
     return missing
 
@@ -68,7 +57,7 @@ def vm_build():
     missing = vm_missing()
     if missing:
         skip_or_fail("; ".join(missing))
-    return vmrun.find_build()
+    return vm.find_build()
 
 
 # A TCG guest hung once in ~30 runs during development, after a KHO kexec (it
@@ -76,7 +65,7 @@ def vm_build():
 # out/stalled-attempt-1/ keeps the evidence (serial log, hang-registers.txt).
 def _run(tmp_path_factory, name: str, opts) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp(name)
-    summary = vmrun.run_chain(out, opts)
+    summary = vm.run_chain(out, opts)
     keep = os.environ.get("VMTEST_KEEP_CAPTURES")
     if keep:  # copy the capture somewhere persistent for inspection
         dest = Path(keep) / name
@@ -88,13 +77,13 @@ def _run(tmp_path_factory, name: str, opts) -> tuple[Path, dict]:
 @pytest.fixture(scope="session")
 def roundtrip(vm_build, tmp_path_factory):
     """Boot 1 preserves (test_kho, reserve_mem, LUO memfd), kexec, boot 2 restores."""
-    return _run(tmp_path_factory, "roundtrip", vmrun.Options(boots=2, stall_retries=1))
+    return _run(tmp_path_factory, "roundtrip", vm.Options(boots=2, stall_retries=1))
 
 
 @pytest.fixture(scope="session")
 def chain3(vm_build, tmp_path_factory):
     """Three kernels: 1 -> 2 -> 3 (kexec-metadata count 1 then 2)."""
-    return _run(tmp_path_factory, "chain3", vmrun.Options(boots=3, stall_retries=1))
+    return _run(tmp_path_factory, "chain3", vm.Options(boots=3, stall_retries=1))
 
 
 # --------------------------------------------------------------------- pykho

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import vmrun
-
+import vmtest as vm
 from pykho import profiles as P
 from pykho.abi import fdt as F
 from pykho.abi import root, structs
@@ -344,7 +343,7 @@ def reserved_from_map(stage_dir: Path) -> list[list[int]]:
     """[phys, order] of boot 2's kho_preserved_memory_reserve memblock lines, in order."""
     out = []
     for m in boot_lines(stage_dir):
-        r = vmrun.MEMBLOCK_KHO.search(m)
+        r = vm.MEMBLOCK_KHO.search(m)
         if r:
             a, b = int(r.group(1), 16), int(r.group(2), 16)
             out.append([a, ((b - a + 1) // PAGE).bit_length() - 1])
@@ -365,10 +364,10 @@ def test_real_kernel_agrees_with_pykho(case, vm_build, tmp_path):
         writes = fn(ctx)
         got["pred"] = predict(ctx, writes)
         got["fdt"] = ctx.locate["fdt"]["phys"]
-        return [vmrun.Write(phys, data, stage=1, when="jump") for phys, data in writes]
+        return [vm.Write(phys, data, stage=1, when="jump") for phys, data in writes]
 
-    opts = vmrun.Options(boots=2, luo=False, stall_retries=1, hook=hook, earlyprintk=case in EARLYPRINTK)
-    summary = vmrun.run_chain(tmp_path, opts)
+    opts = vm.Options(boots=2, luo=False, stall_retries=1, hook=hook, earlyprintk=case in EARLYPRINTK)
+    summary = vm.run_chain(tmp_path, opts)
     assert "pred" in got, summary
     real = kho_lines(tmp_path / "stage2")
     pred = got["pred"]

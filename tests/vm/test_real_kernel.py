@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-import vmtest_run as vmrun  # vmtest/run.py, loaded by tests/vm/conftest.py
+import vmtest as vm
 
 pytestmark = pytest.mark.vm
 
 
 def dmesg(stage_dir: Path) -> list[str]:
-    return [vmrun.strip_ts(x) for x in vmrun.dmesg_lines(stage_dir)]
+    return [vm.strip_ts(x) for x in vm.dmesg_lines(stage_dir)]
 
 
 def kho_lines(stage_dir: Path) -> list[str]:
@@ -91,7 +91,7 @@ def test_roundtrip_harness_walk_matches_kernel(roundtrip):
     capture, _ = roundtrip
     loc = locate(capture, 1)
     assert loc["fdt"]["compatible"].startswith("kho-v")
-    reserved = vmrun.kho_reserved(capture / "stage2")
+    reserved = vm.kho_reserved(capture / "stage2")
     assert reserved, "no kho_preserved_memory_reserve lines in boot 2 (memblock=debug missing?)"
     assert loc["radix"]["entries"] == reserved
     assert not loc["radix"]["errors"]
@@ -117,7 +117,7 @@ def test_chain3_harness_walk_matches_kernel(chain3):
     capture, _ = chain3
     for stop in (1, 2):
         loc = locate(capture, stop)
-        assert loc["radix"]["entries"] == vmrun.kho_reserved(capture / f"stage{stop + 1}"), f"stop {stop}"
+        assert loc["radix"]["entries"] == vm.kho_reserved(capture / f"stage{stop + 1}"), f"stop {stop}"
 
 
 @pytest.mark.multistop
@@ -125,10 +125,29 @@ def test_chain_survives_a_reset_gdbstub_link(vm_build, tmp_path):
     """QEMU 7.2's gdbstub link was seen reset at the second stop of some
     chains; the runner connects again, arms its breakpoints again and goes
     on.  Here the link is reset on purpose while waiting for stop 2."""
-    summary = vmrun.run_chain(tmp_path, vmrun.Options(boots=3, luo=False, gdb_drop_before_stop=2))
+    summary = vm.run_chain(tmp_path, vm.Options(boots=3, luo=False, gdb_drop_before_stop=2))
     assert_completed(summary, 3)
     assert summary.get("gdb_reconnects") == 1, summary
     assert [s["stage"] for s in summary["stops"]] == [1, 2]
+    assert "(count 2)" in " ".join(kho_lines(tmp_path / "stage3"))
+
+
+@pytest.mark.multistop
+def test_chain_per_boot_cmdline(vm_build, tmp_path):
+    """Each boot can get its own command line: boot 2's is written over the one
+    boot 1's /init handed to kexec_file_load, at boot 2's x86_64_start_kernel,
+    and boot 3 gets the default words back.  The kernels themselves parse the
+    new lines (their "Kernel command line:"), and the handover still goes through."""
+    summary = vm.run_chain(tmp_path, vm.Options(boots=3, luo=False, stall_retries=1, append="vmtest_word=default"),
+                           cmdlines={2: "vmtest_word=two"})
+    assert_completed(summary, 3)
+    assert not summary.get("problems"), summary["problems"]
+    for n, word in ((1, "default"), (2, "two"), (3, "default")):
+        line = (tmp_path / f"stage{n}/cmdline.txt").read_text().strip()
+        assert line == summary["cmdlines"][str(n)]
+        assert f"vmtest_word={word}" in line.split() and f"vmtest_stage={n}" in line.split()
+        assert any(x == f"Kernel command line: {line}" for x in dmesg(tmp_path / f"stage{n}")), n
+    assert [s["next_cmdline"]["verified"] for s in summary["stops"]] == [True, True]
     assert "(count 2)" in " ".join(kho_lines(tmp_path / "stage3"))
 
 
@@ -137,9 +156,9 @@ def test_chain_survives_a_reset_gdbstub_link(vm_build, tmp_path):
 def test_injection_zeroed_root_fdt(vm_build, tmp_path):
     """Zero the outgoing root FDT page at machine_kexec: the next kernel rejects the
     handover (bad FDT magic, -FDT_ERR_BADMAGIC) and boots as if cold."""
-    opts = vmrun.Options(boots=2, luo=False, stall_retries=1,
-                         writes=[vmrun.Write("fdt", bytes(4096), stage=1)])
-    summary = vmrun.run_chain(tmp_path, opts)
+    opts = vm.Options(boots=2, luo=False, stall_retries=1,
+                         writes=[vm.Write("fdt", bytes(4096), stage=1)])
+    summary = vm.run_chain(tmp_path, opts)
     assert summary["exit"] == "qemu-exited" and summary["completed"], summary
     inj = summary["stops"][0]["injected"]
     assert len(inj) == 1 and inj[0]["verified"] and inj[0]["before"].startswith("d00dfeed")
@@ -166,10 +185,10 @@ def test_injection_kexec_segments_at_entry(vm_build, tmp_path):
     next kernel's entry (after purgatory's sha256 check).  The next kernel must see
     the patched scratch array: scratch_size 0x28 gives 2 entries (40 // 16), and
     entry 1's address is the one written."""
-    opts = vmrun.Options(boots=2, luo=False, stall_retries=1, writes=[
-        vmrun.Write("scratch+16", (0x3D800000).to_bytes(8, "little"), stage=1),
-        vmrun.Write("kho_data+24", (0x28).to_bytes(8, "little"), stage=1)])
-    summary = vmrun.run_chain(tmp_path, opts)
+    opts = vm.Options(boots=2, luo=False, stall_retries=1, writes=[
+        vm.Write("scratch+16", (0x3D800000).to_bytes(8, "little"), stage=1),
+        vm.Write("kho_data+24", (0x28).to_bytes(8, "little"), stage=1)])
+    summary = vm.run_chain(tmp_path, opts)
     assert summary["completed"], summary
     inj = summary["stops"][0]["injected"]
     assert [x["when"] for x in inj] == ["entry", "entry"] and all(x["verified"] for x in inj)
@@ -209,7 +228,7 @@ def test_pykho_inspect_matches_kernel(which, stop, request, kho, vm_build):
     names = [s["name"] for s in rep["subtrees"]] if isinstance(rep["subtrees"], list) else list(rep["subtrees"])
     assert names == [s["name"] for s in loc["subnodes"]]
     assert [[s["addr"], s["size"]] for s in rep["scratch"]] == loc["scratch"]["entries"]
-    reserved = vmrun.kho_reserved(capture / f"stage{stop + 1}")
+    reserved = vm.kho_reserved(capture / f"stage{stop + 1}")
     assert [list(x) for x in rep["preserved"]] == reserved
 
 
@@ -220,7 +239,7 @@ def test_pykho_validate_predicts_next_boot(which, stop, request, kho):
     verdict = rep["verdict"]
     assert verdict["populate"] == "accepted", verdict
     actual = kho_lines(capture / f"stage{stop + 1}")
-    predicted = [vmrun.strip_ts(x) for x in verdict["log"]]
+    predicted = [vm.strip_ts(x) for x in verdict["log"]]
     missing = [x for x in predicted if x not in actual]
     assert not missing, f"pykho predicted lines the kernel did not print: {missing}\nkernel: {actual}"
     # and in the kernel's order
@@ -256,7 +275,7 @@ def test_pykho_decodes_clients(which, stop, request, kho):
     assert f["token"] == token and f["compatible"].startswith("memfd-")
     memfd = f["memfd"]
     assert memfd["size"] == size
-    pages = {fo["index"]: vmrun.read_sparse(capture / f"ram/ram-stage{stop}.sparse", fo["pfn"] << 12, 4096)
+    pages = {fo["index"]: vm.read_sparse(capture / f"ram/ram-stage{stop}.sparse", fo["pfn"] << 12, 4096)
              for fo in memfd["folios"]}
     content = b"".join(pages[i] for i in sorted(pages))[:size]
     assert fnv1a(content) == want, "memfd content rebuilt from pykho's folio list differs"
