@@ -416,12 +416,13 @@ def test_timeout_is_reported_as_hang():
 
 def test_cli_parser():
     import argparse
+    from pykho.cli import fuzz as cli_fuzz
     p = argparse.ArgumentParser()
     sub = p.add_subparsers()
-    fuzz.add_parser(sub)
+    cli_fuzz.add_parser(sub)
     a = p.parse_args(["fuzz", "--seconds", "3", "--family", "fdt", "--family", "radix", "--jobs", "2",
                       "--seed", "9", "--crash-dir", "x"])
-    assert a.func is fuzz.run and a.family == ["fdt", "radix"] and a.jobs == 2 and a.seed == 9
+    assert a.func is cli_fuzz.run and a.family == ["fdt", "radix"] and a.jobs == 2 and a.seed == 9
     # -j is not --jobs (it means --json in the other sub-commands)
     with pytest.raises(SystemExit):
         p.parse_args(["fuzz", "-j", "2"])

@@ -38,7 +38,7 @@ the model or the report layers.
 
 from __future__ import annotations
 
-from .campaign import Campaign, add_parser, configure_parser, format_summary, load_case, main, replay, run
+from .campaign import Campaign, format_summary, load_case, replay
 from .cases import case_from_json, case_size, case_to_json, save_failure
 from .corpus import oracle_memory, seed_files
 from .engine import BAD_KINDS, CLOCK, InputTimeout, call_with_limit, corpus_for, execute, generate
@@ -53,23 +53,19 @@ __all__ = [
            "Family",
            "InputTimeout",
            "Lie",
-           "add_parser",
            "call_with_limit",
            "case_from_json",
            "case_size",
            "case_to_json",
-           "configure_parser",
            "corpus_for",
            "execute",
            "format_summary",
            "generate",
            "load_case",
-           "main",
            "mutate_bytes",
            "mutate_memory",
            "oracle_memory",
            "replay",
-           "run",
            "save_failure",
            "seed_files",
 ]

@@ -1,9 +1,7 @@
-"""``python -m pykho.fuzz``: the ``kho fuzz`` sub-command on its own."""
+"""There is no ``python -m pykho.fuzz``: the campaign is ``kho fuzz``."""
 
 import sys
 
-from .campaign import main
-
 __all__: list[str] = []
 
-sys.exit(main())
+sys.exit("use: kho fuzz [options]  (kho fuzz --help)")

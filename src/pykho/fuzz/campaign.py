@@ -31,10 +31,25 @@ __all__ = ["Campaign", "add_parser", "configure_parser", "format_summary", "load
 
 
 def load_case(path: str) -> tuple[str, dict]:
-    """A saved failure's (family, case); a failure saved without its case is regenerated from seed and index."""
-    doc, case = read_failure(path)
+    """A saved failure's (family, case); a failure saved without its case is
+    regenerated from seed and index.  A file that is not a saved failure is
+    a :class:`~pykho.errors.UsageError` naming what is missing."""
+    import os
+
+    from ..errors import UsageError
+    if not os.path.isfile(path):
+        raise UsageError(f"{path}: not a regular file (give a failure saved by kho fuzz)")
+    try:
+        doc, case = read_failure(path)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{path}: not a saved kho fuzz failure ({e})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("family"), str) or doc["family"] not in FAMILIES:
+        raise UsageError(f"{path}: not a saved kho fuzz failure (no known 'family')")
     if case is None:
-        case = generate(doc["seed"], doc["family"], doc["index"])
+        try:
+            case = generate(int(doc["seed"]), doc["family"], int(doc["index"]))
+        except (KeyError, TypeError, ValueError):
+            raise UsageError(f"{path}: saved failure has neither its case nor 'seed' and 'index'") from None
     return doc["family"], case
 
 
@@ -235,83 +250,3 @@ def format_summary(s: dict) -> str:
         if dup:
             lines.append(f"  ({dup} more failures with the same signatures)")
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------
-# command line
-
-_DESCRIPTION = "``kho fuzz``: a seeded, reproducible fuzz campaign over every decoder family."
-
-
-def add_parser(subparsers):
-    """Register the ``fuzz`` sub-command on an argparse sub-parsers object."""
-    p = subparsers.add_parser("fuzz", help="run a seeded fuzz campaign over the decoders", description=_DESCRIPTION)
-    configure_parser(p)
-    return p
-
-
-def configure_parser(p: argparse.ArgumentParser):
-    names = list(FAMILIES)
-    p.add_argument("--seconds", type=float, default=60.0, help="campaign length (default 60)")
-    p.add_argument("--family", action="append", choices=names, metavar="F",
-                   help=f"fuzz only this family (repeatable): {', '.join(names)}")
-    # long form only: -j means --json everywhere else in the kho command line
-    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes (default: all cores)")
-    p.add_argument("--seed", type=int, default=0, help="campaign seed (default 0)")
-    p.add_argument("--crash-dir", default="fuzz-crashes",
-                   help="where failing inputs are saved (default ./fuzz-crashes)")
-    p.add_argument("--limit", type=float, default=1.0, help="per-input time limit in seconds (default 1)")
-    p.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
-                   help="what --limit measures: the worker's CPU time (default; a loaded machine does not "
-                        "turn slow inputs into hangs) or wall-clock time")
-    p.add_argument("--hard-seconds", type=float, default=20.0,
-                   help="kill a worker that makes no progress for this long (default 20)")
-    p.add_argument("--max-inputs", type=int, default=None,
-                   help="stop each family at this input index (ends early when all are done)")
-    p.add_argument("--first-index", type=int, default=0,
-                   help="start each family at this input index (continue an earlier campaign of the same "
-                        "seed: inputs are numbered, so two runs cover two index ranges)")
-    p.add_argument("--mem-mb", type=int, default=3072, help="address-space headroom per worker in MiB (default 3072)")
-    p.add_argument("--rss-jump-mb", type=int, default=256,
-                   help="flag an input during which peak RSS grows by more than this (default 256)")
-    p.add_argument("--keep", type=int, default=5, help="inputs saved per failure signature (default 5)")
-    p.add_argument("--progress", type=float, default=0.0, help="print a progress line every N seconds")
-    p.add_argument("--json", default=None, help="write the summary as JSON to this file")
-    p.add_argument("--replay", default=None, metavar="PATH", help="run one saved input and show what it does")
-    p.add_argument("--atheris", action="store_true",
-                   help="coverage-guided mode with atheris (one family, one process)")
-    p.set_defaults(func=run)
-
-
-def run(args) -> int:
-    """Run the ``fuzz`` sub-command; 1 when anything crashed, hung, lied or blew memory."""
-    if getattr(args, "replay", None):
-        family, case = load_case(args.replay)
-        kind, tag, detail = execute(family, case, args.limit)
-        print(f"{args.replay}: family {family}, {kind}: {tag}")
-        if detail:
-            print(detail)
-        return 1 if kind in BAD_KINDS else 0
-    if getattr(args, "atheris", False):
-        from .guided import run_atheris
-        fams = args.family or ["fdt"]
-        return run_atheris(fams[0], args.seconds, args.seed, args.crash_dir, args.limit)
-    engine.CLOCK[0] = getattr(args, "clock", "cpu")
-    c = Campaign(args.seconds, args.family, args.jobs, args.seed, args.crash_dir, args.limit, args.hard_seconds,
-                 args.max_inputs, args.mem_mb, args.rss_jump_mb, args.keep, args.progress, clock=engine.CLOCK[0],
-                 first_index=getattr(args, "first_index", 0))
-    s = c.run()
-    print(format_summary(s))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(s, f, indent=1, sort_keys=True)
-    bad = sum(s["counts"].get(k, 0) for k in BAD_KINDS)
-    return 1 if bad else 0
-
-
-def main(argv=None) -> int:
-    """``python -m pykho.fuzz``: the ``fuzz`` sub-command on its own."""
-    p = argparse.ArgumentParser(prog="kho fuzz", description=_DESCRIPTION)
-    configure_parser(p)
-    args = p.parse_args(argv)
-    return args.func(args)
