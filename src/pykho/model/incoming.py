@@ -12,9 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .. import profiles as P
-from ..abi import bits
+from ..abi import bits, structs
 from ..abi import fdt as _fdt
-from ..abi import structs
 from ..errors import KhoDecodeError
 from ..handover import map_walker as walker
 

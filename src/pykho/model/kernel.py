@@ -19,10 +19,9 @@ from typing import Any
 
 from .. import clients as _clients
 from .. import profiles as P
-from ..abi import bits
+from ..abi import bits, radix, structs
 from ..abi import chunks as _chunks
 from ..abi import fdt as _fdt
-from ..abi import radix, structs
 from ..abi import root as _root
 from ..clients import Client, KernelPanic
 from ..errors import MemoryFault
@@ -43,8 +42,17 @@ from .incoming import (
     retrieve_subtree,
 )
 from .kexec import Kexec, Segment
-from .machine import (ARCH_LOW_ADDRESS_LIMIT, PAGE_SIZE, IntervalSet, Machine, Memblock, PageAllocator, Violation,
-                      block_runs, merge_runs)
+from .machine import (
+    ARCH_LOW_ADDRESS_LIMIT,
+    PAGE_SIZE,
+    IntervalSet,
+    Machine,
+    Memblock,
+    PageAllocator,
+    Violation,
+    block_runs,
+    merge_runs,
+)
 from .outgoing import OutgoingKHO, Preserved
 
 __all__ = ["Kernel", "KernelPanic", "Segment", "Preserved", "kstrtobool", "memparse", "parse_kho_scratch",
@@ -609,6 +617,28 @@ class Kernel(OutgoingKHO, Kexec):
         if self.p.restore_checks_order and order > P.MAX_PAGE_ORDER:
             return None
         return order
+
+    def restore_pages(self, phys: int, nr: int) -> int:
+        """``kho_restore_pages``: every block the map reserved inside
+        ``[phys, phys + nr pages)``, restored; the number of pages restored
+        (short of ``nr`` where a part was not a preserved block)."""
+        end = phys + nr * PAGE_SIZE
+        done = 0
+        at = phys
+        while at < end:
+            got = self.pages.preserved.block_at(at)
+            if got is None or got[0] != at:
+                nxt = self.pages.preserved.next_block(at, end)
+                if nxt is None:
+                    break
+                at = nxt
+                continue
+            order = self.restore_folio(at)
+            if order is None:
+                break
+            done += 1 << order
+            at += PAGE_SIZE << order
+        return done
 
     # ------------------------------------------------------------ invariants
     def decoded_map(self) -> list[tuple[int, int]]:

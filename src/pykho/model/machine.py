@@ -256,6 +256,25 @@ class PreservedBlocks:
                     return s + (addr - s) // size * size, order
         return None
 
+    def next_block(self, addr: int, end: int) -> int | None:
+        """The first reserved block start in ``[addr, end)``, if any."""
+        best = None
+        for order, starts in self._starts.items():
+            size = PAGE_SIZE << order
+            i = max(bisect.bisect_right(starts, addr) - 1, 0)
+            while i < len(starts):
+                s, e = self._runs[order][i]
+                if s >= end:
+                    break
+                p = max(s, s + (max(addr - s, 0) + size - 1) // size * size)
+                while p < e and p in self.removed:
+                    p += size
+                if p < e and p < end:
+                    best = p if best is None else min(best, p)
+                    break
+                i += 1
+        return best
+
     def runs(self) -> list[tuple[int, int]]:
         """Every reserved byte range, all orders together, coalesced."""
         return merge_runs(sorted(r for rs in self._runs.values() for r in rs))

@@ -56,6 +56,9 @@ def _rt(p):
 
 
 BUILTIN = {
+    "host-1T": ("a 1 TiB live-update host preserving 512 GiB of guest memory in 4 KiB folios through "
+                "kho_preserve_pages ranges and a 1 GiB memfd folio by folio; map size, metadata, scratch",
+                {"host": {"ram": 1 << 40, "guest_bytes": 512 << 30, "memfd_bytes": 1 << 30}}),
     "seed-bug": ("6.19 before the fix: KHO on, never finalized; the next kernel adopts the old scratch, "
                  "forgets the handover and frees scratch twice",
                  _chain("B-prefix", "B-prefix", [{"do": "kexec_file_load"}, {"do": "kexec"}])),
@@ -332,4 +335,30 @@ def load_spec(name: str) -> tuple[str, dict]:
 
 def simulate(name: str) -> dict:
     n, spec = load_spec(name)
+    if "host" in spec:
+        return host_result(n, spec["host"])
     return Run(spec, n).run().result()
+
+
+def host_result(name: str, h: dict) -> dict:
+    """A ``[host]`` scenario: :func:`~pykho.model.cycle.run_host_cycle` with
+    the sizes given, reported like a scenario (log, violations, kernels)."""
+    from .cycle import run_host_cycle
+    r = run_host_cycle(ram=int(h.get("ram", 1 << 40)), guest_bytes=int(h.get("guest_bytes", 512 << 30)),
+                       memfd_bytes=int(h.get("memfd_bytes", 1 << 30)), range_bytes=int(h.get("range_bytes", 1 << 30)),
+                       profile=str(h.get("profile", "E")))
+    gib = 1 << 30
+    log = [f"--- host: {r['ram'] // gib} GiB RAM, {h.get('profile', 'E')}",
+           f"    preserved {r['preserved_bytes'] // gib} GiB: {r['ranges']} ranges of "
+           f"{int(h.get('range_bytes', 1 << 30)) // gib} GiB (kho_preserve_pages) + {r['memfd_folios']} memfd folios",
+           f"    map: {r['map_blocks']} blocks, metadata {r['map_metadata_bytes']} bytes "
+           f"({r['map_metadata_bytes'] / max(r['preserved_bytes'], 1) * 100:.5f} % of what it describes)",
+           f"    scratch the next kernel boots from: {r['scratch_bytes'] >> 20} MiB",
+           f"    kexec_file_load -> {r['kexec_file_load']}; next kernel: populate {r['populate']}, "
+           f"restored {r['restored_pages']} of {r['preserved_pages']} pages",
+           "    seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in r["seconds"].items())]
+    if r["restored_pages"] != r["preserved_pages"]:
+        r["violations"].append({"kind": "restore-short", "start": 0, "end": 0, "kernel": "kernel 2",
+                                "step": "restore", "detail": f"{r['restored_pages']} of {r['preserved_pages']} "
+                                "pages restored"})
+    return {"scenario": name, "log": log, "violations": r["violations"], "host": r, "kernels": []}
