@@ -27,17 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from .errors import (  # the errno values are re-exported
-    E2BIG,
-    EBUSY,
-    EEXIST,
-    EFAULT,
-    EINVAL,
-    ENOENT,
-    ENOMEM,
-    EOPNOTSUPP,
-    UsageError,
-)
+from .errors import E2BIG, EBUSY, EEXIST, EFAULT, EINVAL, ENOENT, ENOMEM, EOPNOTSUPP, UsageError  # errno re-exported
 
 __all__ = ["Profile", "MapFormat", "Finalize", "FdtBuiltAt", "FillKimageGate", "PopulateStep", "ZeroMapAction",
            "ScratchGrammar", "ScratchArea", "PROFILES", "ALIASES", "get_profile", "profiles_for_compatible",

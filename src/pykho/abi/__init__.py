@@ -5,4 +5,4 @@ protocols of :mod:`pykho.abi.mem`; nothing here imports ``pykho.memory``,
 ``pykho.profiles`` or the model.
 """
 
-__all__ = ["bits", "chunks", "fdt", "mem", "radix", "root", "structs"]
+__all__ = ["bits", "chunks", "cmdline", "fdt", "mem", "radix", "root", "structs"]

@@ -251,10 +251,10 @@ def batch_counts(pages: Sequence[Buffer]) -> list[tuple[int, int | None, int | N
     rows = np.arange(len(pages))
     first = nz.argmax(axis=1)
     last = a.shape[1] - 1 - nz[:, ::-1].argmax(axis=1)
-    for n, f, fw, l, lw in zip(cnt.tolist(), first.tolist(), a[rows, first].tolist(), last.tolist(),
-                               a[rows, last].tolist()):
+    for n, f, fw, la, lw in zip(cnt.tolist(), first.tolist(), a[rows, first].tolist(), last.tolist(),
+                                a[rows, last].tolist()):
         if n:
-            out.append((n, (f << 6) + (fw & -fw).bit_length() - 1, (l << 6) + lw.bit_length()))
+            out.append((n, (f << 6) + (fw & -fw).bit_length() - 1, (la << 6) + lw.bit_length()))
         else:
             out.append((0, None, None))
     return out

@@ -23,14 +23,7 @@ from dataclasses import dataclass, field
 
 from ..errors import KhoDecodeError, MemoryFault
 from . import bits
-from .mem import (
-    Buffer,
-    PageBytesFn,
-    PhysMemory,
-    WritableMemory,
-    page_bytes_of,
-    write_u64,
-)
+from .mem import Buffer, PageBytesFn, PhysMemory, WritableMemory, page_bytes_of, write_u64
 
 __all__ = ["CHUNK_HDR", "ELEMENT", "KHOSER_BITMAP_SIZE", "PAGE_SHIFT", "PAGE_SIZE", "ChunkInfo", "ChunkTracker",
            "ChunkWalk", "bitmaps_from_runs", "element_index", "encode", "encode_bitmaps", "guess_preserve_bits",
@@ -275,7 +268,7 @@ class ChunkWalk:
         starts: list[int] = []
         maps: list[Buffer] = []
         where: list[int] = []
-        for order, phys_start, shift, bitmap, bm in self._bitmaps():
+        for order, phys_start, _shift, bitmap, bm in self._bitmaps():
             g = (order, split_full and bits.is_full(bitmap))
             if starts and (g != group or len(starts) >= limit[g[1]]):
                 yield group[0], group[1], starts, maps, where

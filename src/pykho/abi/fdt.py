@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 try:
-    import libfdt as _libfdt_module  # type: ignore[import-untyped]  # pylibfdt ships no types
+    import libfdt as _libfdt_module  # untyped (pyproject's mypy override): typed by _LibFdt below
 except ImportError as exc:  # pragma: no cover - pylibfdt is a hard dependency
     raise ImportError("pykho needs pylibfdt (pip install pylibfdt)") from exc
 

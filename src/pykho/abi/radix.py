@@ -25,16 +25,7 @@ from dataclasses import dataclass, field
 
 from ..errors import EINVAL, ENOMEM, KhoDecodeError, MemoryFault
 from . import bits
-from .mem import (
-    Buffer,
-    PageBytesFn,
-    PhysMemory,
-    WritableMemory,
-    page_buffer_of,
-    page_bytes_of,
-    read_u64,
-    write_u64,
-)
+from .mem import Buffer, PageBytesFn, PhysMemory, WritableMemory, page_buffer_of, page_bytes_of, read_u64, write_u64
 
 __all__ = ["KHO_BITMAP_SIZE_LOG2", "KHO_ORDER_0_LOG2", "KHO_TABLE_SIZE_LOG2", "KHO_TREE_MAX_DEPTH", "LEAF_BITS",
            "MASK64", "PAGE_SHIFT", "PAGE_SIZE", "TABLE_ENTRIES", "RadixNodeInfo", "RadixTree", "RadixWalk",
