@@ -169,3 +169,16 @@ def test_fault_injected_pages_decode_as_the_kernel_saw_them(case, read):
         r = root.decode_root(page)
         assert r.mem_map == 0 and root.decode_root(before).mem_map != 0
 
+
+
+def test_fdt_error_names_are_libfdts():
+    """errors.py keeps libfdt's error names itself (it imports nothing of
+    pykho); they are what pylibfdt's fdt_strerror says for every code."""
+    import libfdt
+
+    from pykho import errors
+    for err in range(-64, 65):
+        assert errors.fdt_strerror(err) == libfdt.fdt_strerror(err), err
+    assert F.fdt_strerror is errors.fdt_strerror
+    e = errors.FdtError("root FDT", 0x1000, -F.FDT_ERR_BADMAGIC, "check")
+    assert str(e) == "root FDT at 0x1000: check: libfdt error -9 (FDT_ERR_BADMAGIC)"

@@ -332,3 +332,189 @@ def test_kho_test_roundtrip(nr, csum, first, pages):
 def test_luo_ser_roundtrip(num, spa, fpa):
     luo = clients.decode_luo(clients.encode_luo_ser(num, spa, fpa))
     assert (luo.compatible, luo.liveupdate_num, luo.sessions_pa, luo.flbs_pa) == ("luo-v5", num, spa, fpa)
+
+
+# --------------------------------------------------------------------------- the layers under the codecs
+
+def _run_python(code: str) -> str:
+    import os
+    import subprocess
+    import sys
+
+    import pykho
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(pykho.__file__)))
+    return subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True,
+                          text=True).stdout
+
+
+def test_abi_and_errors_import_no_higher_layer():
+    out = _run_python(
+        "import sys\n"
+        "import pykho.errors\n"
+        "print(sorted(m for m in sys.modules if m.startswith('pykho')))\n"
+        "import pykho.abi.bits, pykho.abi.chunks, pykho.abi.fdt, pykho.abi.mem, pykho.abi.radix\n"
+        "import pykho.abi.root, pykho.abi.structs\n"
+        "print(sorted(m for m in sys.modules if m.startswith('pykho')))\n")
+    alone, abi = out.splitlines()
+    layer0 = {"errors", "findings", "_version"}
+    assert "pykho.errors" in eval(alone) and {m.split(".")[1] for m in eval(alone) if "." in m} <= layer0
+    assert {m.split(".")[1] for m in eval(abi) if "." in m} <= layer0 | {"abi"}
+
+
+class ProtocolMemory:
+    """Memory with the methods of pykho.abi.mem's protocols and nothing else
+    (not a pykho.memory class, no page fast path)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def read(self, phys, size, structure="memory"):
+        return self.inner.read(phys, size, structure)
+
+    def contains(self, phys, size=1):
+        return self.inner.contains(phys, size)
+
+    def ranges(self):
+        return self.inner.ranges()
+
+    def write(self, phys, data):
+        self.inner.write(phys, data)
+
+
+class ReadsElsewhere(SparseMemory):
+    """A SparseMemory subclass that reads elsewhere and never ran
+    SparseMemory.__init__ (as validate's overlays once did): it has no pages
+    of its own, so it must not get the page fast paths."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.name = "layered"
+
+    def ranges(self):
+        return self.inner.ranges()
+
+    def contains(self, phys, size=1):
+        return self.inner.contains(phys, size)
+
+    def read(self, phys, size, structure="memory"):
+        return self.inner.read(phys, size, structure)
+
+
+MIXED_RUNS = [(0x40000000, 70000, 0), (0x200000, 3, 9), (0x100000000, 1, 18), (0x100000000, 5, 0),
+              (1 << 50, 1, 38), (0x7000, 1, 0), (0x7000, 1, 0)]
+
+
+def _walk_views(w):
+    s = w.summarize()
+    return (list(w.blocks()), [(o, radix.bits.tolist(a)) for o, a in w.leaves()],
+            [p for _, a in w.batches() for p in radix.bits.tolist(a)], s.as_dict(), s.unchecked)
+
+
+def test_decoders_read_any_protocol_memory_alike():
+    """The fast path (a SparseMemory's stored pages) and the plain ``read``
+    path (any object with the protocol's methods) decode the same."""
+    from pykho.abi.mem import page_buffer_of, page_bytes_of
+    from pykho.memory import CowMemory, LayeredMemory, StrictCowMemory
+
+    mem = SparseMemory([(0, RAM_TOP)])
+    rt = radix.encode_runs(MIXED_RUNS, mem, Bump(META).page).root
+    ch, _ = chunks.encode_bitmaps(chunks.bitmaps_from_runs(MIXED_RUNS[:4], 4096), 4096, mem,
+                                  Bump(0xF8_0000_0000).alloc)
+    top = SparseMemory([(0x7F00_0000, 0x8000_0000)])
+    views = [mem, ProtocolMemory(mem), ReadsElsewhere(mem), LayeredMemory(mem, top, 0x7F00_0000, 1 << 24),
+             CowMemory(mem, [(0, RAM_TOP)]), StrictCowMemory(mem, [(0, RAM_TOP)])]
+    assert [page_bytes_of(v) is not None for v in views] == [True, False, False, False, True, True]
+    assert [page_buffer_of(v) is not None for v in views] == [True, False, False, False, True, True]
+    want_r = _walk_views(radix.RadixWalk(mem, rt))
+    want_c = _walk_views(chunks.ChunkWalk(mem, ch, 4096))
+    # the map merges the repeated block; the 1 GiB block holds 5 order-0 pages
+    assert want_r[3]["duplicates"] == 0 and want_r[3]["overlaps"] == 5 and len(want_r[0]) == 70011
+    for v in views[1:]:
+        assert _walk_views(radix.RadixWalk(v, rt)) == want_r
+        assert _walk_views(chunks.ChunkWalk(v, ch, 4096)) == want_c
+
+
+def test_sparse_memory_walks_take_no_copies():
+    """A map held in a SparseMemory is walked from its stored pages: ``read``
+    is never called (the benchmark's fast path)."""
+    mem = SparseMemory([(0, RAM_TOP)])
+    rt = radix.encode_runs(MIXED_RUNS, mem, Bump(META).page).root
+    ch, _ = chunks.encode_bitmaps(chunks.bitmaps_from_runs(MIXED_RUNS[:4], 32768), 32768, mem,
+                                  Bump(0xF8_0000_0000).alloc)
+
+    def no_read(*a, **k):
+        raise AssertionError("read() called")
+    mem.read = no_read
+    assert radix.RadixWalk(mem, rt).summarize().blocks == 70011
+    assert sum(len(a) for _, a in chunks.ChunkWalk(mem, ch).batches()) == 70009
+
+
+def test_encoders_write_alike_through_the_protocol():
+    """The radix encoder edits a SparseMemory's pages in place and anything
+    else through read/write: the same bytes either way."""
+    blocks = [(p + (i << (12 + o)), o) for p, n, o in MIXED_RUNS if n < 100 for i in range(n)]
+    a = SparseMemory([(0, RAM_TOP)])
+    b = SparseMemory([(0, RAM_TOP)])
+    ta = radix.encode(blocks, a, Bump(META).page)
+    tb = radix.encode(blocks, ProtocolMemory(b), Bump(META).page)
+    assert ta.nodes == tb.nodes and a.pages.keys() == b.pages.keys()
+    assert all(a.pages[k] == b.pages[k] for k in a.pages)
+    for blk in blocks[:5]:
+        assert ta.delete(*blk) and tb.delete(*blk)
+    assert all(a.pages[k] == b.pages[k] for k in a.pages)
+
+
+@pytest.mark.parametrize("prof", list(P.PROFILES.values()), ids=lambda p: p.name)
+def test_root_encoders_need_only_the_wire_format(prof):
+    """abi/root.py reads three attributes of a profile; any object with them
+    (here a plain class) makes the same bytes as the Profile."""
+    class Wire:
+        compatible = prof.compatible
+        subtree_prop = prof.subtree_prop
+        size_prop = prof.size_prop
+
+    subs = [("kho_test", 0x1234000), ("memblock", 0x5678000), ("kho_test", 0x1000)]
+    assert root.build_root_at_finalize(Wire(), 0x9000, subs[:2]) == root.build_root_at_finalize(prof, 0x9000, subs[:2])
+    pw, pp = root.build_root_at_boot(Wire(), 0x9000), root.build_root_at_boot(prof, 0x9000)
+    for name, phys in subs:
+        assert pw.add_subtree(name, phys, 77) == pp.add_subtree(name, phys, 77)
+    assert pw.remove_subtree(0x1234000) == pp.remove_subtree(0x1234000)
+    assert pw.blob() == pp.blob()
+
+
+NO_NUMPY_WALK = """
+import json, sys
+if sys.argv[1] == "off":
+    sys.modules["numpy"] = None          # import numpy fails
+from pykho.abi import bits, chunks, radix
+from pykho.memory import Bump, SparseMemory
+runs = %r
+mem = SparseMemory([(0, 1 << 52)])
+rt = radix.encode_runs(runs, mem, Bump(0xF0_0000_0000).page).root
+out = {"numpy": bits.HAVE_NUMPY}
+for name, w in (("radix", lambda: radix.RadixWalk(mem, rt)),):
+    s = w().summarize()
+    out[name] = [list(w().blocks()), [(o, bits.tolist(a)) for o, a in w().leaves()],
+                 [(p, o) for o, a in w().batches() for p in bits.tolist(a)], s.as_dict()]
+for pb in (4096, 32768):
+    ch, _ = chunks.encode_bitmaps(chunks.bitmaps_from_runs(runs[:4], pb), pb, mem, Bump(0xF8_0000_0000 + pb).alloc)
+    w = lambda: chunks.ChunkWalk(mem, ch, pb)
+    s = w().summarize()
+    out[str(pb)] = [list(w().blocks()), [(o, bits.tolist(a)) for o, a in w().leaves()],
+                    [(p, o) for o, a in w().batches() for p in bits.tolist(a)], s.as_dict()]
+out["set_bits"] = [bits.tolist(bits.set_bits(b)) for b in (b"", b"\\x81", bytes(8), b"\\xff" * 16, b"\\x01\\x00\\x80")]
+out["counts"] = bits.batch_counts([b"\\x00" * 8, b"\\x10" + b"\\x00" * 6 + b"\\x80"])
+print(json.dumps(out, sort_keys=True))
+"""
+
+
+def test_decoders_without_numpy_give_the_same_results():
+    """numpy is optional: the pure-Python paths of abi/bits.py (every walk,
+    batch, summary and overlap check) agree with the numpy ones."""
+    import json
+    code = NO_NUMPY_WALK % (MIXED_RUNS,)
+    on = json.loads(_run_python(code.replace("sys.argv[1]", "'on'")))
+    off = json.loads(_run_python(code.replace("sys.argv[1]", "'off'")))
+    assert on.pop("numpy") is True and off.pop("numpy") is False
+    assert on == off
+    assert len(on["radix"][0]) == 70011 and on["radix"][3]["overlaps"] == 5

@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from .errors import UsageError
+from .errors import E2BIG, EBUSY, EEXIST, EFAULT, EINVAL, ENOENT, ENOMEM, EOPNOTSUPP, UsageError  # errno re-exported
 
 __all__ = ["Profile", "MapFormat", "Finalize", "FdtBuiltAt", "FillKimageGate", "PopulateStep", "ZeroMapAction",
            "ScratchGrammar", "ScratchArea", "PROFILES", "ALIASES", "get_profile", "profiles_for_compatible",
@@ -39,16 +39,6 @@ PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
 MAX_PAGE_ORDER = 10  # x86-64 and arm64 with 4 KiB pages
 SZ_1M = 1 << 20
-
-# errno values that reach the kernel's log lines
-ENOENT = 2
-EFAULT = 14
-EEXIST = 17
-EINVAL = 22
-ENOMEM = 12
-EBUSY = 16
-E2BIG = 7
-EOPNOTSUPP = 95
 
 #: ``%pe`` prints "-EINVAL" only with CONFIG_SYMBOLIC_ERRNAME; the oracle's and
 #: vmtest's tinyconfig kernels lack it and print "-22" (seen on 7.2.13)

@@ -7,23 +7,47 @@ pure-Python fallback gives the same results.  Arrays returned are numpy
 
 from __future__ import annotations
 
-try:  # pragma: no cover - exercised both ways in tests
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..errors import KhoDecodeError
+from .mem import Buffer
+
+# numpy is optional: HAVE_NUMPY says whether it imported, and every use of
+# ``np`` is behind it (a bool, so type checkers check both paths)
+try:
     import numpy as np
-except ImportError:  # pragma: no cover
-    np = None
+except ImportError:  # pragma: no cover - tests/test_roundtrip.py runs the decoders without numpy
+    HAVE_NUMPY = False
+else:
+    HAVE_NUMPY = True
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    from numpy.typing import NDArray
+
+    #: addresses (or other u64 values), one per set bit: numpy with numpy, a list without
+    U64s: TypeAlias = NDArray[np.uint64] | list[int]
+    #: bit indices in ascending order: numpy with numpy, a list without
+    BitIndices: TypeAlias = NDArray[np.int64] | list[int]
+
+__all__ = ["HAVE_NUMPY", "MASK64", "PAGE_SHIFT", "BlockSets", "MapSummary", "array", "batch_counts",
+           "chunk_batch_phys", "count", "is_full", "length", "nonzero_u64", "offsets", "phys_of",
+           "radix_batch_phys", "set_bits", "tolist"]
 
 MASK64 = (1 << 64) - 1
-HAVE_NUMPY = np is not None
-_ONES = np.uint64(MASK64) if np is not None else None
+if HAVE_NUMPY:
+    _ONES = np.uint64(MASK64)
 
 
-def nonzero_u64(page: bytes) -> list[tuple[int, int]]:
+def nonzero_u64(page: Buffer) -> list[tuple[int, int]]:
     """(index, value) of every non-zero little-endian u64 of ``page``."""
-    if np is not None:
+    if HAVE_NUMPY:
         a = np.frombuffer(page, dtype="<u8", count=len(page) // 8)
         idx = np.flatnonzero(a)
         return list(zip(idx.tolist(), a[idx].tolist()))
-    out = []
+    out: list[tuple[int, int]] = []
     mv = memoryview(page).cast("Q") if len(page) % 8 == 0 else None
     if mv is not None:
         for i, v in enumerate(mv):
@@ -32,20 +56,12 @@ def nonzero_u64(page: bytes) -> list[tuple[int, int]]:
     return out
 
 
-def set_bits(bitmap: bytes):
+def set_bits(bitmap: Buffer) -> BitIndices:
     """Indices of set bits in ascending order (LE bit order: byte i>>3, bit i&7)."""
-    if np is not None:
-        a = np.frombuffer(bitmap, dtype=np.uint8)
-        if len(a) % 8 == 0 and len(a):
-            return _set_bits_words(a)
-        nz = np.flatnonzero(a)
-        if len(nz) == 0:
-            return np.empty(0, dtype=np.int64)
-        bitsarr = np.unpackbits(a[nz], bitorder="little").reshape(-1, 8)
-        rows, cols = np.nonzero(bitsarr)
-        return (nz[rows].astype(np.int64) << 3) | cols
+    if HAVE_NUMPY:
+        return _set_bits_np(bitmap)
     v = int.from_bytes(bitmap, "little")
-    out = []
+    out: list[int] = []
     while v:
         low = v & -v
         out.append(low.bit_length() - 1)
@@ -53,7 +69,19 @@ def set_bits(bitmap: bytes):
     return out
 
 
-def _set_bits_words(a):
+def _set_bits_np(bitmap: Buffer) -> NDArray[np.int64]:
+    a = np.frombuffer(bitmap, dtype=np.uint8)
+    if len(a) % 8 == 0 and len(a):
+        return _set_bits_words(a)
+    nz = np.flatnonzero(a)
+    if len(nz) == 0:
+        return np.empty(0, dtype=np.int64)
+    bitsarr = np.unpackbits(a[nz], bitorder="little").reshape(-1, 8)
+    rows, cols = np.nonzero(bitsarr)
+    return (nz[rows].astype(np.int64) << 3) | cols
+
+
+def _set_bits_words(a: NDArray[np.uint8]) -> NDArray[np.int64]:
     """:func:`set_bits` of a whole number of u64 words, by density: a full
     bitmap is an ``arange``, a sparse one unpacks only its non-zero words
     (in Python when there are few), a dense one is unpacked whole."""
@@ -65,7 +93,7 @@ def _set_bits_words(a):
     if k == len(w) and bool((w == _ONES).all()):
         return np.arange(len(a) * 8, dtype=np.int64)
     if k <= 8:
-        out = []
+        out: list[int] = []
         for i, v in zip(nzw.tolist(), w[nzw].tolist()):
             base = i << 6
             while v:
@@ -79,56 +107,61 @@ def _set_bits_words(a):
     return np.flatnonzero(np.unpackbits(a, bitorder="little").view(bool))
 
 
-def count(bitmap: bytes) -> int:
-    if np is not None:
+def count(bitmap: Buffer) -> int:
+    if HAVE_NUMPY:
         return int(np.unpackbits(np.frombuffer(bitmap, dtype=np.uint8)).sum())
     return int.from_bytes(bitmap, "little").bit_count()
 
 
-def _u64(bit_idx):
+def _u64(bit_idx: BitIndices) -> NDArray[np.uint64]:
     if isinstance(bit_idx, np.ndarray) and bit_idx.dtype == np.int64:
         return bit_idx.view(np.uint64)       # indices are never negative
     return np.asarray(bit_idx, dtype=np.uint64)
 
 
-def phys_of(bit_idx, key: int, shift: int):
+def phys_of(bit_idx: BitIndices, key: int, shift: int) -> U64s:
     """``((key | bit) << shift) mod 2**64`` for every bit index."""
-    if np is not None:
+    if HAVE_NUMPY:
         r = _u64(bit_idx) | np.uint64(key & MASK64)
-        return np.left_shift(r, np.uint64(shift), out=r)
+        np.left_shift(r, np.uint64(shift), out=r)
+        return r
     return [((key | b) << shift) & MASK64 for b in bit_idx]
 
 
-def offsets(bit_idx, base: int, shift: int):
+def offsets(bit_idx: BitIndices, base: int, shift: int) -> U64s:
     """``base + (bit << shift)`` (mod 2**64) for every bit index."""
-    if np is not None:
+    if HAVE_NUMPY:
         r = np.left_shift(_u64(bit_idx), np.uint64(shift))
         return np.add(r, np.uint64(base & MASK64), out=r)
     return [(base + (b << shift)) & MASK64 for b in bit_idx]
 
 
-def tolist(arr) -> list[int]:
-    return arr.tolist() if hasattr(arr, "tolist") else list(arr)
+def tolist(arr: U64s | BitIndices) -> list[int]:
+    """The values of an array of this module as a list of ints."""
+    if isinstance(arr, list):
+        return list(arr)
+    out: list[int] = arr.tolist()
+    return out
 
 
-def array(values):
-    if np is not None:
+def array(values: Sequence[int]) -> U64s:
+    if HAVE_NUMPY:
         return np.asarray(values, dtype=np.uint64)
     return list(values)
 
 
-def length(arr) -> int:
+def length(arr: U64s | BitIndices) -> int:
     return len(arr)
 
 
 # ---------------------------------------------------------------------------
 # Batches: runs of same-order bitmaps scanned with one numpy pass.
 
-def _joined(pages) -> bytes:
+def _joined(pages: Sequence[Buffer]) -> Buffer:
     return pages[0] if len(pages) == 1 else b"".join(pages)
 
 
-def is_full(bitmap) -> bool:
+def is_full(bitmap: Buffer) -> bool:
     """Every bit set (a bytes compare, no scan)."""
     n = len(bitmap)
     full = _FULL.get(n)
@@ -140,17 +173,19 @@ def is_full(bitmap) -> bool:
 _FULL: dict[int, bytes] = {}
 
 
-def _batch_idx(pages, full: bool, row_bits: int):
+def _batch_idx(pages: Sequence[Buffer], full: bool, row_bits: int) -> NDArray[np.int64]:
+    """numpy only: the set bits of ``pages`` joined."""
     if full:
         return np.arange(len(pages) * row_bits, dtype=np.int64)
-    return set_bits(_joined(pages))
+    return _set_bits_np(_joined(pages))
 
 
-def radix_batch_phys(pages, keys, shift: int, full: bool = False):
+def radix_batch_phys(pages: Sequence[Buffer], keys: Sequence[int], shift: int,
+                     full: bool = False) -> NDArray[np.uint64]:
     """Phys of every set bit of radix leaves ``pages`` (key prefixes ``keys``,
     one order, ``shift = 12 + order``), leaf after leaf: what
     :func:`phys_of` gives leaf by leaf, as one array.  ``full``: every
-    page has every bit set (no scan needed)."""
+    page has every bit set (no scan needed).  numpy only."""
     k0 = keys[0]
     consecutive = keys[-1] - k0 == (len(keys) - 1) << 15
     if full and consecutive:
@@ -172,10 +207,11 @@ def radix_batch_phys(pages, keys, shift: int, full: bool = False):
     return np.left_shift(u, np.uint64(shift), out=u)
 
 
-def chunk_batch_phys(bitmaps, starts, nbits_log2: int, shift: int, full: bool = False):
+def chunk_batch_phys(bitmaps: Sequence[Buffer], starts: Sequence[int], nbits_log2: int, shift: int,
+                     full: bool = False) -> NDArray[np.uint64]:
     """``start + (bit << shift)`` (mod 2**64) of every set bit of same-sized
     bitmaps ``bitmaps`` (``2**nbits_log2`` bits each) with ``starts``, bitmap
-    after bitmap: what :func:`offsets` gives one by one, as one array."""
+    after bitmap: what :func:`offsets` gives one by one, as one array.  numpy only."""
     step = (1 << nbits_log2) << shift
     s0 = starts[0]
     consecutive = all(s == s0 + r * step for r, s in enumerate(starts))
@@ -187,20 +223,21 @@ def chunk_batch_phys(bitmaps, starts, nbits_log2: int, shift: int, full: bool = 
     if not len(idx):
         return idx.view(np.uint64)
     if consecutive:
-        u = np.left_shift(idx.view(np.uint64), np.uint64(shift), out=idx.view(np.uint64))
+        u = idx.view(np.uint64)
+        np.left_shift(u, np.uint64(shift), out=u)
         u += np.uint64(s0 & MASK64)
         return u
     deltas = np.array([(s - r * step) & MASK64 for r, s in enumerate(starts)], dtype=np.uint64)
-    u = deltas[idx >> nbits_log2]
-    u += np.left_shift(idx.view(np.uint64), np.uint64(shift))
-    return u
+    spread: NDArray[np.uint64] = deltas[idx >> nbits_log2]
+    spread += np.left_shift(idx.view(np.uint64), np.uint64(shift))
+    return spread
 
 
-def batch_counts(pages):
+def batch_counts(pages: Sequence[Buffer]) -> list[tuple[int, int | None, int | None]]:
     """Per bitmap of ``pages`` (equal sizes, whole u64 words): (set bits,
     first set bit, one past the last set bit), the last two None when empty."""
-    if np is None or len(pages[0]) % 8:
-        out = []
+    out: list[tuple[int, int | None, int | None]] = []
+    if not HAVE_NUMPY or len(pages[0]) % 8:
         for pg in pages:
             v = int.from_bytes(pg, "little")
             out.append((v.bit_count(), (v & -v).bit_length() - 1, v.bit_length()) if v else (0, None, None))
@@ -214,11 +251,10 @@ def batch_counts(pages):
     rows = np.arange(len(pages))
     first = nz.argmax(axis=1)
     last = a.shape[1] - 1 - nz[:, ::-1].argmax(axis=1)
-    out = []
-    for n, f, fw, l, lw in zip(cnt.tolist(), first.tolist(), a[rows, first].tolist(), last.tolist(),
-                               a[rows, last].tolist()):
+    for n, f, fw, la, lw in zip(cnt.tolist(), first.tolist(), a[rows, first].tolist(), last.tolist(),
+                                a[rows, last].tolist()):
         if n:
-            out.append((n, (f << 6) + (fw & -fw).bit_length() - 1, (l << 6) + lw.bit_length()))
+            out.append((n, (f << 6) + (fw & -fw).bit_length() - 1, (la << 6) + lw.bit_length()))
         else:
             out.append((0, None, None))
     return out
@@ -228,6 +264,12 @@ def batch_counts(pages):
 # Counting walks: a summary of a memory map without per-block objects.
 
 PAGE_SHIFT = 12
+
+#: one bitmap of a BlockSets: ``[start, end, order, first, bits or None,
+#: where, bitmap bytes or None, lo]`` (ints but ``bits``, an int made from
+#: ``bitmap`` when first needed, and ``bitmap``).  A list, not a class: a
+#: 1 TiB map has 8192 of them and they are built in the summarize loop.
+_Rec = list[Any]
 
 
 class MapSummary:
@@ -240,15 +282,15 @@ class MapSummary:
     list, the overlap findings included.
     """
 
-    __slots__ = ("blocks", "bytes", "by_order", "duplicates", "overlaps", "problems", "unchecked")
+    __slots__ = ("blocks", "by_order", "bytes", "duplicates", "overlaps", "problems", "unchecked")
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.blocks = 0
         self.bytes = 0
         self.by_order: dict[int, int] = {}
         self.duplicates = 0
         self.overlaps = 0
-        self.problems: list = []
+        self.problems: list[KhoDecodeError] = []
         self.unchecked = 0        # blocks left out of the overlap check (unaligned)
 
     def count(self, order: int, n: int) -> None:
@@ -257,7 +299,7 @@ class MapSummary:
             self.bytes += n << (order + PAGE_SHIFT)
             self.by_order[order] = self.by_order.get(order, 0) + n
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, int | dict[str, int] | list[dict[str, str]]]:
         return {"blocks": self.blocks, "bytes": self.bytes,
                 "by_order": {str(k): v for k, v in sorted(self.by_order.items())},
                 "duplicates": self.duplicates, "overlaps": self.overlaps,
@@ -282,8 +324,11 @@ class BlockSets:
 
     MAX_REPORTS = 64
 
-    def __init__(self):
-        self.recs: list[list] = []   # [start, end, order, first, bits or None, where, bitmap, lo]
+    def __init__(self) -> None:
+        self.recs: list[_Rec] = []
+        self._reported = 0
+        self._summary = MapSummary()
+        self._report: Callable[[KhoDecodeError], None] = _drop
 
     def add(self, order: int, first: int, v: int, where: int) -> None:
         if not v:
@@ -295,25 +340,25 @@ class BlockSets:
         sh = order + PAGE_SHIFT
         self.recs.append([first << sh, (first + v.bit_length()) << sh, order, first, v, where, None, 0])
 
-    def add_bitmap(self, order: int, first: int, bitmap, lo: int, hi: int, where: int) -> None:
+    def add_bitmap(self, order: int, first: int, bitmap: Buffer, lo: int, hi: int, where: int) -> None:
         """A bitmap as bytes whose set bits are ``lo .. hi-1`` (see
         :func:`batch_counts`); made an int only if another bitmap's span meets it."""
         sh = order + PAGE_SHIFT
         self.recs.append([(first + lo) << sh, (first + hi) << sh, order, first + lo, None, where, bitmap, lo])
 
     @staticmethod
-    def _bits(r) -> int:
-        v = r[4]
+    def _bits(r: _Rec) -> int:
+        v: int | None = r[4]
         if v is None:
             lo = r[7]
             v = r[4] = int.from_bytes(r[6][lo >> 3:], "little") >> (lo & 7)
         return v
 
-    def check(self, summary: MapSummary, report) -> None:
+    def check(self, summary: MapSummary, report: Callable[[KhoDecodeError], None]) -> None:
         recs = sorted(self.recs, key=_start)
         self._reported = 0
         self._summary, self._report = summary, report
-        active: list[list] = []
+        active: list[_Rec] = []
         for r in recs:
             if active:
                 s = r[0]
@@ -329,11 +374,10 @@ class BlockSets:
             active.append(r)
         extra = self._reported - self.MAX_REPORTS
         if extra > 0:
-            from ..errors import KhoDecodeError
             report(KhoDecodeError("preserved memory map", None,
                                   f"{extra} more overlapping bitmap pairs not listed", code="map-overlap"))
 
-    def _pair(self, a, b) -> None:
+    def _pair(self, a: _Rec, b: _Rec) -> None:
         if a[2] < b[2]:
             a, b = b, a
         hi, lo = a, b                                  # hi: the larger (or equal) order
@@ -360,7 +404,6 @@ class BlockSets:
             return
         n = common.bit_count()
         first = (lb0 + (common & -common).bit_length() - 1) << lsh
-        from ..errors import KhoDecodeError
         if d == 0:
             self._summary.duplicates += n
             err = KhoDecodeError("preserved memory map", first,
@@ -376,8 +419,13 @@ class BlockSets:
             self._report(err)
 
 
-def _start(r):
-    return r[0]
+def _start(r: _Rec) -> int:
+    start: int = r[0]
+    return start
+
+
+def _drop(err: KhoDecodeError) -> None:
+    """The report callable of a BlockSets not checked yet."""
 
 
 def _spread(v: int, d: int, off: int, n: int) -> int:
@@ -392,7 +440,7 @@ def _spread(v: int, d: int, off: int, n: int) -> int:
         full = int.from_bytes(b"".join([table[x] for x in v.to_bytes((v.bit_length() + 7) >> 3, "little")]),
                               "little")
         return (full >> off) & ((1 << n) - 1)
-    if np is not None and v.bit_count() > 32:
+    if HAVE_NUMPY and v.bit_count() > 32:
         nb = v.bit_length()
         b = np.unpackbits(np.frombuffer(v.to_bytes((nb + 7) >> 3, "little"), dtype=np.uint8), bitorder="little")
         rep = np.repeat(b[:nb], 1 << d)[off:off + n]

@@ -16,13 +16,18 @@ bit, and checks nothing: not ``num_elms <= 255``, not the order, not cycles.
 
 from __future__ import annotations
 
+import itertools
 import struct
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 from ..errors import KhoDecodeError, MemoryFault
-from ..memory.base import SparseMemory
 from . import bits
+from .mem import Buffer, PageBytesFn, PhysMemory, WritableMemory, page_bytes_of, write_u64
+
+__all__ = ["CHUNK_HDR", "ELEMENT", "KHOSER_BITMAP_SIZE", "PAGE_SHIFT", "PAGE_SIZE", "ChunkInfo", "ChunkTracker",
+           "ChunkWalk", "bitmaps_from_runs", "element_index", "encode", "encode_bitmaps", "guess_preserve_bits",
+           "walk"]
 
 PAGE_SHIFT = 12
 PAGE_SIZE = 4096
@@ -49,7 +54,7 @@ class ChunkTracker:
     preserve_bits: int
     orders: dict[int, dict[int, set[int]]] = field(default_factory=dict)
 
-    def add(self, phys: int, order: int):
+    def add(self, phys: int, order: int) -> None:
         idx, bit = element_index(phys >> PAGE_SHIFT, order, self.preserve_bits)
         self.orders.setdefault(order, {}).setdefault(idx, set()).add(bit)
 
@@ -61,7 +66,7 @@ class ChunkTracker:
         s.discard(bit)
         return True
 
-    def blocks(self):
+    def blocks(self) -> Iterator[tuple[int, int]]:
         for order in sorted(self.orders):
             for idx in sorted(self.orders[order]):
                 base = (idx * self.preserve_bits) << (order + PAGE_SHIFT)
@@ -69,7 +74,7 @@ class ChunkTracker:
                     yield base + (bit << (order + PAGE_SHIFT)), order
 
 
-def encode(tracker: ChunkTracker, mem, alloc: Callable[[int], int | None],
+def encode(tracker: ChunkTracker, mem: WritableMemory, alloc: Callable[[int], int | None],
            bitmap_phys: dict[tuple[int, int], int] | None = None) -> tuple[int, list[int]]:
     """Serialise ``tracker`` as a chunk list; returns (first chunk phys, chunk pages).
 
@@ -81,7 +86,7 @@ def encode(tracker: ChunkTracker, mem, alloc: Callable[[int], int | None],
     return encode_bitmaps(orders, tracker.preserve_bits, mem, alloc, bitmap_phys)
 
 
-def bitmaps_from_runs(runs, preserve_bits: int) -> dict[int, dict[int, int]]:
+def bitmaps_from_runs(runs: Iterable[tuple[int, int, int]], preserve_bits: int) -> dict[int, dict[int, int]]:
     """order -> bitmap index -> bitmap (an int) of ``runs`` of ``(phys, count,
     order)``: what a :class:`ChunkTracker` holds after adding every block,
     without a Python object per block."""
@@ -100,7 +105,8 @@ def bitmaps_from_runs(runs, preserve_bits: int) -> dict[int, dict[int, int]]:
     return orders
 
 
-def encode_bitmaps(orders: dict[int, dict[int, int]], preserve_bits: int, mem, alloc: Callable[[int], int | None],
+def encode_bitmaps(orders: dict[int, dict[int, int]], preserve_bits: int, mem: WritableMemory,
+                   alloc: Callable[[int], int | None],
                    bitmap_phys: dict[tuple[int, int], int] | None = None) -> tuple[int, list[int]]:
     """:func:`encode` of bitmaps given as ints (``bitmaps_from_runs``): the
     same bytes, allocations in the same order, one write per bitmap."""
@@ -108,7 +114,7 @@ def encode_bitmaps(orders: dict[int, dict[int, int]], preserve_bits: int, mem, a
     bitmap_phys = {} if bitmap_phys is None else bitmap_phys
     first = 0
     chunks: list[int] = []
-    cur = None
+    cur: int | None = None
     nelm = 0
     for order in sorted(orders):
         for n, idx in enumerate(sorted(orders[order])):
@@ -118,7 +124,7 @@ def encode_bitmaps(orders: dict[int, dict[int, int]], preserve_bits: int, mem, a
                     raise MemoryError("chunk allocation failed")
                 mem.write(new + 8, struct.pack("<II", order, 0))
                 if cur is not None:
-                    mem.write_u64(cur, new)
+                    write_u64(mem, cur, new)
                 else:
                     first = new
                 chunks.append(new)
@@ -156,7 +162,7 @@ class ChunkWalk:
     reached twice (the kernel would loop forever), pointers outside memory.
     """
 
-    mem: object
+    mem: PhysMemory
     first: int
     preserve_bits: int = 32768
     strict: bool = False
@@ -165,27 +171,28 @@ class ChunkWalk:
     problems: list[KhoDecodeError] = field(default_factory=list)
     max_chunks: int = 1 << 22
 
-    def _problem(self, err):
+    def _problem(self, err: KhoDecodeError) -> None:
         if self.strict:
             raise err
         self.problems.append(err)
 
-    def _read(self, phys: int, size: int, structure: str):
-        if size == PAGE_SIZE and type(self.mem) is SparseMemory and not phys & (PAGE_SIZE - 1):
-            page = self.mem.page_view(phys >> PAGE_SHIFT)    # a page ever written: no copy
+    def _read(self, phys: int, size: int, structure: str, fast: PageBytesFn | None) -> Buffer:
+        if size == PAGE_SIZE and fast is not None and not phys & (PAGE_SIZE - 1):
+            page = fast(phys >> PAGE_SHIFT)    # the source's stored page: no copy
             if page is not None:
                 return page
         return self.mem.read(phys, size, structure)
 
-    def leaves(self):
+    def leaves(self) -> Iterator[tuple[int, bits.U64s]]:
         for order, phys_start, shift, bitmap, _ in self._bitmaps():
             sb = bits.set_bits(bitmap)
             if len(sb):
                 yield order, bits.offsets(sb, phys_start, shift)
 
-    def _bitmaps(self):
+    def _bitmaps(self) -> Iterator[tuple[int, int, int, Buffer, int]]:
         """(order, phys_start, shift, bitmap bytes, bitmap phys) of every element
         with a page order, in walk order."""
+        fast = page_bytes_of(self.mem)
         self.chunks.clear()
         self.bitmaps.clear()
         self.problems.clear()
@@ -206,7 +213,7 @@ class ChunkWalk:
                 return
             seen.add(at)
             try:
-                page = self._read(at, PAGE_SIZE, "khoser_mem_chunk")
+                page = self._read(at, PAGE_SIZE, "khoser_mem_chunk", fast)
             except MemoryFault as e:
                 self._problem(KhoDecodeError("khoser_mem_chunk", at, f"page is not in {e.source}",
                                              code="chunk-pointer-outside"))
@@ -222,7 +229,7 @@ class ChunkWalk:
             for i in range(num):
                 phys_start, bm = ELEMENT.unpack_from(page, 16 + 16 * i)
                 try:
-                    bitmap = self._read(bm, nbytes, "kho-v1 bitmap")
+                    bitmap = self._read(bm, nbytes, "kho-v1 bitmap", fast)
                 except MemoryFault as e:
                     self._problem(KhoDecodeError("kho-v1 bitmap", bm,
                                                  f"element {i} of chunk 0x{at:x}: {nbytes} bytes not in {e.source}",
@@ -246,21 +253,22 @@ class ChunkWalk:
                 yield order, phys_start, shift, bitmap, bm
             at = nxt
 
-    def blocks(self):
+    def blocks(self) -> Iterator[tuple[int, int]]:
         for order, physs in self.leaves():
             for p in bits.tolist(physs):
                 yield p, order
 
-    def _bitmap_batches(self, limit: list[int], split_full: bool = False):
+    def _bitmap_batches(self, limit: list[int], split_full: bool = False
+                        ) -> Iterator[tuple[int, bool, list[int], list[Buffer], list[int]]]:
         """Elements in walk order, consecutive ones of one order grouped:
         ``(order, full, phys_starts, bitmaps, bitmap phys)``, at most
         ``limit[0]`` a group; with ``split_full`` full bitmaps are grouped
         apart, at most ``limit[1]`` a group, and flagged."""
-        group = None
+        group = (0, False)          # (order, full) of the bitmaps in ``starts``
         starts: list[int] = []
-        maps: list = []
+        maps: list[Buffer] = []
         where: list[int] = []
-        for order, phys_start, shift, bitmap, bm in self._bitmaps():
+        for order, phys_start, _shift, bitmap, bm in self._bitmaps():
             g = (order, split_full and bits.is_full(bitmap))
             if starts and (g != group or len(starts) >= limit[g[1]]):
                 yield group[0], group[1], starts, maps, where
@@ -272,7 +280,7 @@ class ChunkWalk:
         if starts:
             yield group[0], group[1], starts, maps, where
 
-    def batches(self, max_blocks: int = 1 << 16):
+    def batches(self, max_blocks: int = 1 << 16) -> Iterator[tuple[int, bits.U64s]]:
         """:meth:`leaves` with consecutive bitmaps of one order joined: the
         same ``(order, phys array)`` content in the same order, one numpy
         pass per batch (none to scan a full bitmap), batches aiming at
@@ -307,7 +315,7 @@ class ChunkWalk:
             shift = order + PAGE_SHIFT
             total = 0
             for phys_start, bitmap, bm, (n, lo, hi) in zip(starts, maps, where, bits.batch_counts(maps)):
-                if not n:
+                if lo is None or hi is None:        # n == 0
                     continue
                 total += n
                 if phys_start & ((1 << shift) - 1):
@@ -323,11 +331,11 @@ class ChunkWalk:
         return out
 
 
-def walk(mem, first: int, preserve_bits: int = 32768, strict: bool = True) -> list[tuple[int, int]]:
+def walk(mem: PhysMemory, first: int, preserve_bits: int = 32768, strict: bool = True) -> list[tuple[int, int]]:
     return list(ChunkWalk(mem, first, preserve_bits, strict=strict).blocks())
 
 
-def guess_preserve_bits(mem, first: int) -> tuple[int, str]:
+def guess_preserve_bits(mem: PhysMemory, first: int) -> tuple[int, str]:
     """Tell 512-byte (6.16/6.17) from 4 KiB (6.18+) bitmaps, with the evidence.
 
     Proof of 512-byte bitmaps (kmalloc-512 objects): a bitmap address that is
@@ -340,8 +348,8 @@ def guess_preserve_bits(mem, first: int) -> tuple[int, str]:
     w = ChunkWalk(mem, first, 4096 * 8)
     for _ in w._bitmaps():          # the chunk list only: no set bits needed
         pass
-    evidence = []
-    addrs = []
+    evidence: list[str] = []
+    addrs: list[int] = []
     for c in w.chunks:
         try:
             page = mem.read(c.phys, PAGE_SIZE)
@@ -360,7 +368,7 @@ def guess_preserve_bits(mem, first: int) -> tuple[int, str]:
             if bm % PAGE_SIZE:
                 evidence.append(f"bitmap at 0x{bm:x} is not page aligned")
     addrs.sort()
-    for a, b in zip(addrs, addrs[1:]):
+    for a, b in itertools.pairwise(addrs):
         if 0 < b - a < PAGE_SIZE:
             evidence.append(f"bitmaps at 0x{a:x} and 0x{b:x} are {b - a} bytes apart")
             break

@@ -20,14 +20,62 @@ KHO stores integers little-endian (native), not as big-endian cells; use
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 try:
-    import libfdt as _libfdt
+    import libfdt as _libfdt_module  # untyped (pyproject's mypy override): typed by _LibFdt below
 except ImportError as exc:  # pragma: no cover - pylibfdt is a hard dependency
     raise ImportError("pykho needs pylibfdt (pip install pylibfdt)") from exc
 
-from ..errors import FdtError
+from ..errors import FdtError, fdt_strerror
+
+__all__ = [
+    "FDT_ERR_BADLAYOUT", "FDT_ERR_BADMAGIC", "FDT_ERR_BADOFFSET", "FDT_ERR_BADPATH", "FDT_ERR_BADPHANDLE",
+    "FDT_ERR_BADSTATE", "FDT_ERR_BADSTRUCTURE", "FDT_ERR_BADVERSION", "FDT_ERR_EXISTS", "FDT_ERR_NOSPACE",
+    "FDT_ERR_NOTFOUND", "FDT_ERR_TRUNCATED", "FDT_HEADER_SIZE", "FDT_MAGIC", "FDT_READ_CAP", "FDT_V17_HEADER",
+    "MAX_DEPTH", "BuildNode", "BuildProp", "FdtHeader", "FdtNode", "FdtPage", "FdtSw", "build", "check_full",
+    "fdt_strerror", "getprop", "header", "kernel_check_header", "node_check_compatible", "p32", "p64", "parse",
+    "subnode_offset", "totalsize", "u32", "u64",
+]
+
+#: pylibfdt's ``[value, ..., length]`` results (a list of mixed types), or a
+#: negative error code
+_SwigResult = list[Any] | int
+
+
+class _LibFdt(Protocol):
+    """The part of pylibfdt pykho calls, with the types it returns."""
+
+    def fdt_check_header(self, fdt: bytearray) -> int: ...
+    def fdt_check_full(self, fdt: bytearray, bufsize: int) -> int: ...
+    def fdt_totalsize(self, fdt: bytearray) -> int: ...
+    def fdt_off_dt_struct(self, fdt: bytearray) -> int: ...
+    def fdt_first_property_offset(self, fdt: bytearray, nodeoffset: int) -> int: ...
+    def fdt_next_property_offset(self, fdt: bytearray, offset: int) -> int: ...
+    def fdt_get_property_by_offset(self, fdt: bytearray, offset: int) -> _SwigResult: ...
+    def fdt_first_subnode(self, fdt: bytearray, offset: int) -> int: ...
+    def fdt_next_subnode(self, fdt: bytearray, offset: int) -> int: ...
+    def fdt_get_name(self, fdt: bytearray, nodeoffset: int) -> list[Any]: ...
+    def fdt_getprop(self, fdt: bytearray, nodeoffset: int, name: str) -> _SwigResult: ...
+    def fdt_subnode_offset(self, fdt: bytearray, parentoffset: int, name: str) -> int: ...
+    def fdt_node_check_compatible(self, fdt: bytearray, nodeoffset: int, compatible: str) -> int: ...
+    def fdt_create(self, buf: bytearray, bufsize: int) -> int: ...
+    def fdt_finish_reservemap(self, fdt: bytearray) -> int: ...
+    def fdt_begin_node(self, fdt: bytearray, name: str) -> int: ...
+    def fdt_property_stub(self, fdt: bytearray, name: str, val: bytes, length: int) -> int: ...
+    def fdt_property_string(self, fdt: bytearray, name: str, val: str) -> int: ...
+    def fdt_end_node(self, fdt: bytearray) -> int: ...
+    def fdt_finish(self, fdt: bytearray) -> int: ...
+    def fdt_open_into(self, fdt: bytearray, buf: bytearray, bufsize: int) -> int: ...
+    def fdt_add_subnode(self, fdt: bytearray, parentoffset: int, name: str) -> int: ...
+    def fdt_setprop(self, fdt: bytearray, nodeoffset: int, name: str, val: bytes, length: int) -> int: ...
+    def fdt_del_node(self, fdt: bytearray, nodeoffset: int) -> int: ...
+    def fdt_pack(self, fdt: bytearray) -> int: ...
+
+
+_libfdt: _LibFdt = _libfdt_module
 
 FDT_MAGIC = 0xD00DFEED
 FDT_HEADER_SIZE = 40
@@ -54,19 +102,14 @@ MAX_DEPTH = 200
 FDT_READ_CAP = 1 << 20
 
 
-def fdt_strerror(err: int) -> str:
-    try:
-        return _libfdt.fdt_strerror(err)
-    except Exception:  # pragma: no cover
-        return f"libfdt error {err}"
+def u64(data: bytes | bytearray | memoryview) -> int:
+    v: int = struct.unpack("<Q", bytes(data))[0]
+    return v
 
 
-def u64(data: bytes) -> int:
-    return struct.unpack("<Q", bytes(data))[0]
-
-
-def u32(data: bytes) -> int:
-    return struct.unpack("<I", bytes(data))[0]
+def u32(data: bytes | bytearray | memoryview) -> int:
+    v: int = struct.unpack("<I", bytes(data))[0]
+    return v
 
 
 def p64(value: int) -> bytes:
@@ -91,21 +134,21 @@ class FdtHeader:
     size_dt_struct: int
 
     @classmethod
-    def unpack(cls, data: bytes) -> "FdtHeader":
+    def unpack(cls, data: bytes | bytearray) -> FdtHeader:
         return cls(*struct.unpack(">10I", bytes(data[:40])))
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
 
 
-def header(blob: bytes) -> FdtHeader | None:
+def header(blob: bytes | bytearray) -> FdtHeader | None:
     """The big-endian header fields, or None when fewer than 40 bytes."""
     if len(blob) < FDT_HEADER_SIZE:
         return None
     return FdtHeader.unpack(blob)
 
 
-def kernel_check_header(blob: bytes) -> int:
+def kernel_check_header(blob: bytes | bytearray) -> int:
     """``fdt_check_header()`` as the kernel runs it: 0 or a negative code.
 
     It only looks at the header (the kernel maps one page and trusts
@@ -118,7 +161,7 @@ def kernel_check_header(blob: bytes) -> int:
     return _libfdt.fdt_check_header(bytearray(blob[:FDT_HEADER_SIZE]))
 
 
-def check_full(blob: bytes) -> int:
+def check_full(blob: bytes | bytearray) -> int:
     """``fdt_check_full(blob, len(blob))``: 0 or a negative libfdt code."""
     if len(blob) < FDT_HEADER_SIZE:
         return -FDT_ERR_TRUNCATED
@@ -137,10 +180,10 @@ class FdtNode:
 
     name: str
     props: dict[str, bytes] = field(default_factory=dict)
-    children: list["FdtNode"] = field(default_factory=list)
+    children: list[FdtNode] = field(default_factory=list)
     offset: int = 0
 
-    def child(self, name: str) -> "FdtNode | None":
+    def child(self, name: str) -> FdtNode | None:
         for c in self.children:
             if c.name == name:
                 return c
@@ -156,18 +199,19 @@ class FdtNode:
             return None
         return v.split(b"\0", 1)[0].decode("utf-8", "replace")
 
-    def walk(self, path: str = ""):
+    def walk(self, path: str = "") -> Iterator[tuple[str, FdtNode]]:
         here = path + "/" + self.name if self.name else (path or "/")
         yield here, self
         for c in self.children:
             yield from c.walk(here if here != "/" else "")
 
 
-def _name(x) -> str:
+def _name(x: str | bytes | bytearray) -> str:
     return x if isinstance(x, str) else bytes(x).decode("utf-8", "replace")
 
 
-def parse(blob: bytes, structure: str = "FDT", where=None, max_nodes: int = 100000) -> FdtNode:
+def parse(blob: bytes | bytearray, structure: str = "FDT", where: int | str | None = None,
+          max_nodes: int = 100000) -> FdtNode:
     """Decode an untrusted blob into an :class:`FdtNode` tree.
 
     ``fdt_check_full`` runs first on exactly the bytes given; any failure
@@ -218,7 +262,7 @@ def parse(blob: bytes, structure: str = "FDT", where=None, max_nodes: int = 1000
     return node_at(0, "")
 
 
-def node_check_compatible(blob: bytes, offset: int, compatible: str) -> int:
+def node_check_compatible(blob: bytes | bytearray, offset: int, compatible: str) -> int:
     """``fdt_node_check_compatible``: 0 match, 1 no match, <0 error.
 
     The blob must already have passed :func:`kernel_check_header` and hold
@@ -227,7 +271,7 @@ def node_check_compatible(blob: bytes, offset: int, compatible: str) -> int:
     return _libfdt.fdt_node_check_compatible(bytearray(blob), offset, compatible)
 
 
-def getprop(blob: bytes, offset: int, name: str) -> tuple[bytes | None, int]:
+def getprop(blob: bytes | bytearray, offset: int, name: str) -> tuple[bytes | None, int]:
     """``fdt_getprop``: (value, length) or (None, negative error)."""
     got = _libfdt.fdt_getprop(bytearray(blob), offset, name)
     if isinstance(got, list):              # [value, len], or [None, -err] when missing
@@ -235,11 +279,11 @@ def getprop(blob: bytes, offset: int, name: str) -> tuple[bytes | None, int]:
     return None, int(got)
 
 
-def subnode_offset(blob: bytes, parent: int, name: str) -> int:
+def subnode_offset(blob: bytes | bytearray, parent: int, name: str) -> int:
     return _libfdt.fdt_subnode_offset(bytearray(blob), parent, name)
 
 
-def totalsize(blob: bytes) -> int:
+def totalsize(blob: bytes | bytearray) -> int:
     h = header(blob)
     return h.totalsize if h else 0
 
@@ -251,7 +295,7 @@ class FdtSw:
     ORs them together, and so does :meth:`err`.
     """
 
-    def __init__(self, size: int = 4096):
+    def __init__(self, size: int = 4096) -> None:
         self.buf = bytearray(size)
         self.err = 0
         self._rc(_libfdt.fdt_create(self.buf, size))
@@ -292,7 +336,7 @@ class FdtPage:
     keep whatever was there.
     """
 
-    def __init__(self, page: bytes | bytearray, size: int = 4096):
+    def __init__(self, page: bytes | bytearray, size: int = 4096) -> None:
         self.buf = bytearray(page[:size]) + bytearray(max(0, size - len(page)))
         self.size = size
 
@@ -335,7 +379,7 @@ class FdtPage:
     def subnode_offset(self, parent: int, name: str) -> int:
         return _libfdt.fdt_subnode_offset(self.buf, parent, name)
 
-    def subnodes(self, parent: int = 0):
+    def subnodes(self, parent: int = 0) -> Iterator[tuple[int, str]]:
         off = _libfdt.fdt_first_subnode(self.buf, parent)
         while off >= 0:
             try:
@@ -357,7 +401,14 @@ class FdtPage:
         return bytes(self.buf[:self.totalsize()])
 
 
-def build(root_props: list[tuple[str, bytes | str]], children: list[tuple[str, list]] = (),
+#: a property of :func:`build`: string values are written with
+#: ``fdt_property_string``, bytes with ``fdt_property``
+BuildProp = tuple[str, bytes | str]
+#: a node of :func:`build`: ``(name, props)`` or ``(name, props, children)``
+BuildNode = tuple[str, Sequence[BuildProp]] | tuple[str, Sequence[BuildProp], Sequence[Any]]
+
+
+def build(root_props: Sequence[BuildProp], children: Sequence[BuildNode] = (),
           size: int = 4096) -> tuple[bytes, int]:
     """Sequential-write an FDT: properties of ``/`` then child nodes.
 
@@ -370,14 +421,14 @@ def build(root_props: list[tuple[str, bytes | str]], children: list[tuple[str, l
     sw.finish_reservemap()
     sw.begin_node("")
 
-    def props(items):
+    def props(items: Sequence[BuildProp]) -> None:
         for name, value in items:
             if isinstance(value, str):
                 sw.property_string(name, value)
             else:
                 sw.property(name, value)
 
-    def nodes(items):
+    def nodes(items: Sequence[BuildNode]) -> None:
         for item in items:
             name, p = item[0], item[1]
             sw.begin_node(name)

@@ -20,12 +20,16 @@ until the walk is done.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
-from ..errors import KhoDecodeError, MemoryFault
-from ..memory.base import SparseMemory
+from ..errors import EINVAL, ENOMEM, KhoDecodeError, MemoryFault
 from . import bits
+from .mem import Buffer, PageBytesFn, PhysMemory, WritableMemory, page_buffer_of, page_bytes_of, read_u64, write_u64
+
+__all__ = ["KHO_BITMAP_SIZE_LOG2", "KHO_ORDER_0_LOG2", "KHO_TABLE_SIZE_LOG2", "KHO_TREE_MAX_DEPTH", "LEAF_BITS",
+           "MASK64", "PAGE_SHIFT", "PAGE_SIZE", "TABLE_ENTRIES", "RadixNodeInfo", "RadixTree", "RadixWalk",
+           "bitmap_index", "decode_key", "encode", "encode_key", "encode_runs", "level_shift", "table_index", "walk"]
 
 PAGE_SHIFT = 12
 PAGE_SIZE = 4096
@@ -75,27 +79,30 @@ class RadixTree:
     its anchor slot (-ENOMEM); deleting clears the bit and never frees nodes.
     """
 
-    def __init__(self, mem, alloc_page: Callable[[], int | None], free_page: Callable[[int], None] | None = None,
-                 root: int | None = None):
+    def __init__(self, mem: WritableMemory, alloc_page: Callable[[], int | None],
+                 free_page: Callable[[int], None] | None = None, root: int | None = None) -> None:
         self.mem = mem
         self.alloc_page = alloc_page
-        self.free_page = free_page or (lambda p: None)
+        self.free_page: Callable[[int], None] = free_page or _no_free
         self.root = root if root is not None else alloc_page()
         self.nodes: list[int] = [] if self.root is None else [self.root]
+        # the source's stored pages, read and edited in place when it has them
+        self._page_buffer = page_buffer_of(mem)
 
     def _entry(self, node: int, idx: int) -> int:
-        pages = getattr(self.mem, "pages", None)
-        if pages is not None:
-            pg = pages.get(node >> PAGE_SHIFT)
-            if pg is not None:                     # written page of a SparseMemory: no copy
-                return struct.unpack_from("<Q", pg, (node & (PAGE_SIZE - 1)) + 8 * idx)[0]
-        return self.mem.read_u64(node + 8 * idx)
+        buf = self._page_buffer
+        if buf is not None:
+            pg = buf(node >> PAGE_SHIFT)
+            if pg is not None:                     # a stored page: no copy
+                v: int = struct.unpack_from("<Q", pg, (node & (PAGE_SIZE - 1)) + 8 * idx)[0]
+                return v
+        return read_u64(self.mem, node + 8 * idx)
 
-    def _or_bit(self, node: int, bit: int, set_: bool):
+    def _or_bit(self, node: int, bit: int, set_: bool) -> None:
         byte = node + (bit >> 3)
         mask = 1 << (bit & 7)
-        pages = getattr(self.mem, "pages", None)
-        pg = pages.get(byte >> PAGE_SHIFT) if pages is not None else None
+        buf = self._page_buffer
+        pg = buf(byte >> PAGE_SHIFT) if buf is not None else None
         if pg is not None:
             off = byte & (PAGE_SIZE - 1)
             pg[off] = (pg[off] | mask) if set_ else (pg[off] & ~mask & 0xFF)
@@ -105,11 +112,11 @@ class RadixTree:
 
     def add(self, phys: int, order: int) -> int:
         if not self.root:
-            return -22
+            return -EINVAL
         key = encode_key(phys, order)
         node = self.root
         new_nodes: list[int] = []
-        anchor = None
+        anchor: tuple[int, int] | None = None
         for level in range(KHO_TREE_MAX_DEPTH - 1, 0, -1):
             idx = table_index(key, level)
             child = self._entry(node, idx)
@@ -122,9 +129,9 @@ class RadixTree:
                     self.free_page(p)
                     self.nodes.remove(p)
                 if anchor is not None:
-                    self.mem.write_u64(anchor[0] + 8 * anchor[1], 0)
-                return -12
-            self.mem.write_u64(node + 8 * idx, new)
+                    write_u64(self.mem, anchor[0] + 8 * anchor[1], 0)
+                return -ENOMEM
+            write_u64(self.mem, node + 8 * idx, new)
             if anchor is None:
                 anchor = (node, idx)
             new_nodes.append(new)
@@ -148,7 +155,11 @@ class RadixTree:
         return True
 
 
-def encode(blocks, mem, alloc_page: Callable[[], int | None]) -> RadixTree:
+def _no_free(phys: int) -> None:
+    """The default ``free_page``: pages handed back are not reused."""
+
+
+def encode(blocks: Iterable[tuple[int, int]], mem: WritableMemory, alloc_page: Callable[[], int | None]) -> RadixTree:
     """Write a radix tree preserving every ``(phys, order)`` of ``blocks``."""
     tree = RadixTree(mem, alloc_page)
     for phys, order in blocks:
@@ -158,7 +169,8 @@ def encode(blocks, mem, alloc_page: Callable[[], int | None]) -> RadixTree:
     return tree
 
 
-def encode_runs(runs, mem, alloc_page: Callable[[], int | None], tree: RadixTree | None = None) -> RadixTree:
+def encode_runs(runs: Iterable[tuple[int, int, int]], mem: WritableMemory, alloc_page: Callable[[], int | None],
+                tree: RadixTree | None = None) -> RadixTree:
     """Bulk :func:`encode`: ``runs`` are ``(phys, count, order)``, ``count``
     consecutive blocks of ``order`` from ``phys`` on.
 
@@ -172,7 +184,8 @@ def encode_runs(runs, mem, alloc_page: Callable[[], int | None], tree: RadixTree
     it are those of the leaves already completed (not a prefix of the runs).
     """
     tree = tree if tree is not None else RadixTree(mem, alloc_page)
-    if not tree.root:
+    root = tree.root
+    if not root:
         raise MemoryError("radix root allocation failed")
     leaves: dict[int, int] = {}             # leaf key prefix -> bits, in first-touch order
     for phys, count, order in runs:
@@ -193,9 +206,9 @@ def encode_runs(runs, mem, alloc_page: Callable[[], int | None], tree: RadixTree
     known: dict[tuple[int, int], int] = {}   # (level, key >> level shift) -> node
     full = (1 << LEAF_BITS) - 1
     for pre, v in leaves.items():
-        node = tree.root
+        node = root
         new_nodes: list[int] = []
-        anchor = None
+        anchor: tuple[int, int] | None = None
         for level in range(KHO_TREE_MAX_DEPTH - 1, 0, -1):
             ck = (level, pre >> level_shift(level))
             child = known.get(ck)
@@ -203,15 +216,16 @@ def encode_runs(runs, mem, alloc_page: Callable[[], int | None], tree: RadixTree
                 idx = table_index(pre, level)
                 child = tree._entry(node, idx)
                 if not child:
-                    child = alloc_page()
-                    if not child:
+                    new = alloc_page()
+                    if not new:
                         for p in new_nodes:
                             tree.free_page(p)
                             tree.nodes.remove(p)
                         if anchor is not None:
-                            mem.write_u64(anchor[0] + 8 * anchor[1], 0)
-                        raise MemoryError("radix node allocation failed (-12)")
-                    mem.write_u64(node + 8 * idx, child)
+                            write_u64(mem, anchor[0] + 8 * anchor[1], 0)
+                        raise MemoryError(f"radix node allocation failed (-{ENOMEM})")
+                    child = new
+                    write_u64(mem, node + 8 * idx, child)
                     if anchor is None:
                         anchor = (node, idx)
                     new_nodes.append(child)
@@ -244,7 +258,7 @@ class RadixWalk:
     once, so a hostile tree cannot make the walk exponential.
     """
 
-    mem: object
+    mem: PhysMemory
     root: int
     strict: bool = False
     max_order: int | None = None
@@ -252,14 +266,15 @@ class RadixWalk:
     problems: list[KhoDecodeError] = field(default_factory=list)
     max_nodes: int = 1 << 24
 
-    def _problem(self, err: KhoDecodeError):
+    def _problem(self, err: KhoDecodeError) -> None:
         if self.strict:
             raise err
         self.problems.append(err)
 
-    def _read_node(self, phys: int, level: int, parent: int | None, idx: int | None) -> bytes | None:
-        if type(self.mem) is SparseMemory and not phys & (PAGE_SIZE - 1):
-            page = self.mem.page_view(phys >> PAGE_SHIFT)    # a page ever written: no copy
+    def _read_node(self, phys: int, level: int, parent: int | None, idx: int | None,
+                   fast: PageBytesFn | None) -> Buffer | None:
+        if fast is not None and not phys & (PAGE_SIZE - 1):
+            page = fast(phys >> PAGE_SHIFT)    # the source's stored page: no copy
             if page is not None:
                 return page
         try:
@@ -270,18 +285,20 @@ class RadixWalk:
                                          f"page is not in {e.source}", code="radix-pointer-outside"))
             return None
 
-    def leaves(self):
+    def leaves(self) -> Iterator[tuple[int, bits.U64s]]:
         for phys, page, prefix in self._leaf_pages():
             yield from self._leaf(phys, page, prefix)
 
-    def _leaf_pages(self):
+    def _leaf_pages(self) -> Iterator[tuple[int, Buffer, int]]:
         """(phys, page bytes, key prefix) of every leaf, in walk order."""
         self.nodes.clear()
         self.problems.clear()
         seen: set[int] = set()
         if not self.root:
             return
-        stack = []  # (phys, level, key prefix, parent, idx)
+        fast = page_bytes_of(self.mem)
+        # (phys, level, key prefix, parent, idx)
+        stack: list[tuple[int, int, int, int | None, int | None]] = []
         stack.append((self.root, KHO_TREE_MAX_DEPTH - 1, 0, None, None))
         while stack:
             phys, level, prefix, parent, pidx = stack.pop()
@@ -305,7 +322,7 @@ class RadixWalk:
                                              "pointer is not page aligned (not followed)",
                                              code="radix-unaligned-node"))
                 continue
-            page = self._read_node(phys, level, parent, pidx)
+            page = self._read_node(phys, level, parent, pidx, fast)
             if page is None:
                 continue
             self.nodes.append(RadixNodeInfo(phys, level, prefix))
@@ -318,7 +335,7 @@ class RadixWalk:
             for idx, child in reversed(children):
                 stack.append((child, level - 1, prefix | (idx << shift), phys, idx))
 
-    def _leaf(self, phys: int, page: bytes, key: int):
+    def _leaf(self, phys: int, page: Buffer, key: int) -> Iterator[tuple[int, bits.U64s]]:
         set_bits = bits.set_bits(page)
         if len(set_bits) == 0:
             return
@@ -348,16 +365,17 @@ class RadixWalk:
             for p in bits.tolist(physs):
                 yield p, order
 
-    def _leaf_batches(self, limit: list[int], split_full: bool = False):
+    def _leaf_batches(self, limit: list[int], split_full: bool = False
+                      ) -> Iterator[tuple[int | None, bool, list[int], list[Buffer], list[int]]]:
         """Leaves in walk order, consecutive ones of one order grouped:
         ``(order, full, keys, pages, phys)``, at most ``limit[0]`` leaves a
         group; with ``split_full`` full leaves (every bit set) are grouped
         apart, at most ``limit[1]`` a group, and flagged.  ``limit`` is read
         at every leaf (a consumer may tune it).  A leaf whose bits do not
         share one order comes alone with order None."""
-        group = None
+        group = (0, False)          # (order, full) of the leaves in ``keys``
         keys: list[int] = []
-        pages: list = []
+        pages: list[Buffer] = []
         where: list[int] = []
         for phys, page, key in self._leaf_pages():
             order = KHO_ORDER_0_LOG2 + 1 - (key | (LEAF_BITS - 1)).bit_length()
@@ -378,7 +396,7 @@ class RadixWalk:
         if keys:
             yield group[0], group[1], keys, pages, where
 
-    def batches(self, max_blocks: int = 1 << 16):
+    def batches(self, max_blocks: int = 1 << 16) -> Iterator[tuple[int, bits.U64s]]:
         """:meth:`leaves` with consecutive leaves of one order joined: the
         same ``(order, phys array)`` content in the same order, one numpy
         pass per batch (none to scan a full leaf).  Batches aim at
@@ -421,7 +439,7 @@ class RadixWalk:
             total = 0
             mask = (1 << (KHO_ORDER_0_LOG2 - order)) - 1
             for key, page, phys, (n, lo, hi) in zip(keys, pages, where, bits.batch_counts(pages)):
-                if n:
+                if lo is not None and hi is not None:       # n > 0
                     total += n
                     sets.add_bitmap(order, key & mask, page, lo, hi, phys)
             out.count(order, total)
@@ -430,6 +448,6 @@ class RadixWalk:
         return out
 
 
-def walk(mem, root: int, strict: bool = True) -> list[tuple[int, int]]:
+def walk(mem: PhysMemory, root: int, strict: bool = True) -> list[tuple[int, int]]:
     """Every preserved ``(phys, order)`` in walk order; raises on the first problem."""
     return list(RadixWalk(mem, root, strict=strict).blocks())

@@ -19,16 +19,39 @@ there; :mod:`pykho.validate` and the model judge it against a profile.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from ..errors import FdtError, KhoDecodeError
-from ..profiles import EEXIST, ENOMEM, Profile
+from ..errors import EEXIST, ENOMEM, FdtError, KhoDecodeError
 from . import fdt as _fdt
+from .mem import PhysMemory
+
+__all__ = ["ADDRESS_PROPS", "MEMORY_MAP_PROP", "SIZE_PROP", "RootFdt", "RootFdtPage", "RootWireFormat", "Subtree",
+           "build_root_at_boot", "build_root_at_finalize", "decode_root", "read_root_from_memory"]
 
 MEMORY_MAP_PROP = "preserved-memory-map"
 PAGE_SIZE = 4096
 
 
-def build_root_at_finalize(profile: Profile, mem_map: int, subtrees: list[tuple[str, int]]) -> tuple[bytes, int]:
+class RootWireFormat(Protocol):
+    """What the encoders of this module need to know of a kernel generation
+    (:class:`pykho.profiles.Profile` has it all)."""
+
+    @property
+    def compatible(self) -> str:
+        """The root node's ``compatible`` string (``kho-v1`` ..)."""
+
+    @property
+    def subtree_prop(self) -> str:
+        """The sub-node property holding a blob's physical address."""
+
+    @property
+    def size_prop(self) -> str | None:
+        """The sub-node property holding a blob's size (D+), else None; with
+        one, a failed ``kho_add_subtree`` deletes its half-made node."""
+
+
+def build_root_at_finalize(profile: RootWireFormat, mem_map: int,
+                           subtrees: list[tuple[str, int]]) -> tuple[bytes, int]:
     """Generation A's ``kho_finalize`` FDT: (blob, libfdt status)."""
     sw = _fdt.FdtSw(PAGE_SIZE)
     sw.finish_reservemap()
@@ -48,7 +71,7 @@ def build_root_at_finalize(profile: Profile, mem_map: int, subtrees: list[tuple[
     return page.blob(), 0
 
 
-def build_root_at_boot(profile: Profile, mem_map: int) -> "RootFdtPage":
+def build_root_at_boot(profile: RootWireFormat, mem_map: int) -> RootFdtPage:
     """``kho_out_fdt_setup`` (B+): a fresh page with compatible and map."""
     sw = _fdt.FdtSw(PAGE_SIZE)
     sw.finish_reservemap()
@@ -65,7 +88,7 @@ def build_root_at_boot(profile: Profile, mem_map: int) -> "RootFdtPage":
 class RootFdtPage(_fdt.FdtPage):
     """The outgoing root FDT page of a B+ kernel, edited in place."""
 
-    def __init__(self, profile: Profile, page: bytes | bytearray):
+    def __init__(self, profile: RootWireFormat, page: bytes | bytearray) -> None:
         super().__init__(page, PAGE_SIZE)
         self.profile = profile
 
@@ -125,7 +148,7 @@ class Subtree:
     prop: str | None           # which address property was found
     props: dict[str, bytes] = field(default_factory=dict)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, str | int | None]:
         return {"name": self.name, "phys": self.phys, "size": self.size}
 
 
@@ -151,14 +174,15 @@ ADDRESS_PROPS = ("preserved-data", "fdt")
 SIZE_PROP = "blob-size"
 
 
-def decode_root(blob: bytes, where=None) -> RootFdt:
+def decode_root(blob: bytes | bytearray, where: int | str | None = None) -> RootFdt:
     """Decode a root FDT (``fdt_check_full`` first).  Raises FdtError."""
     tree = _fdt.parse(blob, "KHO root FDT", where)
     compat_raw = tree.props.get("compatible")
     mm = tree.props.get(MEMORY_MAP_PROP)
-    subs = []
+    subs: list[Subtree] = []
     for child in tree.children:
-        phys, prop = None, None
+        phys: int | None = None
+        prop: str | None = None
         for name in ADDRESS_PROPS:
             v = child.props.get(name)
             if v is not None:
@@ -169,19 +193,19 @@ def decode_root(blob: bytes, where=None) -> RootFdt:
         subs.append(Subtree(child.name, phys, _fdt.u64(sz) if sz is not None and len(sz) == 8 else None,
                             prop, dict(child.props)))
     return RootFdt(
-        blob=bytes(blob[:_fdt.totalsize(blob)]), header=_fdt.header(blob),
+        blob=bytes(blob[:_fdt.totalsize(blob)]), header=_fdt.FdtHeader.unpack(blob),  # parse checked 40+ bytes
         compatible=tree.prop_str("compatible"), compatible_raw=compat_raw,
         mem_map=_fdt.u64(mm) if mm is not None and len(mm) == 8 else None,
         mem_map_len=len(mm) if mm is not None else -1,
         subtrees=subs, tree=tree)
 
 
-def read_root_from_memory(mem, phys: int) -> bytes:
+def read_root_from_memory(mem: PhysMemory, phys: int) -> bytes:
     """The root FDT bytes at ``phys``: the header, then ``totalsize`` bytes
     (capped at one page beyond which the kernel never maps)."""
     head = mem.read(phys, _fdt.FDT_HEADER_SIZE, "KHO root FDT header")
     h = _fdt.header(head)
-    if h.magic != _fdt.FDT_MAGIC:
+    if h is None or h.magic != _fdt.FDT_MAGIC:
         return head
     size = min(max(h.totalsize, _fdt.FDT_HEADER_SIZE), _fdt.FDT_READ_CAP)
     try:

@@ -12,10 +12,26 @@ KHO block            one page {u64 next; u64 count} + count entries (kho-v4)
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
-from ..errors import KhoDecodeError, MemoryFault
+from ..errors import KhoDecodeError
 from . import fdt as _fdt
+from .mem import PhysMemory, WritableMemory, read_u64, write_u64
+
+__all__ = [
+    "KEXEC_METADATA", "KHO_BLOCK_HDR", "KHO_DATA", "KHO_KEXEC_METADATA_VERSION", "KHO_MAX_BLOCKS",
+    "KHO_METADATA_NODE_NAME", "KHO_SCRATCH", "KHO_VMALLOC", "KHO_VMALLOC_ALLOC", "KHO_VMALLOC_HUGE_VMAP",
+    "KHO_VMALLOC_SIZE", "NEW_UTS_LEN", "PAGE_SHIFT", "PAGE_SIZE", "SETUP_DATA_HDR", "SETUP_KEXEC_KHO",
+    "KexecMetadata", "KhoData", "KhoScratch", "KhoVmalloc", "Where", "block_count_per_block", "cstr",
+    "decode_blocks", "decode_chosen", "decode_kexec_metadata", "decode_scratch", "decode_setup_data",
+    "decode_vmalloc", "encode_blocks", "encode_chosen", "encode_scratch", "encode_setup_data",
+    "encode_vmalloc_chunks", "find_setup_data", "format_debugfs_scratch", "parse_debugfs_scratch",
+    "walk_setup_data",
+]
+
+#: a where of an error: a physical address, a textual location, or unknown
+Where = int | str | None
 
 PAGE_SIZE = 4096
 PAGE_SHIFT = 12
@@ -37,11 +53,11 @@ class KhoScratch:
 KHO_SCRATCH = struct.Struct("<QQ")
 
 
-def encode_scratch(areas) -> bytes:
+def encode_scratch(areas: Iterable[KhoScratch]) -> bytes:
     return b"".join(KHO_SCRATCH.pack(a.addr, a.size) for a in areas)
 
 
-def decode_scratch(data: bytes, where=None) -> tuple[list[KhoScratch], int]:
+def decode_scratch(data: bytes, where: Where = None) -> tuple[list[KhoScratch], int]:
     """(areas, leftover bytes).  The kernel uses ``len / 16`` entries and
     ignores a remainder; the caller reports it."""
     n = len(data) // KHO_SCRATCH.size
@@ -51,7 +67,7 @@ def decode_scratch(data: bytes, where=None) -> tuple[list[KhoScratch], int]:
 
 def parse_debugfs_scratch(text: str, name: str) -> list[int]:
     """``out/scratch_phys`` / ``scratch_len``: one ``0x%llx`` line per area."""
-    out = []
+    out: list[int] = []
     for lineno, line in enumerate(text.splitlines(), 1):
         s = line.strip()
         if not s:
@@ -67,7 +83,7 @@ def parse_debugfs_scratch(text: str, name: str) -> list[int]:
     return out
 
 
-def format_debugfs_scratch(values) -> str:
+def format_debugfs_scratch(values: Iterable[int]) -> str:
     return "".join(f"0x{v:x}\n" for v in values)
 
 
@@ -92,7 +108,7 @@ def encode_setup_data(kd: KhoData, next_: int = 0) -> bytes:
         kd.fdt_addr, kd.fdt_size, kd.scratch_addr, kd.scratch_size)
 
 
-def decode_setup_data(mem, phys: int) -> tuple[int, int, KhoData | None]:
+def decode_setup_data(mem: PhysMemory, phys: int) -> tuple[int, int, KhoData | None]:
     """(next, type, KhoData or None when the type is not SETUP_KEXEC_KHO)."""
     nxt, typ, ln = SETUP_DATA_HDR.unpack(mem.read(phys, 16, "setup_data"))
     if typ != SETUP_KEXEC_KHO:
@@ -102,20 +118,21 @@ def decode_setup_data(mem, phys: int) -> tuple[int, int, KhoData | None]:
     return nxt, typ, KhoData(*KHO_DATA.unpack(mem.read(phys + 16, KHO_DATA.size, "kho_data")))
 
 
-def walk_setup_data(mem, first: int, cap: int = 256):
+def walk_setup_data(mem: PhysMemory, first: int, cap: int = 256) -> Iterator[tuple[int, int, KhoData | None]]:
     """Every ``(phys, type, KhoData|None)`` of a setup_data chain (cycle-safe)."""
-    seen = set()
+    seen: set[int] = set()
     at = first
     while at:
         if at in seen or len(seen) >= cap:
-            raise KhoDecodeError("setup_data chain", at, "cycle or more than %d entries" % cap)
+            raise KhoDecodeError("setup_data chain", at, f"cycle or more than {cap} entries")
         seen.add(at)
         nxt, typ, kd = decode_setup_data(mem, at)
         yield at, typ, kd
         at = nxt
 
 
-def find_setup_data(mem, ranges=None):
+def find_setup_data(mem: PhysMemory,
+                    ranges: Iterable[tuple[int, int]] | None = None) -> Iterator[tuple[int, KhoData]]:
     """Scan memory (16-byte aligned) for SETUP_KEXEC_KHO records; yields (phys, KhoData)."""
     pat = struct.pack("<II", SETUP_KEXEC_KHO, KHO_DATA.size)
     for start, end in (ranges or mem.ranges()):
@@ -142,7 +159,7 @@ def encode_chosen(fdt_phys: int, scratch_phys: int, scratch_len: int, addr_cells
     """A minimal DT with ``/chosen`` carrying ``linux,kho-fdt`` and
     ``linux,kho-scratch`` as ``fdt_appendprop_addrrange`` writes them
     (big-endian cells sized by the root's #address-cells/#size-cells)."""
-    def cells(v, n):
+    def cells(v: int, n: int) -> bytes:
         return b"".join(struct.pack(">I", (v >> (32 * (n - 1 - i))) & 0xFFFFFFFF) for i in range(n))
     blob, err = _fdt.build(
         [("#address-cells", struct.pack(">I", addr_cells)), ("#size-cells", struct.pack(">I", size_cells))],
@@ -158,26 +175,26 @@ def decode_chosen(blob: bytes) -> tuple[int, int, int, int] | None:
     kernel (``early_init_dt_check_kho``) would silently ignore them: either
     property absent or not exactly addr+size cells long."""
     root = _fdt.parse(blob, "device tree")
-    ac = root.props.get("#address-cells")
-    sc = root.props.get("#size-cells")
-    ac = struct.unpack(">I", ac)[0] if ac and len(ac) == 4 else 2
-    sc = struct.unpack(">I", sc)[0] if sc and len(sc) == 4 else 1
+    acp = root.props.get("#address-cells")
+    scp = root.props.get("#size-cells")
+    ac: int = struct.unpack(">I", acp)[0] if acp and len(acp) == 4 else 2
+    sc: int = struct.unpack(">I", scp)[0] if scp and len(scp) == 4 else 1
     chosen = root.child("chosen")
     if chosen is None or not (1 <= ac <= 2 and 1 <= sc <= 2):
         return None
 
-    def cells(b):
+    def cells(b: bytes) -> int:
         v = 0
         for i in range(len(b) // 4):
             v = (v << 32) | struct.unpack_from(">I", b, 4 * i)[0]
         return v
-    out = []
+    out: list[int] = []
     for name in ("linux,kho-fdt", "linux,kho-scratch"):
         v = chosen.props.get(name)
         if v is None or len(v) != 4 * (ac + sc):
             return None
         out += [cells(v[:4 * ac]), cells(v[4 * ac:])]
-    return tuple(out)
+    return out[0], out[1], out[2], out[3]
 
 
 # --------------------------------------------------------------------------
@@ -200,35 +217,37 @@ class KhoVmalloc:
         return KHO_VMALLOC.pack(self.first, self.total_pages, self.flags, self.order)
 
     @classmethod
-    def unpack(cls, data: bytes, where=None) -> "KhoVmalloc":
+    def unpack(cls, data: bytes, where: Where = None) -> KhoVmalloc:
         if len(data) != KHO_VMALLOC.size:
             raise KhoDecodeError("struct kho_vmalloc", where, f"{len(data)} bytes, expected 16")
         return cls(*KHO_VMALLOC.unpack(data))
 
 
-def encode_vmalloc_chunks(mem, alloc_page, block_physs: list[int], order: int, flags: int = KHO_VMALLOC_ALLOC
-                          ) -> tuple[KhoVmalloc, list[int]]:
+def encode_vmalloc_chunks(mem: WritableMemory, alloc_page: Callable[[], int], block_physs: list[int], order: int,
+                          flags: int = KHO_VMALLOC_ALLOC) -> tuple[KhoVmalloc, list[int]]:
     """Write the chunk list for ``block_physs`` (each ``1 << order`` pages).
 
     As ``kho_preserve_vmalloc`` does, a new chunk is allocated as soon as
     one fills up, so a full last chunk is followed by an empty one.
-    Returns the descriptor and the chunk pages.
+    Returns the descriptor and the chunk pages.  ``alloc_page`` returns a
+    zeroed page or raises (MemoryError: the caller's failure path).
     """
     first = alloc_page()
     chunks = [first]
     cur, n = first, 0
     for p in block_physs:
-        mem.write_u64(cur + 8 + 8 * n, p)
+        write_u64(mem, cur + 8 + 8 * n, p)
         n += 1
         if n == KHO_VMALLOC_SIZE:
             new = alloc_page()
-            mem.write_u64(cur, new)
+            write_u64(mem, cur, new)
             chunks.append(new)
             cur, n = new, 0
     return KhoVmalloc(first, len(block_physs) << order, flags, order), chunks
 
 
-def decode_vmalloc(mem, desc: KhoVmalloc, where=None, cap_chunks: int = 1 << 16) -> tuple[list[int], list[int]]:
+def decode_vmalloc(mem: PhysMemory, desc: KhoVmalloc, where: Where = None,
+                   cap_chunks: int = 1 << 16) -> tuple[list[int], list[int]]:
     """(block phys list, chunk pages) following ``kho_restore_vmalloc``.
 
     Raises when the kernel would fail the restore: a block past
@@ -236,8 +255,9 @@ def decode_vmalloc(mem, desc: KhoVmalloc, where=None, cap_chunks: int = 1 << 16)
     """
     if desc.order > 10:
         raise KhoDecodeError("struct kho_vmalloc", where, f"order {desc.order} > MAX_PAGE_ORDER", code="vmalloc-order")
-    blocks, chunks = [], []
-    seen = set()
+    blocks: list[int] = []
+    chunks: list[int] = []
+    seen: set[int] = set()
     at = desc.first
     idx = 0
     step = 1 << desc.order
@@ -248,9 +268,9 @@ def decode_vmalloc(mem, desc: KhoVmalloc, where=None, cap_chunks: int = 1 << 16)
         seen.add(at)
         page = mem.read(at, PAGE_SIZE, "kho_vmalloc_chunk")
         chunks.append(at)
-        nxt = struct.unpack_from("<Q", page)[0]
+        nxt: int = struct.unpack_from("<Q", page)[0]
         for i in range(KHO_VMALLOC_SIZE):
-            p = struct.unpack_from("<Q", page, 8 + 8 * i)[0]
+            p: int = struct.unpack_from("<Q", page, 8 + 8 * i)[0]
             if not p:
                 break
             if idx + step > desc.total_pages:
@@ -286,13 +306,13 @@ class KexecMetadata:
         return KEXEC_METADATA.pack(self.version, rel, self.kexec_count)
 
 
-def decode_kexec_metadata(data: bytes, where=None) -> KexecMetadata:
+def decode_kexec_metadata(data: bytes, where: Where = None) -> KexecMetadata:
     """Decode as ``kho_in_kexec_metadata`` would accept it; raise with the
     kernel's own wording when it would not."""
     if len(data) < 4:
         raise KhoDecodeError("kexec-metadata", where, f"kexec-metadata blob too small ({len(data)} bytes)",
                              code="metadata-size")
-    version = struct.unpack_from("<I", data)[0]
+    version: int = struct.unpack_from("<I", data)[0]
     if version != KHO_KEXEC_METADATA_VERSION:
         raise KhoDecodeError("kexec-metadata", where,
                              f"kexec-metadata version {version} not supported (expected {KHO_KEXEC_METADATA_VERSION})",
@@ -301,9 +321,9 @@ def decode_kexec_metadata(data: bytes, where=None) -> KexecMetadata:
         raise KhoDecodeError("kexec-metadata", where,
                              f"kexec-metadata blob too small for v{version} ({len(data)} < {KEXEC_METADATA.size})",
                              code="metadata-size")
-    _, rel, count = KEXEC_METADATA.unpack_from(data)
+    _, raw, count = KEXEC_METADATA.unpack_from(data)
     # strscpy into a 65-byte buffer: stops at the first NUL, at most 64 chars
-    rel = rel.split(b"\0", 1)[0][:NEW_UTS_LEN]
+    rel: bytes = raw.split(b"\0", 1)[0][:NEW_UTS_LEN]
     return KexecMetadata(version, rel.decode("utf-8", "replace"), count)
 
 
@@ -318,10 +338,12 @@ def block_count_per_block(entry_size: int) -> int:
     return (PAGE_SIZE - KHO_BLOCK_HDR.size) // entry_size
 
 
-def encode_blocks(mem, alloc_page, entries: list[bytes], entry_size: int) -> tuple[int, list[int]]:
-    """Write ``entries`` into a block chain; (head phys or 0, block pages)."""
+def encode_blocks(mem: WritableMemory, alloc_page: Callable[[], int], entries: list[bytes],
+                  entry_size: int) -> tuple[int, list[int]]:
+    """Write ``entries`` into a block chain; (head phys or 0, block pages).
+    ``alloc_page`` returns a zeroed page or raises."""
     per = block_count_per_block(entry_size)
-    pages = []
+    pages: list[int] = []
     prev = 0
     head = 0
     for i in range(0, len(entries), per):
@@ -330,7 +352,7 @@ def encode_blocks(mem, alloc_page, entries: list[bytes], entry_size: int) -> tup
         mem.write(p, KHO_BLOCK_HDR.pack(0, len(part)) + b"".join(e.ljust(entry_size, b"\0")[:entry_size]
                                                                   for e in part))
         if prev:
-            mem.write_u64(prev, p)
+            write_u64(mem, prev, p)
         else:
             head = p
         prev = p
@@ -338,7 +360,8 @@ def encode_blocks(mem, alloc_page, entries: list[bytes], entry_size: int) -> tup
     return head, pages
 
 
-def decode_blocks(mem, head: int, entry_size: int, where: str = "KHO block set") -> tuple[list[bytes], list[int]]:
+def decode_blocks(mem: PhysMemory, head: int, entry_size: int,
+                  where: str = "KHO block set") -> tuple[list[bytes], list[int]]:
     """Entries and block pages of a chain, with ``kho_block_set_restore``'s
     checks: Floyd's cycle check capped at 10000 iterations ("Block set is
     corrupted"), then every block's count in 1..count_per_block ("Block
@@ -347,8 +370,8 @@ def decode_blocks(mem, head: int, entry_size: int, where: str = "KHO block set")
         return [], []
     per = block_count_per_block(entry_size)
 
-    def nxt(p):
-        return mem.read_u64(p, where)
+    def nxt(p: int) -> int:
+        return read_u64(mem, p, where)
     fast = slow = head
     n = 0
     while fast:
@@ -365,7 +388,8 @@ def decode_blocks(mem, head: int, entry_size: int, where: str = "KHO block set")
         slow = nxt(slow)
         if slow == fast:
             raise KhoDecodeError(where, head, "Block set is corrupted (cycle)", code="block-cycle")
-    entries, pages = [], []
+    entries: list[bytes] = []
+    pages: list[int] = []
     at = head
     while at:
         hdr = mem.read(at, PAGE_SIZE, where)

@@ -9,11 +9,12 @@ Every decoder reads through :class:`PhysMemory`.  Sources are read-only
 
 from __future__ import annotations
 
-from .base import CowMemory, PhysMemory, SparseMemory, MemoryFault, ReadOnlyView
+from ..errors import MemoryFault
+from .base import CowMemory, PhysMemory, ReadOnlyView, SparseMemory
 from .bump import Bump
 from .iomem import parse_iomem
 from .overlay import LayeredMemory, NotCaptured, StrictCowMemory
-from .sources import RawImage, SparseDir, ElfDump, open_source
+from .sources import ElfDump, RawImage, SparseDir, open_source
 
-__all__ = ["Bump", "parse_iomem", "LayeredMemory", "NotCaptured", "StrictCowMemory", "CowMemory", "PhysMemory", "SparseMemory", "MemoryFault", "ReadOnlyView", "RawImage",
-           "SparseDir", "ElfDump", "open_source"]
+__all__ = ["Bump", "CowMemory", "ElfDump", "LayeredMemory", "MemoryFault", "NotCaptured", "PhysMemory", "RawImage",
+           "ReadOnlyView", "SparseDir", "SparseMemory", "StrictCowMemory", "open_source", "parse_iomem"]

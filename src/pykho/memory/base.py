@@ -4,22 +4,32 @@ from __future__ import annotations
 
 import bisect
 import struct
+from typing import TYPE_CHECKING
 
 from ..errors import MemoryFault
 
+if TYPE_CHECKING:
+    from ..abi import mem as _abi_mem
+
+__all__ = ["PAGE_SHIFT", "PAGE_SIZE", "CowMemory", "PhysMemory", "ReadOnlyView", "SparseMemory"]
+
 PAGE_SIZE = 4096
 PAGE_SHIFT = 12
+_U64 = struct.Struct("<Q")
+_U32 = struct.Struct("<I")
 
 
 class PhysMemory:
-    """Read-only physical memory.
+    """Read-only physical memory: the base of every source.
 
     Subclasses implement :meth:`ranges` (sorted, non-overlapping ``(start,
     end)`` pairs of what they hold) and :meth:`_read` for a span known to be
-    inside one range.
+    inside one range.  Instances satisfy :class:`pykho.abi.mem.PhysMemory`,
+    the protocol the decoders read through.
     """
 
     name = "memory"
+    _starts_cache: list[int] | None = None
 
     def ranges(self) -> list[tuple[int, int]]:
         raise NotImplementedError
@@ -33,7 +43,7 @@ class PhysMemory:
         return i
 
     def _sorted_starts(self) -> list[int]:
-        cache = getattr(self, "_starts_cache", None)
+        cache = self._starts_cache
         if cache is None:
             cache = [s for s, _ in self.ranges()]
             self._starts_cache = cache
@@ -62,7 +72,7 @@ class PhysMemory:
             return b""
         rs = self.ranges()
         i = self._range_index(phys)
-        out = []
+        out: list[bytes] = []
         want, at = size, phys
         while want:
             if not (0 <= i < len(rs)) or not (rs[i][0] <= at < rs[i][1]):
@@ -75,13 +85,21 @@ class PhysMemory:
         return out[0] if len(out) == 1 else b"".join(out)
 
     def read_u64(self, phys: int, structure: str = "memory") -> int:
-        return struct.unpack("<Q", self.read(phys, 8, structure))[0]
+        v: int = _U64.unpack(self.read(phys, 8, structure))[0]
+        return v
 
     def read_u32(self, phys: int, structure: str = "memory") -> int:
-        return struct.unpack("<I", self.read(phys, 4, structure))[0]
+        v: int = _U32.unpack(self.read(phys, 4, structure))[0]
+        return v
 
     def describe(self) -> str:
         return self.name
+
+
+#: methods whose override changes what a page of a SparseMemory reads as, or
+#: what a write does to it (see SparseMemory.__init_subclass__)
+_READ_METHODS = ("read", "_read", "_page", "ranges", "contains")
+_WRITE_METHODS = (*_READ_METHODS, "write")
 
 
 class SparseMemory(PhysMemory):
@@ -90,6 +108,11 @@ class SparseMemory(PhysMemory):
     ``ram`` lists the physical ranges that exist.  Pages of RAM never written
     read as ``fill`` bytes (zero by default).  This is the source encoders
     write handovers into and the model's physical memory.
+
+    It offers the decoders' page fast paths (:mod:`pykho.abi.mem`):
+    :meth:`page_bytes` and :meth:`page_buffer` hand out the stored page of a
+    pfn ever written.  A subclass that overrides how pages read or are
+    written loses them (they become None) unless it defines them again.
     """
 
     def __init__(self, ram: list[tuple[int, int]] | None = None, fill: int = 0, name: str = "sparse memory"):
@@ -98,10 +121,26 @@ class SparseMemory(PhysMemory):
         self.fill = fill
         self.name = name
 
-    def ranges(self):
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        own = vars(cls)
+        if "page_bytes" not in own and any(m in own for m in _READ_METHODS):
+            setattr(cls, "page_bytes", None)   # noqa: B010 (mypy: a method cannot be assigned)
+        if "page_buffer" not in own and any(m in own for m in _WRITE_METHODS):
+            setattr(cls, "page_buffer", None)  # noqa: B010
+
+    def ranges(self) -> list[tuple[int, int]]:
         return self._ram
 
-    def _page(self, pfn: int) -> bytes:
+    def page_bytes(self, pfn: int) -> bytearray | None:
+        """The stored page ``pfn`` (no copy), None when never written."""
+        return self.pages.get(pfn)
+
+    def page_buffer(self, pfn: int) -> bytearray | None:
+        """The stored page ``pfn``, edits to which are writes; None when never written."""
+        return self.pages.get(pfn)
+
+    def _page(self, pfn: int) -> bytes | bytearray:
         pg = self.pages.get(pfn)
         if pg is None:
             return bytes([self.fill]) * PAGE_SIZE
@@ -111,11 +150,11 @@ class SparseMemory(PhysMemory):
         first, last = phys >> PAGE_SHIFT, (phys + size - 1) >> PAGE_SHIFT
         if first == last:
             off = phys & (PAGE_SIZE - 1)
-            pg = self.pages.get(first)
+            pg: bytes | bytearray | None = self.pages.get(first)
             if pg is None:                   # never written: fill, or (CowMemory) the base's bytes
                 pg = self._page(first)
             return bytes(pg[off:off + size])
-        parts = []
+        parts: list[bytes] = []
         at, want = phys, size
         while want:
             off = at & (PAGE_SIZE - 1)
@@ -125,8 +164,8 @@ class SparseMemory(PhysMemory):
             want -= n
         return b"".join(parts)
 
-    def page_view(self, pfn: int):
-        """The stored page (bytearray) or None when never written."""
+    def page_view(self, pfn: int) -> bytearray | None:
+        """The stored page (bytearray) or None when never written (as :meth:`page_buffer`)."""
         return self.pages.get(pfn)
 
     def write(self, phys: int, data: bytes) -> None:
@@ -145,7 +184,7 @@ class SparseMemory(PhysMemory):
             pos += n
 
     def write_u64(self, phys: int, value: int) -> None:
-        self.write(phys, struct.pack("<Q", value & 0xFFFFFFFFFFFFFFFF))
+        self.write(phys, _U64.pack(value & 0xFFFFFFFFFFFFFFFF))
 
     def zero(self, phys: int, size: int) -> None:
         """Forget pages fully covered (read back as ``fill``), clear the rest."""
@@ -169,7 +208,7 @@ class SparseMemory(PhysMemory):
         for pfn in [p for p in self.pages if phys >> PAGE_SHIFT <= p < (end + PAGE_SIZE - 1) >> PAGE_SHIFT]:
             self.pages[pfn][:] = (pattern * PAGE_SIZE)[:PAGE_SIZE]
 
-    def snapshot(self) -> "SparseMemory":
+    def snapshot(self) -> SparseMemory:
         m = SparseMemory(self._ram, self.fill, self.name)
         m.pages = {k: bytearray(v) for k, v in self.pages.items()}
         return m
@@ -188,14 +227,14 @@ class SparseMemory(PhysMemory):
 class ReadOnlyView(PhysMemory):
     """A read-only window on another source (what decoders get)."""
 
-    def __init__(self, inner: PhysMemory):
+    def __init__(self, inner: PhysMemory) -> None:
         self.inner = inner
         self.name = inner.name
 
-    def ranges(self):
+    def ranges(self) -> list[tuple[int, int]]:
         return self.inner.ranges()
 
-    def _read(self, phys, size):
+    def _read(self, phys: int, size: int) -> bytes:
         return self.inner._read(phys, size)
 
 
@@ -206,12 +245,17 @@ class CowMemory(SparseMemory):
     ``unknown_reads`` counts reads that fell outside what ``base`` holds.
     """
 
-    def __init__(self, base: PhysMemory, ram: list[tuple[int, int]], name: str | None = None):
+    # pages written (copied from ``base`` first) are what reads return: the
+    # page fast paths stay
+    page_bytes = SparseMemory.page_bytes
+    page_buffer = SparseMemory.page_buffer
+
+    def __init__(self, base: PhysMemory, ram: list[tuple[int, int]], name: str | None = None) -> None:
         super().__init__(ram, 0, name or f"{base.name} (copy-on-write)")
         self.base = base
         self.unknown_reads = 0
 
-    def _page(self, pfn: int) -> bytes:
+    def _page(self, pfn: int) -> bytes | bytearray:
         pg = self.pages.get(pfn)
         if pg is not None:
             return pg
@@ -252,3 +296,11 @@ class CowMemory(SparseMemory):
         for pfn in range(phys >> PAGE_SHIFT, (end + PAGE_SIZE - 1) >> PAGE_SHIFT):
             if pfn in self.pages or self.base.contains(pfn << PAGE_SHIFT, 1):
                 self.pages[pfn] = bytearray((pattern * PAGE_SIZE)[:PAGE_SIZE])
+
+
+if TYPE_CHECKING:
+    # every source is something the decoders (and SparseMemory the encoders) accept
+    _reads: type[_abi_mem.PhysMemory] = PhysMemory
+    _writes: type[_abi_mem.WritableMemory] = SparseMemory
+    _fast: type[_abi_mem.PageBytes] = SparseMemory
+    _fast_w: type[_abi_mem.PageBuffers] = SparseMemory

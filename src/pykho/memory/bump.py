@@ -29,7 +29,7 @@ class Bump:
     The random draws are made in a fixed order, so a seed replays.
     """
 
-    def __init__(self, base: int | None = None, rng: random.Random | None = None, fail: float = 0.0):
+    def __init__(self, base: int | None = None, rng: random.Random | None = None, fail: float = 0.0) -> None:
         self.rng = rng
         if base is None:
             if rng is None:
@@ -60,9 +60,9 @@ class Bump:
             self.next = p + size
             return p
         if size >= PAGE:
-            p = self.page()
+            first = self.page()
             self.next += ((size - 1) // PAGE) * PAGE
-            return p
+            return first
         if self._small + size > self._small_end or not self._small_end:
             q = self.page()
             if q is None:

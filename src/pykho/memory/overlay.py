@@ -7,8 +7,7 @@ handover says it is when the dump does not hold it (the debugfs copy does).
 
 from __future__ import annotations
 
-from typing import Any
-
+from ..abi import mem as _abi_mem
 from ..errors import MemoryFault
 from .base import PAGE_SHIFT, PAGE_SIZE, CowMemory, PhysMemory
 
@@ -18,7 +17,7 @@ __all__ = ["LayeredMemory", "NotCaptured", "StrictCowMemory"]
 class LayeredMemory(PhysMemory):
     """``base`` memory with ``[start, start + size)`` served from ``top``."""
 
-    def __init__(self, base: Any, top: Any, start: int, size: int):
+    def __init__(self, base: _abi_mem.PhysMemory, top: _abi_mem.PhysMemory, start: int, size: int) -> None:
         self.base, self.top, self.s, self.e = base, top, start, start + size
         self.name = getattr(base, "name", "memory")
 
@@ -55,7 +54,7 @@ class LayeredMemory(PhysMemory):
 class NotCaptured(Exception):
     """A prediction needed memory the capture does not hold."""
 
-    def __init__(self, phys: int):
+    def __init__(self, phys: int) -> None:
         self.phys = phys
         super().__init__(f"memory at 0x{phys:x} is not in what was given")
 
@@ -67,8 +66,11 @@ class StrictCowMemory(CowMemory):
     model run on it stops where the evidence ends instead of guessing."""
 
     _writing = False
+    # written pages are what reads return, as in CowMemory: the page fast paths stay
+    page_bytes = CowMemory.page_bytes
+    page_buffer = CowMemory.page_buffer
 
-    def _page(self, pfn: int) -> bytes:
+    def _page(self, pfn: int) -> bytes | bytearray:
         pg = self.pages.get(pfn)
         if pg is not None:
             return pg

@@ -7,14 +7,24 @@ from __future__ import annotations
 
 import io
 import lzma
-import zlib
 import mmap
 import os
 import struct
 import tarfile
+import zlib
+from collections.abc import Callable
+from typing import IO, TYPE_CHECKING, Self
 
-from ..errors import KhoDecodeError, UsageError
+from ..errors import KhoDecodeError, MemoryFault, UsageError
 from .base import PhysMemory
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
+
+__all__ = ["XZ_MAGIC", "XZ_MEMLIMIT", "DrgnMemory", "ElfDump", "RawImage", "SparseDir", "open_source"]
+
+#: what a segment's bytes live in: a file mapping or bytes read from an archive
+_SegmentBuffer = mmap.mmap | bytes
 
 
 XZ_MAGIC = b"\xfd7zXZ\x00"
@@ -42,26 +52,40 @@ def _tar_kind(path: str) -> str | None:
         return None
 
 
+def _open_tar(f: IO[bytes], kind: str | None) -> tarfile.TarFile:
+    """A tar reader on ``f`` for an archive of ``kind`` (see :func:`_tar_kind`)."""
+    if kind == "xz":
+        # tarfile's own xz reader lets the stream's header choose the
+        # decoder's memory (up to 1.5 GiB of dictionary): decode with a cap
+        return tarfile.open(fileobj=io.BufferedReader(_XzReader(f), 1 << 16), mode="r|")
+    if kind == "gz":
+        return tarfile.open(fileobj=f, mode="r:gz")
+    if kind == "bz2":
+        return tarfile.open(fileobj=f, mode="r:bz2")
+    return tarfile.open(fileobj=f, mode="r:")
+
+
 class _XzReader(io.RawIOBase):
     """An xz stream decoded with a memory cap (``lzma.LZMAError`` beyond it)."""
 
-    def __init__(self, f):
+    def __init__(self, f: IO[bytes]) -> None:
         self.f = f
         self.d = lzma.LZMADecompressor(lzma.FORMAT_XZ, memlimit=XZ_MEMLIMIT)
 
-    def readable(self):
+    def readable(self) -> bool:
         return True
 
-    def readinto(self, b):
+    def readinto(self, b: WriteableBuffer) -> int:
+        view = memoryview(b)
         while not self.d.eof:
             chunk = b""
             if self.d.needs_input:
                 chunk = self.f.read(1 << 16)
                 if not chunk:
                     raise EOFError("xz stream ends before its end marker")
-            out = self.d.decompress(chunk, max_length=len(b))
+            out = self.d.decompress(chunk, max_length=len(view))
             if out:
-                b[:len(out)] = out
+                view[:len(out)] = out
                 return len(out)
         return 0
 
@@ -69,17 +93,18 @@ class _XzReader(io.RawIOBase):
 class _Segments(PhysMemory):
     """Memory made of (phys_start, length, reader) segments."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str) -> None:
         self.name = name
-        self._segs: list[tuple[int, int, object, int]] = []  # start, end, buffer, offset
+        self._segs: list[tuple[int, int, _SegmentBuffer, int]] = []  # start, end, buffer, offset
+        self._ranges: list[tuple[int, int]] = []
 
-    def _add(self, start: int, length: int, buf, offset: int = 0):
+    def _add(self, start: int, length: int, buf: _SegmentBuffer, offset: int = 0) -> None:
         if length > 0:
             self._segs.append((start, start + length, buf, offset))
 
-    def _finish(self):
+    def _finish(self) -> None:
         self._segs.sort(key=lambda s: s[0])
-        merged = []
+        merged: list[tuple[int, int, _SegmentBuffer, int]] = []
         for s in self._segs:
             if merged and s[0] < merged[-1][1]:
                 # overlapping segments: keep the first, trim the second
@@ -93,10 +118,10 @@ class _Segments(PhysMemory):
         self._ranges = [(s, e) for s, e, _, _ in merged]
         self._starts_cache = None
 
-    def ranges(self):
+    def ranges(self) -> list[tuple[int, int]]:
         return self._ranges
 
-    def close(self):
+    def close(self) -> None:
         """Unmap the files now (a 1 GiB image otherwise stays mapped until
         the garbage collector finds this object)."""
         for _, _, buf, _ in self._segs:
@@ -104,22 +129,22 @@ class _Segments(PhysMemory):
                 buf.close()
         self._segs, self._ranges, self._starts_cache = [], [], None
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _read(self, phys, size):
+    def _read(self, phys: int, size: int) -> bytes:
         i = self._range_index(phys)
-        s, e, buf, off = self._segs[i]
+        s, _end, buf, off = self._segs[i]
         o = off + (phys - s)
         return bytes(buf[o:o + size])
 
 
-def _map_file(path: str, what: str):
+def _map_file(path: str, what: str) -> _SegmentBuffer:
     try:
-        f = open(path, "rb")
+        f = open(path, "rb")  # noqa: SIM115 - closed by the with below; only open's failure is a usage error
     except OSError as e:
         raise UsageError(f"{path}: cannot open {what}: {e.strerror}") from None
     with f:
@@ -132,7 +157,7 @@ def _map_file(path: str, what: str):
 class RawImage(_Segments):
     """A raw physical memory image (QEMU ``pmemsave``): file offset 0 is ``base``."""
 
-    def __init__(self, path: str, base: int = 0):
+    def __init__(self, path: str, base: int = 0) -> None:
         super().__init__(f"raw image {path}" + (f"@0x{base:x}" if base else ""))
         buf = _map_file(path, "raw memory image")
         self._add(base, len(buf), buf)
@@ -143,10 +168,13 @@ class SparseDir(_Segments):
     """The sparse extract format: ``MANIFEST.tsv`` (file, phys_start, length)
     plus one file per range, as a directory or a ``.tar``/``.tar.xz`` archive."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str) -> None:
         super().__init__(f"sparse extract {path}")
         if os.path.isdir(path):
-            self._load(lambda n: open(os.path.join(path, n), "rb").read(), path)
+            def read_file(n: str) -> bytes:
+                with open(os.path.join(path, n), "rb") as f:
+                    return f.read()
+            self._load(read_file, path)
         elif os.path.isfile(path) and _tar_kind(path):
             try:
                 self._load_tar(path)
@@ -156,32 +184,28 @@ class SparseDir(_Segments):
             raise UsageError(f"{path}: not a sparse extract directory or tar archive")
         self._finish()
 
-    def _load_tar(self, path):
+    def _load_tar(self, path: str) -> None:
         members: dict[str, bytes] = {}
         kind = _tar_kind(path)
-        with open(path, "rb") as f:
-            if kind == "xz":
-                # tarfile's own xz reader lets the stream's header choose the
-                # decoder's memory (up to 1.5 GiB of dictionary): decode with a cap
-                tf = tarfile.open(fileobj=io.BufferedReader(_XzReader(f), 1 << 16), mode="r|")
-            else:
-                tf = tarfile.open(fileobj=f, mode=f"r:{kind if kind != 'tar' else ''}")
-            with tf:
-                for m in tf:
-                    if not m.isfile():
-                        continue
-                    if m.size > 1 << 32:
-                        raise KhoDecodeError("sparse extract", f"{path}:{m.name}", "member larger than 4 GiB")
-                    members[os.path.normpath(m.name)] = tf.extractfile(m).read()
+        with open(path, "rb") as f, _open_tar(f, kind) as tf:
+            for m in tf:
+                if not m.isfile():
+                    continue
+                if m.size > 1 << 32:
+                    raise KhoDecodeError("sparse extract", f"{path}:{m.name}", "member larger than 4 GiB")
+                member = tf.extractfile(m)
+                if member is None:       # pragma: no cover - isfile() members always have data
+                    continue
+                members[os.path.normpath(m.name)] = member.read()
 
-        def get(n):
+        def get(n: str) -> bytes:
             data = members.get(os.path.normpath(n))
             if data is None:
                 raise FileNotFoundError(n)
             return data
         self._load(get, path)
 
-    def _load(self, get, path):
+    def _load(self, get: Callable[[str], bytes], path: str) -> None:
         try:
             manifest = get("MANIFEST.tsv").decode("utf-8", "replace")
         except (FileNotFoundError, OSError):
@@ -215,14 +239,14 @@ class ElfDump(_Segments):
     """An ELF core file (QEMU ``dump-guest-memory``, kdump ELF vmcores):
     every ``PT_LOAD`` segment at its ``p_paddr``."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str) -> None:
         super().__init__(f"ELF dump {path}")
         buf = _map_file(path, "ELF dump")
         if len(buf) < 64 or bytes(buf[:4]) != ELF_MAGIC:
             raise KhoDecodeError("ELF header", f"{path} offset 0", "not an ELF file (bad magic)")
         if buf[4] != 2 or buf[5] != 1:
             raise KhoDecodeError("ELF header", f"{path} offset 4", "expected ELFCLASS64 little-endian")
-        (e_type, e_machine, _v, _entry, e_phoff, _shoff, _flags, _ehsize, e_phentsize,
+        (_type, _machine, _v, _entry, e_phoff, _shoff, _flags, _ehsize, e_phentsize,
          e_phnum) = struct.unpack_from("<HHIQQQIHHH", buf, 16)
         if e_phentsize != 56:
             raise KhoDecodeError("ELF header", f"{path} offset 54", f"program header size {e_phentsize}, expected 56")
@@ -243,9 +267,9 @@ class ElfDump(_Segments):
 class DrgnMemory(PhysMemory):
     """Physical memory of a running kernel (``/proc/kcore``) or a vmcore, via drgn."""
 
-    def __init__(self, vmcore: str | None = None):
+    def __init__(self, vmcore: str | None = None) -> None:
         try:
-            import drgn
+            import drgn  # type: ignore[import-not-found, unused-ignore]  # optional, untyped here
         except ImportError:
             raise UsageError("--mem live/vmcore needs drgn: pip install 'pykho[all]' (or pip install drgn)") from None
         prog = drgn.Program()
@@ -254,7 +278,7 @@ class DrgnMemory(PhysMemory):
                 prog.set_core_dump(vmcore)
             else:
                 prog.set_kernel()
-        except Exception as e:  # drgn raises OSError/ValueError/FaultError
+        except Exception as e:  # noqa: BLE001 - drgn raises OSError/ValueError/FaultError
             raise UsageError(f"{vmcore or '/proc/kcore'}: drgn cannot open it: {e}") from None
         self.prog = prog
         self._drgn = drgn
@@ -263,22 +287,22 @@ class DrgnMemory(PhysMemory):
         self._starts_cache = None
 
     @staticmethod
-    def _find_ranges(vmcore):
+    def _find_ranges(vmcore: str | None) -> list[tuple[int, int]]:
         """RAM ranges: the PT_LOAD segments of an ELF vmcore, System RAM of
         /proc/iomem for the live kernel, else everything (reads still fault)."""
         try:
             if vmcore:
                 return ElfDump(vmcore).ranges()
             with open("/proc/iomem") as f:
-                out = []
+                out: list[tuple[int, int]] = []
                 for line in f:
                     if not line.startswith(" ") and line.rstrip().endswith(": System RAM"):
                         a, b = line.split(":")[0].strip().split("-")
                         out.append((int(a, 16), int(b, 16) + 1))
                 if out and out[-1][1] > 1:
                     return out
-        except Exception:
-            pass
+        except Exception:  # noqa: BLE001 - no ranges known: everything (reads still fault)
+            return [(0, 1 << 52)]
         return [(0, 1 << 52)]
 
     def kho_out_fdt_phys(self) -> int | None:
@@ -287,20 +311,19 @@ class DrgnMemory(PhysMemory):
             from drgn.helpers.linux.mm import virt_to_phys
             fdt = self.prog["kho_out"].fdt
             return int(virt_to_phys(fdt).value_()) if fdt.value_() else None
-        except Exception:
+        except Exception:  # noqa: BLE001 - no debug info, symbol missing, fault: not known
             return None
 
-    def ranges(self):
+    def ranges(self) -> list[tuple[int, int]]:
         return self._ranges
 
-    def read(self, phys, size, structure="memory"):
-        from ..errors import MemoryFault
+    def read(self, phys: int, size: int, structure: str = "memory") -> bytes:
         try:
-            return self.prog.read(phys, size, True)
+            return bytes(self.prog.read(phys, size, True))
         except self._drgn.FaultError:
             raise MemoryFault(phys, size, self.name, structure) from None
 
-    def _read(self, phys, size):
+    def _read(self, phys: int, size: int) -> bytes:
         return self.read(phys, size)
 
 
