@@ -49,15 +49,16 @@ def kho_populate(profile: P.Profile, mem, fdt_phys: int, fdt_len: int, scratch_p
     unless every earlier check passed, as in the kernel.
     """
     res = PopulateResult(False)
-    fdt = None
+    fdt = b""
     err = 0
     for step in profile.populate_steps:
         if step == P.STEP_MAP_FDT:
-            fdt = _read_fdt(mem, fdt_phys, fdt_len)
-            if fdt is None:
+            got = _read_fdt(mem, fdt_phys, fdt_len)
+            if got is None:
                 res.lines.append(profile.msg_map_fdt.format(fdt=fdt_phys))
                 err = -P.EFAULT
                 break
+            fdt = got
         elif step == P.STEP_HEADER:
             rc = _fdt.kernel_check_header(fdt)
             if rc:
@@ -80,7 +81,8 @@ def kho_populate(profile: P.Profile, mem, fdt_phys: int, fdt_len: int, scratch_p
         elif step == P.STEP_MEM_MAP:
             v, ln = _fdt.getprop(fdt, 0, "preserved-memory-map")
             if v is None or ln != 8:
-                res.lines.append(profile.msg_map_prop_bad)
+                if profile.msg_map_prop_bad:
+                    res.lines.append(profile.msg_map_prop_bad)
                 err = -P.ENOENT
                 break
             res.mem_map = _fdt.u64(v)
@@ -224,7 +226,7 @@ def kernel_radix_walk(mem, root: int, on_leaf, budget: int = FAITHFUL_WALK_BUDGE
     visits raise :class:`WalkBudgetExceeded` (the kernel would walk for a
     very long time)."""
     from ..abi import radix as R
-    from ..memory.base import MemoryFault
+    from ..errors import MemoryFault
 
     decoder = R.RadixWalk(mem, root)
     visits = 0
@@ -309,7 +311,7 @@ def kho_memory_walk(profile: P.Profile, mem, fdt_blob: bytes, preserve_bits: int
     return res
 
 
-def retrieve_subtree(profile: P.Profile, fdt_blob: bytes | None, name: str) -> tuple[int, int | None, int, list[str]]:
+def retrieve_subtree(profile: P.Profile, fdt_blob: bytes | None, name: str) -> tuple[int, int, int | None, list[str]]:
     """``kho_retrieve_subtree``: (err, phys, size, lines)."""
     if fdt_blob is None:
         return -P.ENOENT, 0, None, []

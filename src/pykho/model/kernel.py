@@ -568,7 +568,7 @@ class Kernel(OutgoingKHO, Kexec):
             # kho_debugfs_init: -ENOENT when debugfs refuses the directory
             if p.debugfs_required and not self.debugfs_usable():
                 return -P.ENOENT
-            mm = self.radix_tree.root if self.radix_tree else 0
+            mm = (self.radix_tree.root or 0) if self.radix_tree else 0
             self.out_fdt = _root.build_root_at_boot(p, mm)
             self._sync_fdt()
         for c in self.clients:
@@ -644,7 +644,7 @@ class Kernel(OutgoingKHO, Kexec):
     def decoded_map(self) -> list[tuple[int, int]]:
         """The outgoing map as the next kernel would walk it."""
         if self.radix_tree is not None:
-            return radix.walk(self.m.mem, self.radix_tree.root, strict=False)
+            return radix.walk(self.m.mem, self.radix_tree.root or 0, strict=False)
         if self.out_fdt is not None:
             first = self.out_fdt.mem_map() or 0
         else:
