@@ -31,7 +31,7 @@ from .errors import E2BIG, EBUSY, EEXIST, EFAULT, EINVAL, ENOENT, ENOMEM, EOPNOT
 
 __all__ = ["Profile", "MapFormat", "Finalize", "FdtBuiltAt", "FillKimageGate", "PopulateStep", "ZeroMapAction",
            "ScratchGrammar", "ScratchArea", "PROFILES", "ALIASES", "get_profile", "profiles_for_compatible",
-           "newest_for_compatible", "A0", "A1", "B_PREFIX", "B", "C", "D", "E", "PAGE_SHIFT", "PAGE_SIZE",
+           "newest_for_compatible", "profile_for_release", "A0", "A1", "B_PREFIX", "B", "C", "D", "E", "PAGE_SHIFT", "PAGE_SIZE",
            "MAX_PAGE_ORDER", "errname", "ENOENT", "EFAULT", "EEXIST", "EINVAL", "ENOMEM", "EBUSY", "E2BIG",
            "EOPNOTSUPP"]
 
@@ -300,6 +300,21 @@ def get_profile(name: str | Profile) -> Profile:
         if cand in PROFILES:
             return PROFILES[cand]
     raise UsageError(f"unknown kernel generation {name!r}; known: {', '.join(PROFILES)}")
+
+
+def profile_for_release(release: str) -> Profile | None:
+    """The generation of a kernel release string (``7.2.13``, ``6.19.0-rc4``,
+    ``7.2.13-unfixed``): an alias of the full release if there is one, else
+    of its ``major.minor``; None for a release no profile covers."""
+    if release in ALIASES or release in PROFILES:
+        return get_profile(release)
+    parts = release.split(".")
+    if len(parts) >= 2 and parts[0].isdigit():
+        minor = "".join(ch for ch in parts[1] if ch.isdigit())
+        key = f"{parts[0]}.{minor}"
+        if key in ALIASES:
+            return PROFILES[ALIASES[key]]
+    return None
 
 
 def profiles_for_compatible(compatible: str) -> list[Profile]:

@@ -1,6 +1,6 @@
 """The ``kho`` command: one module per sub-command.
 
-Sub-commands: ``inspect``, ``validate``, ``simulate``, ``compat``, ``map``,
+Sub-commands: ``inspect``, ``validate``, ``preflight``, ``simulate``, ``compat``, ``map``,
 ``explore``, ``fuzz``.  Exit codes follow kernel tools: 0 fine, 1 findings of
 severity error (or a violation, a rejected handover), 2 usage error or
 unreadable input - always one line on stderr naming the file and the
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from .._version import __version__
 from ..errors import KhoError
-from . import compat, explore, fuzz, inspect, simulate, validate
+from . import compat, explore, fuzz, inspect, preflight, simulate, validate
 from . import map as map_cmd
 
 __all__ = ["main", "build_parser"]
@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="kho", description="Inspect, validate and simulate Linux Kexec HandOver (KHO).")
     ap.add_argument("--version", action="version", version=f"pykho {__version__}")
     sub = ap.add_subparsers(dest="cmd", metavar="COMMAND")
-    for mod in (inspect, validate, simulate, compat, map_cmd, explore, fuzz):
+    for mod in (inspect, validate, preflight, simulate, compat, map_cmd, explore, fuzz):
         mod.add_parser(sub)
     return ap
 

@@ -17,6 +17,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--cmdline", default="kho=on", help="the target kernel's command line (kho_scratch=, "
                    "reserve_mem=, debugfs= are modelled); default 'kho=on'")
     p.add_argument("--blocks", action="store_true", help="also list every preserved block")
+    p.add_argument("--prometheus", metavar="FILE",
+                   help="also write node_exporter textfile-collector metrics to FILE (written atomically)")
     p.set_defaults(func=run)
 
 
@@ -29,6 +31,11 @@ def run(args: argparse.Namespace) -> int:
     tgt = get_profile(args.target) if args.target else (get_profile(args.profile) if args.profile else None)
     iomem = read_iomem(args.iomem)
     rep = validate(ho, tgt, iomem, want_blocks=args.blocks, cmdline=args.cmdline)
+    if args.prometheus:
+        from .._version import __version__
+        from ..reports.validate import prometheus_text
+        from .preflight import write_textfile
+        write_textfile(args.prometheus, prometheus_text(rep, __version__))
     if args.json:
         dump_json(rep, args)
     else:
