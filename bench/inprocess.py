@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
-"""pykho memory-map benchmark: encode, decode and validate radix trees and
-chunk lists of 1 GiB to 1 TiB, against a C walker compiled in the same run.
+"""pykho memory-map benchmark, in process: encode, decode and validate radix
+trees and chunk lists of 1 GiB to 1 TiB with pykho's functions (not the
+``kho`` commands: bench/run.py times those), against a C walker compiled in
+the same run.
 
-    .venv/bin/python bench/run.py            # every case (about 2 minutes)
-    .venv/bin/python bench/run.py --quick    # without the 1 TiB cases
-    .venv/bin/python bench/run.py --cases memfd-64G --formats radix --reps 9
+    .venv/bin/python bench/run.py --in-process            # every case (about 2 minutes)
+    .venv/bin/python bench/inprocess.py --quick           # the same, without the 1 TiB cases
+    .venv/bin/python bench/inprocess.py --cases memfd-64G --formats radix --reps 9
 
-Prints a table and writes it as JSON to bench/out/ (latest.json and a
-time-stamped copy).  Every (case, map format) runs in its own Python process
+Prints a table and writes it as JSON to bench/out/ (inprocess-latest.json
+and a time-stamped copy).  Every (case, map format) runs in its own Python process
 so its peak memory is its own.  See bench/README.md for what each column
 measures.
 """
@@ -52,6 +54,7 @@ def worker(case: str, fmt: str, reps: int, walker: str | None, per_block: bool, 
     import tracemalloc
 
     import cases
+
     from pykho.abi import chunks, radix
 
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -255,7 +258,7 @@ def render(rows, models, env) -> str:
     def row_s(cells):
         return "  ".join(str(c).rjust(w) if i in right else str(c).ljust(w)
                          for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
-    out = [row_s(hdr), row_s(["-" * w for w in widths])] + [row_s(l) for l in lines]
+    out = [row_s(hdr), row_s(["-" * w for w in widths])] + [row_s(x) for x in lines]
     out.append("")
     out += targets(rows, models)
     out.append("")
@@ -371,10 +374,10 @@ def main(argv=None) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     doc = {"environment": env, "rows": rows, "model": models, "table": text,
            "targets": {"ratio_1T_order0_radix": TARGET_RATIO, "memfd_radix_s": TARGET_MEMFD_S}}
-    for name in ("latest.json", f"results-{stamp}.json"):
+    for name in ("inprocess-latest.json", f"inprocess-{stamp}.json"):
         with open(os.path.join(OUT, name), "w") as f:
             json.dump(doc, f, indent=1)
-    print(f"\nJSON: {os.path.join(OUT, 'latest.json')}", file=sys.stderr)
+    print(f"\nJSON: {os.path.join(OUT, 'inprocess-latest.json')}", file=sys.stderr)
     return 0 if all(r.get("ok") for r in rows) else 1
 
 
