@@ -55,7 +55,7 @@ from pykho.abi import root as abi_root  # noqa: E402
 from pykho.memory import Bump, SparseMemory  # noqa: E402
 
 #: bump when the bytes a case generates change: cached directories carry it
-GEN_VERSION = 1
+GEN_VERSION = 2
 OUT = os.path.join(HERE, "out", "handovers")
 
 PAGE = 4096
@@ -281,8 +281,9 @@ def host_shape(name: str, high: int, guest: int, memfd: int, n1g: int, nodes: in
         pick = rng.random((len(b), 320)).argpartition(64, axis=1)[:, :64]
         word = b[:, None] + np.take_along_axis(rest, pick // 64, axis=1)
         p.add_words(0, word.ravel(), (np.uint64(1) << (pick % 64).astype(np.uint64)).ravel())
-    return Host(name, f"{_sz(high)} host: {_sz(guest)} guest memory in 2 MiB folios, {_sz(memfd)} memfd in 4 KiB "
-                f"pages, {n1g} x 1 GiB", ram, _x86_scratch([1536 * MiB] + node_starts), META, p,
+    return Host(name, f"{_sz(high + 3 * GiB)} host ({nodes} nodes): {_sz(guest)} guest memory in 2 MiB folios, "
+                f"{_sz(memfd)} memfd in 4 KiB pages, {n1g} x 1 GiB", ram, _x86_scratch([1536 * MiB] + node_starts),
+                META, p,
                 {"guest_2M_folios": n_thp, "memfd_4K_pages": n_mf * 256, "blocks_1G": n1g, "nodes": nodes,
                  "memfd_units": n_mf, "free_units": int(len(free) - n_thp - n_mf)})
 

@@ -150,7 +150,7 @@ def counts(d: dict) -> tuple:
 
 # --------------------------------------------------------------------------- measuring
 
-def measure(argv, reps, env, caps, tmp, name, long_s=60.0):
+def measure(argv, reps, env, caps, tmp, name, long_s=20.0):
     """Run ``argv`` up to ``reps`` times (once when killed or slower than ``long_s``)."""
     results = []
     for i in range(reps):
@@ -344,8 +344,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", default=",".join(DEFAULT_CASES), help="comma-separated, of: " + ", ".join(gen.CASES))
     ap.add_argument("--quick", action="store_true", help="only " + ", ".join(QUICK_CASES))
     ap.add_argument("--commands", default=",".join(COMMANDS), help="comma-separated, of: " + ", ".join(COMMANDS))
-    ap.add_argument("--reps", type=int, default=0, help="processes per command (default 5; 3 for cases of 1 TiB "
-                    "and up; once when a run takes over a minute or is killed)")
+    ap.add_argument("--reps", type=int, default=0, help="processes per command (default 5; 3 for cases of 512 GiB "
+                    "and up; once when a run takes over 20 s or is killed)")
     ap.add_argument("--version-reps", type=int, default=10)
     ap.add_argument("--time-cap", type=float, default=300.0, help="seconds before a command is killed (300)")
     ap.add_argument("--rss-cap-mib", type=int, default=8192, help="peak RSS before a command is killed (8192)")
@@ -400,7 +400,7 @@ def main(argv=None) -> int:
         info["cases"][case] = {k: doc[k] for k in ("title", "expected", "map_pages", "ram_dir_bytes", "ram_bytes",
                                                   "generate_s", "describe")}
         exp = doc["expected"]
-        reps = a.reps or (3 if doc["ram_bytes"] >= 1 << 40 else 5)
+        reps = a.reps or (3 if doc["ram_bytes"] >= 512 * GiB else 5)
         c_best = None
         for cmd in cmds:
             argv_c = command_argv(cmd, d, kho, walker, os.path.join(tmp, f"{case}.svg"))

@@ -32,7 +32,6 @@ BENCH = os.path.join(os.path.dirname(__file__), "..", "bench")
 sys.path.insert(0, BENCH)
 import gen  # noqa: E402
 import proc  # noqa: E402
-
 import run as bench_run  # noqa: E402
 
 #: peak RSS allowed to ``kho validate -j`` of the 64 GiB order-0 case
