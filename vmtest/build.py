@@ -19,7 +19,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-__all__ = ["HERE", "REPO", "Build", "cache_dir", "find_build", "kernel_table", "log", "read_env"]
+__all__ = ["HERE", "REPO", "Build", "cache_dir", "find_build", "kernel_table", "log", "newer_sources", "read_env",
+           "warn_newer_sources"]
 
 HERE = Path(__file__).resolve().parent   # vmtest/ (build.sh, setup.sh, guest/)
 REPO = HERE.parent
@@ -146,3 +147,52 @@ def find_build(build_dir: str | os.PathLike | None = None, *, kernel: str | None
     if not all(p.exists() for p in need):
         return None
     return Build(d, read_env(d / "build-info.env"))
+
+
+def _series(text: str) -> tuple[int, int] | None:
+    import re
+    m = re.match(r"(?:linux-source-)?(\d+)\.(\d+)", text)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def profiled_series() -> tuple[int, int] | None:
+    """The newest kernel series pykho has a profile for (its ``kernels`` and
+    aliases), or None when pykho is not importable."""
+    try:
+        from pykho import profiles as P
+    except ImportError:
+        return None
+    import re
+    found = [(int(a), int(b)) for p in [*P.PROFILES.values()] for a, b in re.findall(r"(\d+)\.(\d+)", p.kernels)]
+    found += [v for k in P.ALIASES if (v := _series(k))]
+    return max(found) if found else None
+
+
+def newer_sources(available: Path | None = None) -> list[dict]:
+    """The ``linux-source-7.x`` packages setup.sh saw in sid or trixie-backports
+    (``$VMTEST_CACHE/available.txt``) whose series is newer than every kernel
+    pykho has a profile for: ``[{"package", "version", "suite"}]``, newest first."""
+    f = available or cache_dir() / "available.txt"
+    top = profiled_series()
+    if top is None or not f.exists():
+        return []
+    out = []
+    for line in f.read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 3 and (ser := _series(parts[0])) and ser > top:
+            out.append({"package": parts[0], "version": parts[1], "suite": parts[2], "series": ser})
+    out.sort(key=lambda r: (r["series"], r["version"]), reverse=True)
+    for r in out:
+        del r["series"]
+    return out
+
+
+def warn_newer_sources() -> list[str]:
+    """Log (and return) one warning per newer source package."""
+    top = profiled_series()
+    msgs = [f"WARNING: {r['package']} {r['version']} ({r['suite']}) is newer than any kernel pykho has a "
+            f"profile for (newest: {top[0]}.{top[1]}): add a profile and a kernel to build.sh's table"
+            for r in newer_sources()] if top else []
+    for m in msgs:
+        log(m)
+    return msgs
