@@ -329,3 +329,90 @@ def retrieve_subtree(profile: P.Profile, fdt_blob: bytes | None, name: str) -> t
             return -P.EINVAL, phys, None, [f"KHO: broken KHO subnode '{name}': missing or invalid blob-size property"]
         size = _fdt.u64(s)
     return 0, phys, size, []
+
+
+# ------------------------------------------------------------------ 7.3 (F)
+
+def is_kdump_kernel(cmdline: str) -> bool:
+    """``is_kdump_kernel()`` with CONFIG_CRASH_DUMP: true once the
+    ``elfcorehdr=`` early parameter ran (KERNEL-FACTS §12 F-2).  Its handler
+    stores memparse's result before it checks that anything parsed, so any
+    ``elfcorehdr=VALUE`` word, even an empty or bad value, sets the address;
+    a bare ``elfcorehdr`` (no ``=``) gets no argument and sets nothing."""
+    return any(w.startswith("elfcorehdr=") for w in cmdline.split())
+
+
+@dataclass
+class EarlyInitResult:
+    """What ``kho_memory_init_early`` (7.3) did: the 1 GiB (the profile's
+    extension block) blocks the incoming tree keeps busy, the ranges it
+    marked scratch, its lines."""
+
+    busy: list[int] = field(default_factory=list)        # block numbers, ascending
+    extension: list[tuple[int, int]] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+    insertions: int = 0
+
+
+#: busy-block insertions the early walk may do before the model gives up
+#: (a block of order o > 18 costs 2^(o-18) insertions in the kernel)
+EARLY_WALK_INSERT_BUDGET = 1 << 22
+
+
+def kho_memory_init_early(profile: P.Profile, mem, fdt_blob: bytes, memblock, dram_end: int,
+                          budget: int = FAITHFUL_WALK_BUDGET) -> EarlyInitResult:
+    """7.3's ``kho_memory_init_early`` on an accepted handover, before any
+    reservation from the map (KERNEL-FACTS §12 F-4, F-5).
+
+    It walks the incoming tree as the kernel does (:func:`kernel_radix_walk`):
+    every node and leaf page read through the direct map, so a node pointer
+    outside it raises :class:`KernelOops` here, with nothing of the map
+    memblock-reserved yet.  The walk touches no struct page.  Each leaf
+    block and each node page makes its extension block busy; every other
+    block below ``dram_end`` is marked scratch in ``memblock``
+    (``memblock.mark_kho_scratch``), the gaps between busy blocks in
+    ascending order.  More than ``budget`` node visits or
+    :data:`EARLY_WALK_INSERT_BUDGET` insertions raise :class:`WalkBudgetExceeded`."""
+    res = EarlyInitResult()
+    v, ln = _fdt.getprop(fdt_blob, 0, "preserved-memory-map")
+    mm = _fdt.u64(v) if v is not None and ln == 8 else 0
+    if not mm:                          # populate refused this already; kept for variants
+        res.lines.append(profile.msg_walker_prop_bad)
+        return res
+    shift = profile.scratch_extension_block.bit_length() - 1
+    busy: set[int] = set()
+
+    def add(first: int, last: int) -> None:
+        res.insertions += last - first + 1
+        if res.insertions > EARLY_WALK_INSERT_BUDGET:
+            raise WalkBudgetExceeded(f"more than {EARLY_WALK_INSERT_BUDGET} busy-block insertions in the "
+                                     "early walk (blocks of very large order)")
+        busy.update(range(first, last + 1))
+
+    def leaf(order: int, physs) -> None:
+        size = PAGE_SIZE << order
+        for p in bits.tolist(physs):
+            add(p >> shift, (p + size - 1) >> shift)
+
+    def node(phys: int, level: int) -> None:
+        add(phys >> shift, phys >> shift)
+
+    kernel_radix_walk(mem, mm, leaf, budget=budget, on_node=node)
+    res.busy = sorted(busy)
+    if not shift:
+        return res
+    blk = 1 << shift
+    prev_end = 0
+    for b in res.busy:
+        start = b << shift
+        if start > prev_end:
+            res.extension.append((prev_end, start))
+        prev_end = start + blk
+    if prev_end < dram_end:
+        res.extension.append((prev_end, dram_end))
+    for s, e in res.extension:
+        rc = memblock.mark_kho_scratch(s, e - s)
+        if rc:
+            res.lines.append(profile.msg_extend_fail.format(errname=errname(rc)))
+            break
+    return res

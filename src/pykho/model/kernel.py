@@ -36,6 +36,8 @@ from .incoming import (
     PopulateResult,
     WalkBudgetExceeded,
     first_pfn_without_memmap,
+    is_kdump_kernel,
+    kho_memory_init_early,
     kho_memory_walk,
     kho_populate,
     memmap_present,
@@ -328,6 +330,23 @@ class Kernel(OutgoingKHO, Kexec):
 
     # --------------------------------------------------------- memory init
     def kho_memory_init(self) -> None:
+        if self.kho_in_scratch_phys and self.p.early_tree_walk and self.kho_in_fdt is not None:
+            # 7.3: kho_memory_init_early walks the tree (and extends scratch)
+            # before anything of it is reserved; a fault here reserves nothing
+            try:
+                early = kho_memory_init_early(self.p, self.m.mem, self.kho_in_fdt, self.memblock,
+                                              max(e for _, e, _ in self.m.ram))
+            except WalkBudgetExceeded as e:
+                self.violation("walk-amplified", self.kho_in_scratch_phys, self.kho_in_scratch_phys + 1,
+                               f"the early map walk does not end in reasonable time: {e}")
+                return
+            self.printk(*early.lines)
+            self.scratch_extension = early.extension
+        if self.p.kdump_gate and is_kdump_kernel(self.cmdline):
+            # 7.3: a kdump kernel does no KHO memory work at all, kho= or not
+            self.kho_enable = False
+            self.printk(self.p.msg_kdump_disabled)
+            return
         if self.kho_in_scratch_phys:
             assert self.populate is not None and self.kho_in_fdt is not None
             self.scratch = list(self.populate.scratch)
