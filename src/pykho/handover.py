@@ -634,6 +634,35 @@ def read_scenario_file(path: str) -> dict[str, Any]:
             raise UsageError(f"{path}: every [[{name}]] must be a table")
     if not doc:
         raise UsageError(f"{path}: an empty scenario (give [[kernel]] and [[step]] tables, or [host])")
+    for i, k in enumerate(doc.get("kernel", [])):
+        if "profile" in k:
+            try:
+                P.get_profile(str(k["profile"]))
+            except UsageError:
+                raise UsageError(f"{path}: [[kernel]] #{i + 1}: profile {k['profile']!r} is not a known generation "
+                                 f"({', '.join(P.PROFILES)})") from None
+    host = doc.get("host")
+    if host is not None:
+        unknown = sorted(set(host) - {"ram", "guest_bytes", "memfd_bytes", "range_bytes", "profile"})
+        if unknown:
+            raise UsageError(f"{path}: [host] has no key {unknown[0]!r} (ram, guest_bytes, memfd_bytes, "
+                             "range_bytes, profile)")
+        for key in ("ram", "guest_bytes", "memfd_bytes", "range_bytes"):
+            v = host.get(key)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
+                raise UsageError(f"{path}: [host] {key} = {v!r}: a number of bytes, 0 or more")
+        rb = host.get("range_bytes", 1 << 30)
+        if rb < PAGE_SIZE or rb & (rb - 1):
+            raise UsageError(f"{path}: [host] range_bytes = {rb}: a power of two of at least {PAGE_SIZE}")
+        if host.get("ram", 1 << 40) < 1 << 30:
+            raise UsageError(f"{path}: [host] ram = {host['ram']}: at least 1 GiB")
+        if host.get("guest_bytes", 512 << 30) + host.get("memfd_bytes", 1 << 30) >= host.get("ram", 1 << 40):
+            raise UsageError(f"{path}: [host] guest_bytes + memfd_bytes must be less than ram")
+        if "profile" in host:
+            try:
+                P.get_profile(str(host["profile"]))
+            except UsageError:
+                raise UsageError(f"{path}: [host] profile {host['profile']!r} is not a known generation") from None
     return doc
 
 

@@ -46,7 +46,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``kho`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     ap = build_parser()
     try:
-        args = ap.parse_args(argv)
+        args, extra = ap.parse_known_args(argv)
+        if extra:
+            cmd = getattr(args, "cmd", None)
+            raise ArgError(f"kho {cmd}" if cmd else "kho", f"unrecognized arguments: {' '.join(extra)}"
+                           + (f" (kho {cmd} --help lists the options)" if cmd else " (kho --help lists the commands)"))
     except ArgError as e:
         print(_one_line(str(e)) if e.prog != "kho" else f"kho: {_one_line(e.message)}", file=sys.stderr)
         return 2
@@ -55,7 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "pretty", False):
         args.json = True
     if not getattr(args, "func", None):
-        ap.print_help(sys.stderr)
+        print("kho: no command given: inspect, validate, simulate, compat, map, explore or fuzz "
+              "(kho --help says what each does)", file=sys.stderr)
         return 2
     try:
         return int(args.func(args))

@@ -142,10 +142,7 @@ def read_iomem(path: str | None) -> list[tuple[int, int]] | None:
         raise UsageError("--iomem '': give a copy of /proc/iomem")
     from ..memory import parse_iomem
     from ..memory.sources import read_regular
-    try:
-        raw = read_regular(path, "--iomem file", 1 << 22)
-    except UsageError as e:
-        raise UsageError(f"--iomem {e}") from None
+    raw = read_regular(path, "--iomem file", 1 << 22)
     try:
         text = raw.decode("ascii")
     except UnicodeDecodeError:

@@ -50,7 +50,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--progress", type=number(0), default=0.0,
                    help="print a progress line every N seconds (default 0: none)")
     p.add_argument("--summary-file", default=None, metavar="FILE",
-                   help="also write the summary as JSON to FILE")
+                   help="also write the summary as JSON to FILE (default: none)")
     p.add_argument("--replay", default=None, metavar="PATH",
                    help="run one saved input (a file under --crash-dir) and show what it does (default: none)")
     p.add_argument("--atheris", action="store_true",

@@ -39,7 +39,12 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.scenario!r}: not a built-in scenario (kho simulate --list) nor a TOML file")
     try:
         res = simulate(args.scenario)
-    except (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError) as e:
+    except UsageError as e:
+        if not is_file or str(e).startswith(args.scenario):
+            raise
+        raise UsageError(f"{args.scenario}: {e}") from None
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError, RuntimeError,
+            ZeroDivisionError) as e:
         if not is_file:
             raise
         raise UsageError(f"{args.scenario}: invalid scenario ({type(e).__name__}: {e})") from None
