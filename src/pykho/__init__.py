@@ -19,13 +19,14 @@ wrong.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
-
 from ._version import __version__
 
+#: typing is not imported at run time (it alone would cost more than the rest of ``import pykho``)
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from array import array
+    from collections.abc import Iterator
+    from typing import Any
 
     from . import profiles as profiles
     from .errors import KhoDecodeError, KhoError, UsageError
