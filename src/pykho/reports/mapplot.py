@@ -217,14 +217,13 @@ def _items(layers: dict[str, Any]) -> list[tuple[int, int, str, str, str]]:
 
 
 def _band(layer: str, y: float, h: float) -> tuple[float, float]:
-    """Where in a strip a layer is drawn: scratch full height, blocks in the
-    middle, metadata along the top edge, blobs along the bottom edge."""
+    """Where in a strip a layer is drawn: scratch full height, blocks and
+    metadata pages (never the same pages) in the middle, the root FDT and
+    sub-blobs (inside preserved blocks) along the bottom edge."""
     if layer.startswith("scratch"):
         return y, h
-    if layer.startswith("order"):
+    if layer.startswith("order") or layer == "meta":
         return y + h * 0.2, h * 0.6
-    if layer == "meta":
-        return y, max(3.0, h * 0.2)
     return y + h - max(3.0, h * 0.2), max(3.0, h * 0.2)
 
 
@@ -306,9 +305,13 @@ def layout(layers: dict[str, Any], title: str, width: int = 1200, max_rows: int 
             a2, b2 = max(a, s), min(b, e)
             by, bh = _band(layer, y0, h)
             xw = (b2 - a2) * px
-            if pages and layer.startswith("order") and PAGE * px >= 4 and xw > 2:
+            if pages and (layer.startswith("order") or layer == "meta") and PAGE * px >= 4 and xw > 2:
                 xw -= 1          # a hairline between neighbouring pages at page scale
             sc.rect(x0 + (a2 - scale_s) * px, by, max(MIN_PX, xw), bh, col, tip)
+            step = PAGE << int(layer[5:]) if layer.startswith("order") else PAGE
+            if pages and (layer.startswith("order") or layer == "meta") and step * px >= 6:
+                for q in range(a + (a2 - a) // step * step + step, b2, step):  # every block its own cell
+                    sc.rect(x0 + (q - scale_s) * px - 0.5, by, 1.0, bh, "#ffffff")
 
     r = 0
     while r < rows:
@@ -384,7 +387,7 @@ def layout(layers: dict[str, Any], title: str, width: int = 1200, max_rows: int 
     for o, cnt in layers["counts"].items():
         entries.append((f"order {o} ({_size(PAGE << o)}): {cnt}", ORDER_COLORS[min(o, len(ORDER_COLORS) - 1)]))
     if layers["meta_pages"]:
-        entries.append((f"map metadata (top edge): {layers['meta_pages']} pages", META))
+        entries.append((f"map metadata: {layers['meta_pages']} pages", META))
     if any(n == "root FDT" for n, _, _ in layers["blobs"]):
         entries.append(("root FDT (bottom edge)", FDT))
     if any(n != "root FDT" for n, _, _ in layers["blobs"]):
