@@ -73,7 +73,14 @@ CODES: dict[str, tuple[str, str]] = {
     "debugfs-fdt-truncated": (INFO, "7.2's debugfs out/fdt keeps the size the FDT had at kho_init"),
     "debugfs-fdt-completed": (INFO, "the cut debugfs out/fdt was completed from its known tail"),
     "debugfs-no-out-fdt": (INFO, "a kernel booted through KHO has no debugfs out/fdt"),
-    "root-fdt-not-located": (INFO, "the memory was too large to scan for the root FDT"),
+    "root-fdt-not-located": (INFO, "the bounded search of the memory for the root FDT stopped (time or size) "
+                                   "before finding it; --fdt-phys gives it"),
+    "root-fdt-not-in-memory": (WARNING, "the memory given holds neither setup_data pointing at the root FDT nor a "
+                                        "page starting with it: the report is the file's"),
+    "mem-base-doubtful": (WARNING, "the root FDT was found where the capture's own pointers (setup_data, the "
+                                   "scratch array, the FDT's map and sub-blobs, System RAM of --iomem) do not "
+                                   "lead: the memory is probably given at the wrong base, the verdict cannot be "
+                                   "told"),
     "debugfs-luo-freed": (INFO, "in/sub_fdts/LUO points at a page LUO freed"),
     "debugfs-luo-not-serialized": (INFO, "out/sub_fdts/LUO before kernel_kexec has sessions_pa = 0"),
 }

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import dump_json
+from ._common import add_json_args, dump_json
 
 __all__ = ["add_parser", "run"]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("compat", help="matrix of every old->new generation pair, computed by the model")
-    p.add_argument("-j", "--json", action="store_true", help="JSON output: one object per cell")
-    p.add_argument("-p", "--pretty", action="store_true", help="indented JSON (implies -j)")
+    p = sub.add_parser("compat", help="matrix of every old->new generation pair, computed by the model",
+                       description="Hand the handover of each generation's modelled kernel to each generation's "
+                                   "modelled next kernel and say what happens (ok, rej, fail, BAD).")
+    add_json_args(p, "one object per cell")
     p.set_defaults(func=run)
 
 

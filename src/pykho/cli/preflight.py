@@ -14,7 +14,7 @@ import os
 import sys
 
 from ..errors import UsageError
-from ._common import add_input_args, dump_json, open_mem, read_iomem
+from ._common import add_input_args, dump_json, open_mem, profile_arg, read_iomem
 
 __all__ = ["add_parser", "run", "write_textfile"]
 
@@ -54,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
     from .._version import __version__
     from ..abi.image import MAX_IMAGE_BYTES, kernel_release
     from ..handover import load
-    from ..profiles import get_profile, profile_for_release
+    from ..profiles import profile_for_release
+    from ..reports import doubted
     from ..reports.validate import CANNOT_TELL, go_no_go, prometheus_text, validate
     if args.target_image:
         if not os.path.isfile(args.target_image):
@@ -73,12 +74,14 @@ def run(args: argparse.Namespace) -> int:
                   "covers (give --target if you know its KHO generation)", file=sys.stderr)
             return CANNOT_TELL
     else:
-        tgt = get_profile(args.target)
+        tgt = profile_arg(args.target, "--target")
+        assert tgt is not None
     path, mem = args.path, args.mem
     if path is None:
         path, mem = LIVE_DEBUGFS, mem or "live"
-    ho = load(path, open_mem(mem), args.fdt_phys)
-    rep = validate(ho, tgt, read_iomem(args.iomem), cmdline=args.cmdline)
+    iomem = read_iomem(args.iomem)
+    ho = load(path, open_mem(mem), args.fdt_phys, iomem=iomem)
+    rep = doubted(ho, validate(ho, tgt, iomem, cmdline=args.cmdline))
     code, reasons = go_no_go(rep)
     word = {0: "go", 1: "no-go", 2: "cannot tell"}[code]
     if args.prometheus:

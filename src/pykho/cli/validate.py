@@ -3,34 +3,44 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
-from ._common import BUILTIN_NOTE, add_input_args, default_paths, dump_json, open_mem, read_iomem
+from ._common import BUILTIN_NOTE, add_input_args, default_paths, dump_json, open_mem, profile_arg, read_iomem
 
 __all__ = ["add_parser", "run"]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("validate", help="check a handover and predict what a kernel will do with it")
+    p = sub.add_parser("validate", help="check a handover and predict what a kernel will do with it",
+                       description="Check a handover and boot the target kernel's model on it: findings, the "
+                                   "lines that kernel prints, what it restores. Exit 0 fine, 1 error findings or "
+                                   "a refused handover, 2 unreadable input or a verdict that cannot be told "
+                                   "(the report on stdout, the reason on stderr).")
     add_input_args(p, "debugfs kho dir or a root FDT file")
-    p.add_argument("--target", metavar="GEN", help="kernel that will receive it (default: the compatible's)")
-    p.add_argument("--iomem", metavar="FILE", help="a copy of /proc/iomem: System RAM ranges")
+    p.add_argument("--target", metavar="GEN",
+                   help="the generation of the kernel that will receive it: A0 A1 B-prefix B C D E or a release "
+                        "(default: --profile, else the one the compatible string names)")
+    p.add_argument("--iomem", metavar="FILE",
+                   help="a copy of /proc/iomem (read as root): System RAM ranges of the machine (default: none; "
+                        "the bundled capture's when PATH is not given)")
     p.add_argument("--cmdline", default="kho=on", help="the target kernel's command line (kho_scratch=, "
-                   "reserve_mem=, debugfs= are modelled); default 'kho=on'")
-    p.add_argument("--blocks", action="store_true", help="also list every preserved block")
+                   "reserve_mem=, debugfs= are modelled) (default 'kho=on')")
+    p.add_argument("--blocks", action="store_true", help="also list every preserved block (default: counts only)")
     p.add_argument("--prometheus", metavar="FILE",
-                   help="also write node_exporter textfile-collector metrics to FILE (written atomically)")
+                   help="also write node_exporter textfile-collector metrics to FILE (written atomically; "
+                        "default: none)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..handover import load
-    from ..profiles import get_profile
+    from ..reports import doubted
     from ..reports.validate import exit_code, render, render_rich, validate
     default_paths(args)
-    ho = load(args.path, open_mem(args.mem), args.fdt_phys)
-    tgt = get_profile(args.target) if args.target else (get_profile(args.profile) if args.profile else None)
+    tgt = profile_arg(args.target, "--target") or profile_arg(args.profile, "--profile")
     iomem = read_iomem(args.iomem)
-    rep = validate(ho, tgt, iomem, want_blocks=args.blocks, cmdline=args.cmdline)
+    ho = load(args.path, open_mem(args.mem), args.fdt_phys, iomem=iomem)
+    rep = doubted(ho, validate(ho, tgt, iomem, want_blocks=args.blocks, cmdline=args.cmdline))
     if args.prometheus:
         from .._version import __version__
         from ..reports.validate import prometheus_text
@@ -43,4 +53,11 @@ def run(args: argparse.Namespace) -> int:
             print(BUILTIN_NOTE)
         if not render_rich(rep):
             print(render(rep))
-    return exit_code(rep)
+    rc = exit_code(rep)
+    if rc == 2:
+        v = rep["verdict"]
+        sys.stdout.flush()
+        why = " ".join(str(v.get("outcome") or "the input is incomplete").split())
+        why = why[len("cannot tell: "):] if why.startswith("cannot tell: ") else why
+        print(f"kho validate: {args.path}: cannot tell what {v['target']} does with it: {why}", file=sys.stderr)
+    return rc

@@ -1,7 +1,7 @@
 """Physical memory sources: one read-by-physical-address interface.
 
 Every decoder reads through :class:`PhysMemory`.  Sources are read-only
-(files are opened read-only and mapped with ``ACCESS_READ``); only
+(files are opened read-only and read by offset); only
 :class:`SparseMemory`, the memory encoders and the model write into, has a
 ``write`` method.  A read of bytes the source does not hold raises
 :class:`~pykho.errors.MemoryFault` naming the address.

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import io
 import lzma
-import mmap
 import os
+import stat
 import struct
 import tarfile
 import zlib
@@ -21,10 +21,93 @@ from .base import PhysMemory
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
 
-__all__ = ["XZ_MAGIC", "XZ_MEMLIMIT", "DrgnMemory", "ElfDump", "RawImage", "SparseDir", "open_source"]
+__all__ = ["XZ_MAGIC", "XZ_MEMLIMIT", "DrgnMemory", "ElfDump", "RawImage", "SparseDir", "file_kind", "open_regular",
+           "open_source", "read_regular"]
 
-#: what a segment's bytes live in: a file mapping or bytes read from an archive
-_SegmentBuffer = mmap.mmap | bytes
+
+def file_kind(mode: int) -> str:
+    """What a ``st_mode`` is, in words ("a directory", "a FIFO", ...)."""
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISREG, "a regular file")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def open_regular(path: str, what: str) -> IO[bytes]:
+    """``path`` opened for reading, if it is a regular file.
+
+    The file is opened without blocking and checked before anything is read,
+    so a FIFO, a device or a directory given where a file is needed is a
+    :class:`~pykho.errors.UsageError` naming it, never a hang."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        raise UsageError(f"{path}: cannot open {what}: {e.strerror}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise UsageError(f"{path}: {what} must be a regular file, not {file_kind(mode)}")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular(path: str, what: str, cap: int) -> bytes:
+    """The bytes of the regular file ``path`` (at most ``cap``; more is a
+    :class:`~pykho.errors.UsageError`)."""
+    with open_regular(path, what) as f:
+        try:
+            data = f.read(cap + 1)
+        except OSError as e:
+            raise UsageError(f"{path}: cannot read {what}: {e.strerror}") from None
+    if len(data) > cap:
+        raise UsageError(f"{path}: {what} larger than {cap} bytes")
+    return data
+
+
+class _FileBuffer:
+    """A regular file read by offset (``os.pread``), sliced like bytes.
+
+    Images are read this way rather than mapped: scanning an 8 GiB image then
+    costs one chunk of memory, where a mapping's pages all count as the
+    process's resident memory once read."""
+
+    def __init__(self, f: IO[bytes], path: str, what: str) -> None:
+        self.f, self.path, self.what = f, path, what
+        self.fd = f.fileno()
+        self.size = os.fstat(self.fd).st_size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, s: slice) -> bytes:
+        start, stop, _ = s.indices(self.size)
+        want = max(0, stop - start)
+        parts: list[bytes] = []
+        at = start
+        while want:
+            try:
+                got = os.pread(self.fd, min(want, 1 << 30), at)
+            except OSError as e:
+                raise KhoDecodeError(self.what, f"{self.path} offset 0x{at:x}", f"read failed: {e.strerror}") from None
+            if not got:
+                raise KhoDecodeError(self.what, f"{self.path} offset 0x{at:x}",
+                                     "the file ends early (did it shrink while open?)")
+            parts.append(got)
+            at += len(got)
+            want -= len(got)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def close(self) -> None:
+        self.f.close()
+
+
+#: what a segment's bytes live in: a file read by offset, or bytes read from an archive
+_SegmentBuffer = _FileBuffer | bytes
 
 
 XZ_MAGIC = b"\xfd7zXZ\x00"
@@ -122,10 +205,10 @@ class _Segments(PhysMemory):
         return self._ranges
 
     def close(self) -> None:
-        """Unmap the files now (a 1 GiB image otherwise stays mapped until
-        the garbage collector finds this object)."""
+        """Close the files now (an image otherwise stays open until the
+        garbage collector finds this object)."""
         for _, _, buf, _ in self._segs:
-            if isinstance(buf, mmap.mmap):
+            if isinstance(buf, _FileBuffer):
                 buf.close()
         self._segs, self._ranges, self._starts_cache = [], [], None
 
@@ -142,16 +225,9 @@ class _Segments(PhysMemory):
         return bytes(buf[o:o + size])
 
 
-def _map_file(path: str, what: str) -> _SegmentBuffer:
-    try:
-        f = open(path, "rb")  # noqa: SIM115 - closed by the with below; only open's failure is a usage error
-    except OSError as e:
-        raise UsageError(f"{path}: cannot open {what}: {e.strerror}") from None
-    with f:
-        size = os.fstat(f.fileno()).st_size
-        if size == 0:
-            return b""
-        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+def _map_file(path: str, what: str) -> _FileBuffer:
+    """A regular file, read by offset (see :class:`_FileBuffer`)."""
+    return _FileBuffer(open_regular(path, what), path, what)
 
 
 class RawImage(_Segments):
@@ -172,9 +248,14 @@ class SparseDir(_Segments):
         super().__init__(f"sparse extract {path}")
         if os.path.isdir(path):
             def read_file(n: str) -> bytes:
-                with open(os.path.join(path, n), "rb") as f:
+                p = os.path.join(path, n)
+                if not os.path.lexists(p):
+                    raise FileNotFoundError(p)
+                with open_regular(p, "sparse extract file") as f:
                     return f.read()
             self._load(read_file, path)
+        elif not os.path.exists(path):
+            raise UsageError(f"{path}: no such file or directory")
         elif os.path.isfile(path) and _tar_kind(path):
             try:
                 self._load_tar(path)
@@ -242,19 +323,21 @@ class ElfDump(_Segments):
     def __init__(self, path: str) -> None:
         super().__init__(f"ELF dump {path}")
         buf = _map_file(path, "ELF dump")
-        if len(buf) < 64 or bytes(buf[:4]) != ELF_MAGIC:
+        head = buf[0:64]
+        if len(head) < 64 or head[:4] != ELF_MAGIC:
             raise KhoDecodeError("ELF header", f"{path} offset 0", "not an ELF file (bad magic)")
-        if buf[4] != 2 or buf[5] != 1:
+        if head[4] != 2 or head[5] != 1:
             raise KhoDecodeError("ELF header", f"{path} offset 4", "expected ELFCLASS64 little-endian")
         (_type, _machine, _v, _entry, e_phoff, _shoff, _flags, _ehsize, e_phentsize,
-         e_phnum) = struct.unpack_from("<HHIQQQIHHH", buf, 16)
+         e_phnum) = struct.unpack_from("<HHIQQQIHHH", head, 16)
         if e_phentsize != 56:
             raise KhoDecodeError("ELF header", f"{path} offset 54", f"program header size {e_phentsize}, expected 56")
         if e_phnum > 65535 or e_phoff + e_phnum * 56 > len(buf):
             raise KhoDecodeError("ELF program headers", f"{path} offset 0x{e_phoff:x}", "past the end of the file")
+        phdrs = buf[e_phoff:e_phoff + e_phnum * 56]
         for i in range(e_phnum):
             p_type, _fl, p_offset, _va, p_paddr, p_filesz, _memsz, _al = struct.unpack_from(
-                "<IIQQQQQQ", buf, e_phoff + i * 56)
+                "<IIQQQQQQ", phdrs, i * 56)
             if p_type != PT_LOAD or p_filesz == 0:
                 continue
             if p_offset + p_filesz > len(buf):
@@ -342,8 +425,17 @@ def open_source(spec: str) -> PhysMemory:
             try:
                 base = int(b, 0)
             except ValueError:
-                raise UsageError(f"--mem {spec!r}: base {b!r} is not a number") from None
-        return RawImage(path, base)
+                raise UsageError(f"--mem {spec!r}: base {b!r} is not a number (decimal or 0x hex)") from None
+            if base < 0:
+                raise UsageError(f"--mem {spec!r}: base {b!r} is negative (a physical address is 0 or more)")
+            if base >= 1 << 64:
+                raise UsageError(f"--mem {spec!r}: base {b!r} is beyond 64-bit physical addresses")
+        if not path:
+            raise UsageError(f"--mem {spec!r}: no file name before '@'")
+        img = RawImage(path, base)
+        if img.ranges() and img.ranges()[-1][1] > 1 << 64:
+            raise UsageError(f"--mem {spec!r}: the image at base 0x{base:x} ends beyond 64-bit physical addresses")
+        return img
     if kind == "sparse":
         return SparseDir(rest)
     if kind == "elf":

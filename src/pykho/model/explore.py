@@ -134,13 +134,18 @@ def explore(profile: str, runs: int, seed: int, faults: bool = True) -> dict:
             model_errors.setdefault(err.split(":")[0] + ":" + err.split(":")[1][:60] if ":" in err else err,
                                     {"count": 0, "spec": spec, "error": err})["count"] += 1
             continue
+        kinds = set()
         for v in viol:
-            c = classes.setdefault(v["kind"], {"count": 0, "first_run": i, "spec": spec, "example": v})
-            c["count"] += 1
+            c = classes.setdefault(v["kind"], {"count": 0, "occurrences": 0, "first_run": i, "spec": spec,
+                                               "example": v})
+            c["occurrences"] += 1
+            if v["kind"] not in kinds:           # runs: lifecycles that reached this kind, once each
+                kinds.add(v["kind"])
+                c["count"] += 1
     for kind, c in classes.items():
         c["minimal"] = minimize(c["spec"], kind)
     return {"profile": P.get_profile(profile).name, "runs": runs, "seed": seed, "seconds": round(time.time() - t0, 2),
-            "violations": {k: {"runs": c["count"], "first_run": c["first_run"], "example": c["example"],
-                               "minimal": c["minimal"]} for k, c in sorted(classes.items())},
+            "violations": {k: {"runs": c["count"], "occurrences": c["occurrences"], "first_run": c["first_run"],
+                               "example": c["example"], "minimal": c["minimal"]} for k, c in sorted(classes.items())},
             "model_errors": {k: {"runs": v["count"], "error": v["error"], "spec": v["spec"]}
                              for k, v in model_errors.items()}}

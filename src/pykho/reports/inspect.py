@@ -12,9 +12,10 @@ from typing import Any
 from .. import clients as _clients
 from .. import profiles as P
 from ..abi import bits
+from ..errors import UsageError
 from ..handover import Handover, detect_generation, map_walker, summarize_walk
 
-__all__ = ["inspect", "render", "iter_blocks", "block_line"]
+__all__ = ["inspect", "render", "iter_blocks", "block_line", "check_kho"]
 
 
 def iter_blocks(ho: Handover, profile: P.Profile | None = None,
@@ -22,12 +23,24 @@ def iter_blocks(ho: Handover, profile: P.Profile | None = None,
     """Every preserved block ``(phys, order)`` in the kernel's walk order,
     one leaf at a time: constant memory whatever the map's size."""
     prof = profile or detect_generation(ho)[0]
-    r = ho.root
-    if ho.mem is None or not r.mem_map or prof is None:
+    r = ho.tree
+    if ho.mem is None or not r.mem_map or prof is None or ho.partial is not None:
         return
     for order, physs in map_walker(prof, ho.mem, r.mem_map, preserve_bits=preserve_bits).leaves():
         for p in bits.tolist(physs):
             yield p, order
+
+
+def check_kho(ho: Handover) -> Any:
+    """The handover's root (whole or cut), if its compatible is KHO's; a
+    :class:`~pykho.errors.UsageError` naming the file otherwise."""
+    r = ho.tree
+    if not (r.compatible or "").startswith("kho-"):
+        what = f"its root's compatible is {r.compatible!r}" if r.compatible is not None else \
+            "its root has no compatible property"
+        raise UsageError(f"{ho.root_blob_origin or ho.source}: a flattened device tree, but not a KHO root FDT: "
+                         f"{what} (KHO's say kho-v1 ... kho-v4)")
+    return r
 
 
 def block_line(p: int, o: int) -> str:
@@ -36,8 +49,12 @@ def block_line(p: int, o: int) -> str:
 
 def inspect(ho: Handover, profile: P.Profile | None = None, want_blocks: bool = False,
             preserve_bits: int | None = None) -> dict[str, Any]:
-    """What the handover holds, as the JSON of ``kho inspect -j``."""
-    r = ho.root
+    """What the handover holds, as the JSON of ``kho inspect -j``.
+
+    A root FDT cut short gives what its bytes hold (``partial``); a root
+    whose compatible is not KHO's is a :class:`~pykho.errors.KhoDecodeError`
+    (a device tree, but not a handover)."""
+    r = check_kho(ho)
     detected, evidence = detect_generation(ho)
     prof = profile or detected
     h = r.header
@@ -56,7 +73,17 @@ def inspect(ho: Handover, profile: P.Profile | None = None, want_blocks: bool = 
         "scratch_origin": ho.scratch_origin,
         "quirks": [q.__dict__ for q in ho.quirks],
         "problems": [],
+        "needs_memory": ho.needs_memory(),
     }
+    if r.mem_map is None:
+        out["memory_map_missing"] = True
+    if profile is not None and detected is not None and profile.compatible != r.compatible:
+        out["profile_forced"] = {"profile": profile.name, "writes": profile.compatible, "bytes_say": r.compatible,
+                                 "detected": detected.name}
+    if ho.base_doubt:
+        out["base_doubt"] = ho.base_doubt
+    if ho.partial is not None:
+        out["partial"] = ho.partial.as_dict()
     if ho.setup_data_phys is not None:
         out["setup_data"] = {"phys": ho.setup_data_phys, "scratch_addr": ho.scratch_phys,
                              "scratch_size": ho.scratch_len}
@@ -65,7 +92,15 @@ def inspect(ho: Handover, profile: P.Profile | None = None, want_blocks: bool = 
         d["property"] = st.prop
         d["decoded"] = _clients.decode_subblob(st.name, ho.blob_of(st.name), ho.mem, st.phys, prof)
         out["subtrees"].append(d)
-    if ho.mem is not None and r.mem_map and prof is not None:
+    if ho.partial is not None:
+        for name in ho.partial.only_in_sub_fdts:
+            out["subtrees"].append({"name": name, "phys": None, "size": None, "property": None, "cut": True,
+                                    "decoded": _clients.decode_subblob(name, ho.sub_blobs.get(name), None, None,
+                                                                       prof)})
+        for d in out["subtrees"]:
+            if d["name"] in ho.partial.incomplete:
+                d["cut"] = True
+    if ho.mem is not None and r.mem_map and prof is not None and ho.partial is None:
         w = map_walker(prof, ho.mem, r.mem_map, preserve_bits=preserve_bits)
         summary, meta, blocks = summarize_walk(w, want_blocks)
         out["summary"] = summary
@@ -87,21 +122,43 @@ def render(rep: dict[str, Any], show_blocks: bool = False) -> str:
     L = []
     f = rep["fdt"]
     L.append(f"KHO handover from {rep['source']}")
+    if rep.get("base_doubt"):
+        L.append(f"  WARNING        {rep['base_doubt']}")
+    pf = rep.get("profile_forced")
+    if pf:
+        L.append(f"  WARNING        --profile {pf['profile']} writes {pf['writes']!r} but these bytes say "
+                 f"{pf['bytes_say']!r} ({pf['detected']}): decoded as {pf['profile']} anyway")
     L.append(f"  generation     {rep['generation']}  ({rep['generation_evidence']})")
     where = f"0x{f['phys']:x}" if f["phys"] is not None else f["origin"]
-    L.append(f"  root FDT       {where}, {f['totalsize']} bytes, rsvmap at {f['off_mem_rsvmap']}")
+    part = rep.get("partial")
+    if part:
+        L.append(f"  root FDT       {where}, cut short: {part['have']} of {f['totalsize']} bytes, rsvmap at "
+                 f"{f['off_mem_rsvmap']} (the tree below is what those bytes hold; property names: "
+                 f"{part['names_from']})")
+    else:
+        L.append(f"  root FDT       {where}, {f['totalsize']} bytes, rsvmap at {f['off_mem_rsvmap']}")
     L.append("  /")
     L.append(f"    compatible = \"{rep['compatible']}\"")
-    L.append(f"    preserved-memory-map = 0x{rep['memory_map']:x}")
+    if rep.get("memory_map_missing"):
+        L.append("    preserved-memory-map: " + ("cut off" if part else "missing or not 8 bytes"))
+    else:
+        L.append(f"    preserved-memory-map = 0x{rep['memory_map']:x}")
     for st in rep["subtrees"]:
-        L.append(f"    {st['name']} {{")
-        if st["size"] is not None:
-            L.append(f"      blob-size = {st['size']}")
-        phys = f"0x{st['phys']:x}" if st["phys"] is not None else "(missing or not 8 bytes)"
-        L.append(f"      {st['property'] or 'preserved-data'} = {phys}")
+        cut = st.get("cut")
+        if cut and st["property"] is None and st["phys"] is None and part and st["name"] in part["only_in_sub_fdts"]:
+            L.append(f"    {st['name']} {{   (cut off the root FDT; its blob from sub_fdts/)")
+        else:
+            L.append(f"    {st['name']} {{" + ("   (cut short here)" if cut else ""))
+            if st["size"] is not None:
+                L.append(f"      blob-size = {st['size']}")
+            if st["phys"] is not None:
+                L.append(f"      {st['property'] or 'preserved-data'} = 0x{st['phys']:x}")
+            elif not cut:
+                L.append(f"      {st['property'] or 'preserved-data'} = (missing or not 8 bytes)")
         dec = st["decoded"]
         if "error" in dec:
-            L.append(f"      !! {dec['error']}")
+            if not (cut and dec.get("code") == "blob-missing"):
+                L.append(f"      !! {dec['error']}")
         else:
             plugin = _clients.by_node(st["name"])
             if dec.get("kind") != plugin.kind:
@@ -123,8 +180,13 @@ def render(rep: dict[str, Any], show_blocks: bool = False) -> str:
         if show_blocks and "preserved" in rep:
             for p, o in rep["preserved"]:
                 L.append(block_line(p, o))
+    if rep.get("needs_memory"):
+        L.append("  needs memory   (give --mem with memory captured at the jump)")
+        for line in rep["needs_memory"]:
+            L.append(f"    - {line}")
     for q in rep["quirks"]:
-        L.append(f"  note [{q['code']}] {q['message']}")
+        if q["code"] != "mem-base-doubtful":
+            L.append(f"  note [{q['code']}] {q['message']}")
     for p in rep["problems"]:
         L.append(f"  problem [{p['code']}] {p['message']}")
     return "\n".join(L)

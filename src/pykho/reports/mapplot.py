@@ -1,66 +1,183 @@
 """``kho map``: a picture of physical memory and what the handover does with it.
 
-Physical memory is drawn as stacked strips (each strip one equal slice of
-the address span), so a 1 GiB VM and a 1 TiB host are both legible; every
-object is at least one pixel wide.  Layers: System RAM, scratch areas,
-preserved blocks coloured by order, map metadata (radix nodes or chunk
-pages and bitmaps), sub-blobs and the root FDT.  SVG is written directly;
-PNG needs matplotlib (``pip install 'pykho[all]'``).
+Two panels, one scene (:func:`layout`) drawn as SVG (no dependency) or PNG
+(matplotlib, ``pip install 'pykho[plot]'``):
+
+* the overview: the whole span as stacked strips of a power-of-two size;
+  a run of strips that hold one thing only (System RAM, one scratch area,
+  one order of preserved blocks) is folded into one labelled strip, so a
+  1 GiB VM and a 1 TiB host both fit in a screen;
+* the zoom: every object too small to see in the overview (preserved
+  blocks, map metadata pages, the root FDT and sub-blobs) gathered into a
+  few windows drawn at page scale, each window its own range.
+
+Scratch areas get a colour each (lowmem, global, one per node), preserved
+blocks a colour per order, metadata is black; the legend lists only what
+the picture holds.  Preserved blocks are collected as coalesced runs per
+order (a fully preserved 1 TiB host is a handful of runs, never a Python
+object per block).
 """
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass, field
+from typing import Any
 from xml.sax.saxutils import escape
 
 from ..errors import UsageError
-from ..handover import detect_generation, map_walker
+from ..handover import Handover, detect_generation, map_walker
 
-__all__ = ["collect", "render_svg", "render_png"]
+__all__ = ["collect", "layout", "render_svg", "render_png", "map_title", "Scene"]
 
 PAGE = 4096
-ORDER_COLORS = ["#440154", "#482878", "#3e4989", "#31688e", "#26828e", "#1f9e89", "#35b779", "#6ece58",
-                "#b5de2b", "#fde725", "#ff7f0e"]
-OTHER = {"ram": "#e6e6e6", "scratch": "#9ecae1", "meta": "#000000", "blob": "#d62728", "fdt": "#ff00ff"}
+#: preserved blocks by order: strong colours, none of them a scratch pastel
+ORDER_COLORS = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#1f78b4",
+                "#b2182b", "#6a3d9a", "#00a6d6", "#444444"]
+#: scratch areas: lowmem, global, then one per node (pastels)
+SCRATCH_COLORS = ["#a6cee3", "#b2df8a", "#fdbf6f", "#cab2d6", "#fb9a99", "#ffff99", "#8dd3c7", "#bebada",
+                  "#d9d9d9", "#ccebc5"]
+RAM, HOLE, META, BLOB, FDT = "#e3e3e3", "#ffffff", "#000000", "#e41a1c", "#ff00ff"
+#: a layer never thinner than this many pixels
+MIN_PX = 1.5
 
 
-def collect(ho, iomem=None, max_blocks: int = 2_000_000) -> dict:
-    r = ho.root
+def _size(n: int) -> str:
+    for u, s in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << s:
+            v = n / (1 << s)
+            return f"{v:.0f} {u}" if v == int(v) else f"{v:.1f} {u}"
+    return f"{n} B"
+
+
+def scratch_name(i: int) -> str:
+    return ("lowmem", "global")[i] if i < 2 else f"node {i - 2}"
+
+
+def _merge(runs: list[tuple[int, int]], quantum: int = 1) -> list[tuple[int, int]]:
+    """Sorted runs, those closer than ``quantum`` bytes joined."""
+    out: list[tuple[int, int]] = []
+    for s, e in sorted(runs):
+        if out and s - out[-1][1] < quantum:
+            if e > out[-1][1]:
+                out[-1] = (out[-1][0], e)
+        else:
+            out.append((s, e))
+    return out
+
+
+def collect(ho: Handover, iomem: list[tuple[int, int]] | None = None, max_runs: int = 200_000) -> dict[str, Any]:
+    """What the map draws: RAM, scratch areas, preserved runs per order with
+    block counts, metadata runs, blobs, the span.  Runs closer than a page
+    are kept apart; beyond ``max_runs`` runs of one order, runs closer than
+    what a pixel of the overview holds are joined (the picture is the same)."""
+    from ..model.machine import block_runs
+    r = ho.tree
     prof, _ = detect_generation(ho)
-    layers = {"scratch": [(a.addr, a.end) for a in ho.scratch if a.size], "blocks": [], "meta": [], "blobs": []}
+    layers: dict[str, Any] = {
+        "scratch": [(scratch_name(i), a.addr, a.end) for i, a in enumerate(ho.scratch) if a.size],
+        "runs": {}, "counts": {}, "meta": [], "meta_pages": 0, "blobs": [], "coarsened": False,
+        "compatible": r.compatible, "generation": prof.name if prof else None,
+    }
     if ho.root_phys is not None:
         layers["blobs"].append(("root FDT", ho.root_phys, ho.root_phys + PAGE))
     for st in r.subtrees:
         if st.phys:
             layers["blobs"].append((st.name, st.phys, st.phys + max(st.size or PAGE, 1)))
-    if ho.mem is not None and r.mem_map and prof is not None:
+    if ho.scratch_phys:
+        layers["blobs"].append(("scratch array", ho.scratch_phys, ho.scratch_phys + max(ho.scratch_len or 16, 1)))
+    top_guess = 1 << 30
+    runs: dict[int, list[tuple[int, int]]] = {}
+    counts: dict[int, int] = {}
+    if ho.mem is not None and r.mem_map and prof is not None and ho.partial is None:
         w = map_walker(prof, ho.mem, r.mem_map)
-        n = 0
+        quantum: dict[int, int] = {}
         for order, physs in w.leaves():
-            for p in (physs.tolist() if hasattr(physs, "tolist") else physs):
-                if n < max_blocks:
-                    layers["blocks"].append((p, order))
-                n += 1
+            if not len(physs):
+                continue
+            counts[order] = counts.get(order, 0) + len(physs)
+            lst = runs.setdefault(order, [])
+            q = quantum.get(order, 1)
+            for s, e in block_runs(order, physs):
+                if lst and 0 <= s - lst[-1][1] < q:
+                    lst[-1] = (lst[-1][0], max(e, lst[-1][1]))
+                else:
+                    lst.append((s, e))
+            if len(lst) > max_runs:
+                # more runs than a picture can tell apart: join the closest
+                q = max(q, PAGE)
+                while len(lst) > max_runs // 2:
+                    q *= 2
+                    lst = _merge(lst, q)
+                quantum[order] = q
+                runs[order] = lst
+                layers["coarsened"] = True
         nodes = getattr(w, "nodes", None)
         if nodes is not None:
-            layers["meta"] = [(x.phys, x.phys + PAGE) for x in nodes]
+            meta = [(n.phys, n.phys + PAGE) for n in nodes]
         else:
-            layers["meta"] = [(c.phys, c.phys + PAGE) for c in w.chunks] + \
-                             [(b, b + w.preserve_bits // 8) for b in w.bitmaps]
-    ends = [e for _, e in layers["scratch"]] + [p + (PAGE << o) for p, o in layers["blocks"]] + \
-           [e for _, _, e in layers["blobs"]] + [e for _, e in layers["meta"]]
+            meta = [(c.phys, c.phys + PAGE) for c in w.chunks] + \
+                   [(b, b + max(w.preserve_bits // 8, 1)) for b in w.bitmaps]
+        layers["meta_pages"] = len(meta)
+        layers["meta"] = _merge(meta)
+    layers["runs"] = {o: _merge(v) for o, v in sorted(runs.items())}
+    layers["counts"] = dict(sorted(counts.items()))
+    ends = [e for _, _, e in layers["scratch"]] + [e for v in layers["runs"].values() for _, e in v[-1:]] + \
+           [e for _, _, e in layers["blobs"]] + [e for _, e in layers["meta"][-1:]]
     if iomem:
-        ram = list(iomem)
+        ram = _merge(list(iomem))
     else:
-        top = max(ends, default=1 << 30)
-        top = ((top + (1 << 30) - 1) >> 30) << 30
-        ram = [(0, top)]
+        top = max(ends + [top_guess])
+        ram = [(0, ((top + (1 << 30) - 1) >> 30) << 30)]
     layers["ram"] = ram
-    layers["span"] = (0, max(e for _, e in ram))
+    lo = min([s for s, _ in ram] + [s for _, s, _ in layers["scratch"]])
+    hi = max([e for _, e in ram] + ends)
+    layers["span"] = (lo & ~((1 << 20) - 1), hi)
     return layers
 
 
-def grid(span: tuple[int, int], max_rows: int = 32) -> tuple[int, int]:
-    """(rows, bytes per row): power-of-two rows, at most ``max_rows`` of them."""
+def map_title(ho: Handover, builtin: bool = False) -> str:
+    """``KHO handover <where> (compatible, generation)`` without an absolute path."""
+    src = os.path.normpath(ho.source)
+    if builtin:
+        where = "bundled Linux 7.2.13 capture"
+    else:
+        rel = os.path.relpath(src) if os.path.isabs(src) else src
+        if rel.startswith(".."):
+            parts = src.split(os.sep)
+            rel = os.path.join(*parts[-3:]) if len(parts) > 3 else src.lstrip(os.sep)
+        where = rel
+    try:
+        gen = detect_generation(ho)[0]
+        what = f"{ho.tree.compatible}" + (f", {gen.name} ({gen.kernels})" if gen else "")
+    except Exception:  # noqa: BLE001 - a title never fails a map
+        what = "?"
+    return f"KHO handover {where} ({what})"
+
+
+# ------------------------------------------------------------------ the scene
+
+
+@dataclass
+class Scene:
+    """Rectangles and texts in pixels (y downward), for SVG and PNG alike."""
+
+    width: int
+    height: int = 0
+    #: x, y, w, h, fill, tooltip, edge colour
+    rects: list[tuple[float, float, float, float, str, str, str]] = field(default_factory=list)
+    #: x, y, text, size, anchor, colour, weight
+    texts: list[tuple[float, float, str, float, str, str, str]] = field(default_factory=list)
+
+    def rect(self, x: float, y: float, w: float, h: float, fill: str, tip: str = "", edge: str = "") -> None:
+        self.rects.append((x, y, w, h, fill, tip, edge))
+
+    def text(self, x: float, y: float, s: str, size: float = 11, anchor: str = "start", color: str = "#000000",
+             weight: str = "normal") -> None:
+        self.texts.append((x, y, s, size, anchor, color, weight))
+
+
+def _grid(span: tuple[int, int], max_rows: int) -> tuple[int, int]:
     lo, hi = span
     per = 1 << 20
     while (hi - lo + per - 1) // per > max_rows:
@@ -68,113 +185,275 @@ def grid(span: tuple[int, int], max_rows: int = 32) -> tuple[int, int]:
     return (hi - lo + per - 1) // per, per
 
 
-def _size(n):
-    for u, s in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if n >= 1 << s:
-            return f"{n / (1 << s):g} {u}"
-    return f"{n} B"
+def _clip(runs: list[tuple[int, int]], s: int, e: int) -> list[tuple[int, int]]:
+    import bisect
+    i = max(0, bisect.bisect_right(runs, (s, 1 << 70)) - 1)
+    out = []
+    while i < len(runs) and runs[i][0] < e:
+        a, b = runs[i]
+        if b > s:
+            out.append((max(a, s), min(b, e)))
+        i += 1
+    return out
 
 
-def render_svg(layers: dict, title: str, width: int = 1200, rows: int | None = None) -> str:
-    lo, hi = layers["span"]
-    rows, per_row = grid(layers["span"])
-    left, top, rh, gap = 110, 40, 18, 6
-    plot_w = width - left - 20
-    height = top + rows * (rh + gap) + 120
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="monospace" '
-           f'font-size="11">', '<rect width="100%" height="100%" fill="white"/>',
-           f'<text x="10" y="20" font-size="14">{escape(title)}</text>']
-
-    def rects(s, e, y0, h, color, tip):
-        s, e = max(s, lo), min(e, hi)
-        while s < e:
-            row = (s - lo) // per_row
-            rs = lo + row * per_row
-            re_ = min(rs + per_row, e)
-            x = left + (s - rs) * plot_w / per_row
-            w = max(1.0, (re_ - s) * plot_w / per_row)
-            y = top + row * (rh + gap) + y0
-            out.append(f'<rect x="{x:.2f}" y="{y:.1f}" width="{w:.2f}" height="{h}" fill="{color}">'
-                       f'<title>{escape(tip)}</title></rect>')
-            s = re_
-
-    for r in range(rows):
-        y = top + r * (rh + gap)
-        out.append(f'<text x="4" y="{y + 13}">0x{lo + r * per_row:x}</text>')
-    for s, e in layers["ram"]:
-        rects(s, e, 0, rh, OTHER["ram"], f"System RAM 0x{s:x}-0x{e:x}")
-    for i, (s, e) in enumerate(layers["scratch"]):
-        rects(s, e, 0, rh, OTHER["scratch"], f"scratch {i}: 0x{s:x}+{_size(e - s)}")
-    for p, o in layers["blocks"]:
-        rects(p, p + (PAGE << o), 3, rh - 6, ORDER_COLORS[min(o, 10)], f"preserved 0x{p:x} order {o}")
+def _items(layers: dict[str, Any]) -> list[tuple[int, int, str, str, str]]:
+    """Everything drawn, as (start, end, layer, colour, tip), bottom layer first."""
+    out: list[tuple[int, int, str, str, str]] = []
+    for i, (name, s, e) in enumerate(layers["scratch"]):
+        out.append((s, e, f"scratch{i}", SCRATCH_COLORS[i % len(SCRATCH_COLORS)],
+                    f"scratch {name}: 0x{s:x}+{_size(e - s)}"))
+    for o, rl in layers["runs"].items():
+        for s, e in rl:
+            n = (e - s) >> (12 + o)
+            out.append((s, e, f"order{o}", ORDER_COLORS[min(o, len(ORDER_COLORS) - 1)],
+                        f"preserved 0x{s:x}-0x{e:x} order {o}" + (f" ({n} blocks)" if n > 1 else "")))
     for s, e in layers["meta"]:
-        rects(s, e, 0, 3, OTHER["meta"], f"map metadata 0x{s:x}")
+        out.append((s, e, "meta", META, f"map metadata 0x{s:x}-0x{e:x} ({(e - s) // PAGE} pages)"))
     for name, s, e in layers["blobs"]:
-        rects(s, e, rh - 3, 3, OTHER["fdt" if name == "root FDT" else "blob"], f"{name} at 0x{s:x}")
-    ly = top + rows * (rh + gap) + 20
-    items = [("System RAM", OTHER["ram"]), ("scratch", OTHER["scratch"]), ("map metadata (top edge)", OTHER["meta"]),
-             ("sub-blob (bottom edge)", OTHER["blob"]), ("root FDT", OTHER["fdt"])]
-    for i, (name, c) in enumerate(items):
-        x = 10 + i * 230
-        out.append(f'<rect x="{x}" y="{ly}" width="14" height="12" fill="{c}" stroke="#888"/>'
-                   f'<text x="{x + 20}" y="{ly + 10}">{escape(name)}</text>')
-    ly += 24
-    out.append(f'<text x="10" y="{ly + 10}">preserved block order:</text>')
-    for o, c in enumerate(ORDER_COLORS):
-        x = 190 + o * 60
-        out.append(f'<rect x="{x}" y="{ly}" width="14" height="12" fill="{c}"/><text x="{x + 18}" y="{ly + 10}">{o}'
-                   f'</text>')
-    ly += 24
-    nb = len(layers["blocks"])
-    out.append(f'<text x="10" y="{ly + 10}">{rows} strips of {_size(per_row)}; {nb} preserved blocks, '
-               f'{len(layers["meta"])} metadata pages, {len(layers["scratch"])} scratch areas</text>')
+        out.append((s, e, "fdt" if name == "root FDT" else "blob", FDT if name == "root FDT" else BLOB,
+                    f"{name} at 0x{s:x}"))
+    return out
+
+
+def _band(layer: str, y: float, h: float) -> tuple[float, float]:
+    """Where in a strip a layer is drawn: scratch full height, blocks and
+    metadata pages (never the same pages) in the middle, the root FDT and
+    sub-blobs (inside preserved blocks) along the bottom edge."""
+    if layer.startswith("scratch"):
+        return y, h
+    if layer.startswith("order") or layer == "meta":
+        return y + h * 0.2, h * 0.6
+    return y + h - max(3.0, h * 0.2), max(3.0, h * 0.2)
+
+
+def _signature(layers: dict[str, Any], items: list, s: int, e: int) -> str | None:
+    """What a strip [s, e) holds when it holds exactly one thing throughout
+    (RAM only, one scratch area, one order), else None."""
+    ram = _clip(layers["ram"], s, e)
+    if not ram:
+        return "hole"
+    if ram != [(s, e)]:
+        return None
+    covering = None
+    for a, b, layer, _, _ in items:
+        if b <= s or a >= e:
+            continue
+        if a <= s and b >= e and layer.startswith(("scratch", "order")):
+            if covering is None or layer.startswith("order"):
+                covering = layer
+            continue
+        return None
+    return covering or "ram"
+
+
+def _zoom_windows(layers: dict[str, Any], items: list, small: int, max_windows: int) -> list[tuple[int, int]]:
+    """Windows (start, end) holding every object smaller than ``small`` bytes."""
+    objs = sorted((s, e) for s, e, _, _, _ in items if e - s < small)
+    if not objs:
+        return []
+    gap = 16 * PAGE
+    while True:
+        wins: list[tuple[int, int]] = []
+        for s, e in objs:
+            if wins and s - wins[-1][1] <= gap:
+                wins[-1] = (wins[-1][0], max(e, wins[-1][1]))
+            else:
+                wins.append((s, e))
+        if len(wins) <= max_windows:
+            break
+        gap *= 2
+    out = []
+    for s, e in wins:
+        s0 = (s // PAGE) * PAGE
+        e0 = -(-e // PAGE) * PAGE
+        ext = max(e0 - s0, 16 * PAGE)
+        pad = max(2 * PAGE, (ext // 16) // PAGE * PAGE)
+        out.append((max(0, s0 - pad), max(e0, s0 + ext - (e0 - s0)) + pad))
+    return out
+
+
+def layout(layers: dict[str, Any], title: str, width: int = 1200, max_rows: int = 32, max_windows: int = 12) -> Scene:
+    """The picture of ``layers`` (see :func:`collect`) as a :class:`Scene`."""
+    sc = Scene(width)
+    left, right = 118, 16
+    pw = width - left - right
+    lo, hi = layers["span"]
+    rows, per_row = _grid((lo, hi), max_rows)
+    items = _items(layers)
+    nblocks = sum(layers["counts"].values())
+    nbytes = sum(((e - s) for rl in layers["runs"].values() for s, e in rl))
+    sc.text(10, 24, title, 15, weight="bold")
+    sub = (f"{nblocks} preserved blocks ({_size(nbytes)})" if layers["counts"] or layers["meta_pages"]
+           else "no preserved map read (no memory given, or the map is empty)")
+    sub += f", {layers['meta_pages']} map metadata pages, {len(layers['scratch'])} scratch areas"
+    sc.text(10, 44, sub, 11, color="#333333")
+    y = 62
+    sc.text(10, y + 12, f"whole span 0x{lo:x}-0x{hi:x} ({_size(hi - lo)}): strips of {_size(per_row)}, "
+                        "a run of strips holding one thing folded into one", 11, weight="bold")
+    y += 22
+    rh, gap = 18, 6
+
+    def draw(s: int, e: int, y0: float, x0: float, w: float, h: float, scale_s: int, scale_n: int,
+             pages: bool = False) -> None:
+        px = w / scale_n
+        for a, b in _clip(layers["ram"], s, e):
+            sc.rect(x0 + (a - scale_s) * px, y0, max(MIN_PX, (b - a) * px), h, RAM, f"System RAM 0x{a:x}-0x{b:x}")
+        for a, b, layer, col, tip in items:
+            if b <= s or a >= e:
+                continue
+            a2, b2 = max(a, s), min(b, e)
+            by, bh = _band(layer, y0, h)
+            xw = (b2 - a2) * px
+            if pages and (layer.startswith("order") or layer == "meta") and PAGE * px >= 4 and xw > 2:
+                xw -= 1          # a hairline between neighbouring pages at page scale
+            sc.rect(x0 + (a2 - scale_s) * px, by, max(MIN_PX, xw), bh, col, tip)
+            step = PAGE << int(layer[5:]) if layer.startswith("order") else PAGE
+            if pages and (layer.startswith("order") or layer == "meta") and step * px >= 6:
+                for q in range(a + (a2 - a) // step * step + step, b2, step):  # every block its own cell
+                    sc.rect(x0 + (q - scale_s) * px - 0.5, by, 1.0, bh, "#ffffff")
+
+    r = 0
+    while r < rows:
+        s = lo + r * per_row
+        sig = _signature(layers, items, s, min(s + per_row, hi))
+        n = 1
+        if sig is not None:
+            while r + n < rows and _signature(layers, items, lo + (r + n) * per_row,
+                                              min(lo + (r + n + 1) * per_row, hi)) == sig:
+                n += 1
+        e = min(s + n * per_row, hi)
+        sc.text(left - 6, y + 13, f"0x{s:x}", 10, anchor="end")
+        if n > 1:
+            # one strip stands for n alike: drawn as the first, labelled with the run
+            draw(s, s + per_row, y, left, pw, rh, s, per_row)
+            what = {"ram": "System RAM only", "hole": "no RAM"}.get(sig or "", "")
+            if sig and sig.startswith("scratch"):
+                what = f"scratch {layers['scratch'][int(sig[7:])][0]} only"
+            elif sig and sig.startswith("order"):
+                what = f"preserved order-{sig[5:]} blocks only"
+            label = f"{n} strips alike, 0x{s:x}-0x{e:x} ({_size(e - s)}): {what}"
+            tw = 6.2 * len(label) + 12
+            sc.rect(left + (pw - tw) / 2, y + 2, tw, rh - 4, "#ffffff", edge="#999999")
+            sc.text(left + pw / 2, y + 13, label, 10, anchor="middle", color="#222222")
+        else:
+            draw(s, e, y, left, pw, rh, s, per_row)
+        y += rh + gap
+        r += n
+    for i in range(5):
+        sc.text(left + pw * i / 4, y + 6, f"+{_size(per_row * i // 4)}" if i else "+0", 9,
+                anchor="middle" if 0 < i < 4 else ("start" if i == 0 else "end"), color="#555555")
+    y += 18
+
+    # the zoom: what the overview cannot show
+    small = max(PAGE, int(per_row / pw * 4))
+    wins = _zoom_windows(layers, items, small, max_windows)
+    if wins:
+        y += 8
+        sc.text(10, y + 12, f"zoom: the {len(wins)} window{'s' if len(wins) > 1 else ''} holding what is smaller "
+                            f"than 4 pixels above (each window at its own scale; page scale where it fits)", 11,
+                weight="bold")
+        y += 22
+        cols = 3 if len(wins) > 2 else len(wins)
+        cgap = 14
+        cw = (width - 20 - cgap * (cols - 1)) / cols
+        for k, (s, e) in enumerate(wins):
+            c = k % cols
+            if c == 0 and k:
+                y += 64
+            x0 = 10 + c * (cw + cgap)
+            npages = (e - s) // PAGE
+            scale = f"{cw / npages:.0f} px per page" if cw >= npages else f"1 px = {_size(int((e - s) / cw))}"
+            sc.text(x0, y + 10, f"0x{s:x}-0x{e:x}  ({npages} pages, {scale})", 10)
+            draw(s, e, y + 16, x0, cw, 22, s, e - s, pages=True)
+            # names of the root FDT and sub-blobs under their page
+            last_x = -1e9
+            line = 0
+            for name, a, _b in sorted(layers["blobs"], key=lambda t: t[1]):
+                if not (s <= a < e):
+                    continue
+                x = x0 + (a - s) * cw / (e - s)
+                line = line + 1 if x - last_x < 7 * len(name) and line < 2 else 0
+                sc.text(x, y + 50 + 10 * line, name, 8, color=FDT if name == "root FDT" else BLOB)
+                last_x = x
+        y += 80
+    # the legend: only what the picture holds
+    y += 6
+    entries: list[tuple[str, str]] = [("System RAM", RAM)]
+    if any(_clip(layers["ram"], lo, hi)) and sum(b - a for a, b in layers["ram"]) < hi - lo:
+        entries.append(("not RAM", HOLE))
+    for i, (name, s, e) in enumerate(layers["scratch"]):
+        entries.append((f"scratch {name} ({_size(e - s)})", SCRATCH_COLORS[i % len(SCRATCH_COLORS)]))
+    for o, cnt in layers["counts"].items():
+        entries.append((f"order {o} ({_size(PAGE << o)}): {cnt}", ORDER_COLORS[min(o, len(ORDER_COLORS) - 1)]))
+    if layers["meta_pages"]:
+        entries.append((f"map metadata: {layers['meta_pages']} pages", META))
+    if any(n == "root FDT" for n, _, _ in layers["blobs"]):
+        entries.append(("root FDT (bottom edge)", FDT))
+    if any(n != "root FDT" for n, _, _ in layers["blobs"]):
+        entries.append(("sub-blob, scratch array (bottom edge)", BLOB))
+    x = 10.0
+    for name, col in entries:
+        wtxt = 7 * len(name) + 30
+        if x + wtxt > width - 10:
+            x = 10.0
+            y += 20
+        sc.rect(x, y, 14, 12, col, name, edge="#888888")
+        sc.text(x + 20, y + 10, name, 10)
+        x += wtxt
+    y += 20
+    if layers.get("coarsened"):
+        sc.text(10, y + 10, "runs closer than an overview pixel were joined (too many to draw apart)", 9,
+                color="#555555")
+        y += 16
+    sc.height = int(y + 10)
+    return sc
+
+
+# ------------------------------------------------------------------ output
+
+
+def render_svg(layers: dict[str, Any], title: str, width: int = 1200) -> str:
+    sc = layout(layers, title, width)
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{sc.width}" height="{sc.height}" '
+           f'font-family="DejaVu Sans, sans-serif" font-size="11">', '<rect width="100%" height="100%" fill="white"/>']
+    for x, y, w, h, fill, tip, edge in sc.rects:
+        st = f' stroke="{edge}"' if edge else ""
+        t = f"<title>{escape(tip)}</title>" if tip else ""
+        out.append(f'<rect x="{x:.2f}" y="{y:.2f}" width="{w:.2f}" height="{h:.2f}" fill="{fill}"{st}>{t}</rect>')
+    for x, y, s, size, anchor, col, weight in sc.texts:
+        out.append(f'<text x="{x:.1f}" y="{y:.1f}" font-size="{size}" text-anchor="{anchor}" fill="{col}"'
+                   + (f' font-weight="{weight}"' if weight != "normal" else "") + f">{escape(s)}</text>")
     out.append("</svg>")
-    return "\n".join(out)
+    return "\n".join(out) + "\n"
 
 
-def render_png(layers: dict, title: str, path: str):
+def render_png(layers: dict[str, Any], title: str, path: str, width: int = 1200) -> None:
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.collections import PatchCollection
         from matplotlib.patches import Rectangle
     except ImportError:
-        raise UsageError(f"{path}: PNG output needs matplotlib (pip install 'pykho[all]'); use .svg") from None
-    lo, hi = layers["span"]
-    rows, per_row = grid(layers["span"])
-    fig, ax = plt.subplots(figsize=(14, 2.2 + rows * 0.35))
-
-    def rect(s, e, y0, h, c):
-        s, e = max(s, lo), min(e, hi)
-        while s < e:
-            row = (s - lo) // per_row
-            rs = lo + row * per_row
-            re_ = min(rs + per_row, e)
-            ax.add_patch(Rectangle(((s - rs) / per_row, rows - 1 - row + y0),
-                                   max((re_ - s) / per_row, 0.0008), h, color=c, linewidth=0))
-            s = re_
-    for s, e in layers["ram"]:
-        rect(s, e, 0.1, 0.8, OTHER["ram"])
-    for s, e in layers["scratch"]:
-        rect(s, e, 0.1, 0.8, OTHER["scratch"])
-    for p, o in layers["blocks"]:
-        rect(p, p + (PAGE << o), 0.25, 0.5, ORDER_COLORS[min(o, 10)])
-    for s, e in layers["meta"]:
-        rect(s, e, 0.8, 0.1, OTHER["meta"])
-    for name, s, e in layers["blobs"]:
-        rect(s, e, 0.1, 0.1, OTHER["fdt" if name == "root FDT" else "blob"])
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, rows)
-    ax.set_yticks([rows - 0.5 - r for r in range(rows)], [f"0x{lo + r * per_row:x}" for r in range(rows)])
-    ax.set_xticks([0, 0.25, 0.5, 0.75, 1], ["+0", f"+{_size(per_row // 4)}", f"+{_size(per_row // 2)}",
-                                            f"+{_size(3 * per_row // 4)}", f"+{_size(per_row)}"])
-    from matplotlib.patches import Patch
-    handles = [Patch(color=OTHER["ram"], label="System RAM"), Patch(color=OTHER["scratch"], label="scratch"),
-               Patch(color=OTHER["meta"], label="map metadata"), Patch(color=OTHER["blob"], label="sub-blob"),
-               Patch(color=OTHER["fdt"], label="root FDT")] + \
-        [Patch(color=c, label=f"order {o}") for o, c in enumerate(ORDER_COLORS)]
-    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=8, fontsize=8)
-    ax.set_title(title + f"  ({rows} strips of {_size(per_row)})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+        raise UsageError(f"{path}: PNG output needs matplotlib (pip install 'pykho[plot]'); use .svg") from None
+    sc = layout(layers, title, width)
+    dpi = 100
+    fig = plt.figure(figsize=(sc.width / dpi, sc.height / dpi), dpi=dpi)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_xlim(0, sc.width)
+    ax.set_ylim(sc.height, 0)
+    ax.axis("off")
+    patches = [Rectangle((x, y), w, h) for x, y, w, h, _, _, _ in sc.rects]
+    pc = PatchCollection(patches, facecolors=[r[4] for r in sc.rects], edgecolors=[r[6] or "none" for r in sc.rects],
+                         linewidths=[0.6 if r[6] else 0 for r in sc.rects])
+    ax.add_collection(pc)
+    ha = {"start": "left", "middle": "center", "end": "right"}
+    for x, y, s, size, anchor, col, weight in sc.texts:
+        ax.text(x, y, s, fontsize=size * 0.75, ha=ha[anchor], va="baseline", color=col, weight=weight)
+    try:
+        fig.savefig(path, dpi=dpi)
+    except OSError as e:
+        raise UsageError(f"--out {path}: cannot write: {e.strerror}") from None
+    finally:
+        plt.close(fig)
