@@ -28,13 +28,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--target-image", metavar="IMAGE",
                    help="the kernel image about to be loaded (x86 bzImage or arm64 Image): its release picks "
-                        "the generation")
-    g.add_argument("--target", metavar="GEN", help="the generation of the next kernel (A0 ... E, 7.2, ...)")
+                        "the generation (default: none; this or --target is required)")
+    g.add_argument("--target", metavar="GEN",
+                   help="the generation of the next kernel (A0 ... E, 7.2, ...) (default: none; this or "
+                        "--target-image is required)")
     p.add_argument("--cmdline", default="kho=on",
                    help="the next kernel's command line, as it will boot (default 'kho=on')")
-    p.add_argument("--iomem", metavar="FILE", help="a copy of /proc/iomem: System RAM ranges")
+    p.add_argument("--iomem", metavar="FILE", help="a copy of /proc/iomem: System RAM ranges (default: none)")
     p.add_argument("--prometheus", metavar="FILE",
-                   help="also write node_exporter textfile-collector metrics to FILE (written atomically)")
+                   help="also write node_exporter textfile-collector metrics to FILE (written atomically; "
+                        "default: none)")
     p.set_defaults(func=run)
 
 
