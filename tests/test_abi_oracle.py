@@ -1,15 +1,14 @@
 """The ABI layer against bytes and log lines of a real Linux 7.2.13 kernel."""
 
-import struct
 
 import pytest
 
 from conftest import oracle, reserve_lines
 from helpers import A, B
-from pykho import profiles as P
 from pykho import clients
-from pykho.abi import radix, root, structs
+from pykho import profiles as P
 from pykho.abi import fdt as F
+from pykho.abi import radix, root, structs
 from pykho.memory import SparseDir
 
 CASES = {c.name: c.root_fdt for c in (A, B)}       # scenario: root FDT phys (tests/helpers.py)

@@ -9,7 +9,7 @@ import tarfile
 import pytest
 
 from conftest import oracle, reserve_lines
-from helpers import A, B, BUNDLED, BUNDLED_DIR, ram_file
+from helpers import BUNDLED, BUNDLED_DIR, A, B, ram_file
 from pykho.cli import main
 
 A_OUT, A_MEM = A.out, A.mem
@@ -141,6 +141,7 @@ def _copy(tmp_path, src):
 
 def test_corruptions_give_findings(capsys, tmp_path):
     import tarfile
+
     from pykho.abi import root
     ram = tmp_path / "ram"
     with tarfile.open(oracle("A-selftest", "ram-stage1.sparse.tar.xz")) as tf:
@@ -196,7 +197,8 @@ def test_corruptions_give_findings(capsys, tmp_path):
     off = p.find_prop_value(0, "compatible")
     p.buf[off:off + 6] = b"kho-v3"
     fdt_file.write_bytes(bytes(p.buf))
-    rc, rep = run_json(capsys, "validate", A_OUT, "--mem", f"sparse:{ram}", "--fdt-phys", hex(A.root_fdt), "--target", "7.2")
+    rc, rep = run_json(capsys, "validate", A_OUT, "--mem", f"sparse:{ram}", "--fdt-phys", hex(A.root_fdt),
+                       "--target", "7.2")
     assert rc == 1 and rep["verdict"]["log"][0].endswith("is incompatible with 'kho-v4': 1")
     rej = [f for f in rep["findings"] if f["code"] == "handover-rejected"]
     assert len(rej) == 1 and "check_compatible" in rej[0]["message"] and rej[0]["severity"] == "error"
@@ -208,7 +210,8 @@ def test_seed_bug_handover_verdicts_differ_by_target(capsys):
     from pykho import profiles as P
     from pykho.abi import root
     page = root.build_root_at_boot(P.B, 0)
-    import tempfile, os
+    import os
+    import tempfile
     with tempfile.NamedTemporaryFile(suffix=".dtb", delete=False) as f:
         f.write(page.blob())
     try:
@@ -273,6 +276,7 @@ def test_unpreserved_subblob_and_vmalloc_and_truncated_fdt(capsys, tmp_path):
     """Clear the map bits of the kho_test FDT page and of its vmalloc chunk:
     both are reported; a root FDT file cut short is an error finding."""
     import tarfile
+
     from pykho.abi import radix
     from pykho.memory import SparseDir
     ram = tmp_path / "ram"

@@ -96,7 +96,8 @@ def qemu_dump(tmp_path, mem):
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         res = qmp(tmp_path / "q.sock",
-                  {"execute": "dump-guest-memory", "arguments": {"paging": False, "protocol": f"file:{tmp_path}/d.elf"}},
+                  {"execute": "dump-guest-memory",
+                   "arguments": {"paging": False, "protocol": f"file:{tmp_path}/d.elf"}},
                   {"execute": "pmemsave", "arguments": {"val": 0, "size": 64 * MiB, "filename": f"{tmp_path}/d.raw"}},
                   {"execute": "quit"})
         assert all("return" in r for r in res[:3]), res

@@ -416,6 +416,7 @@ def test_timeout_is_reported_as_hang():
 
 def test_cli_parser():
     import argparse
+
     from pykho.cli import fuzz as cli_fuzz
     p = argparse.ArgumentParser()
     sub = p.add_subparsers()

@@ -3,7 +3,8 @@
 import re
 
 import pytest
-from hypothesis import HealthCheck, settings, strategies as st
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from conftest import oracle
@@ -12,7 +13,7 @@ from pykho.cli import main
 from pykho.model import compat
 from pykho.model.kernel import Kernel, parse_kho_scratch
 from pykho.model.machine import Machine
-from pykho.model.scenarios import BUILTIN, simulate
+from pykho.model.scenarios import simulate
 
 
 def test_seed_bug_double_frees_scratch():
@@ -131,7 +132,8 @@ M = 1 << 20
 
 @pytest.mark.parametrize("gen,arg,cfg,line", [
     # the first line is the real kernel's (test_kho_scratch_line_is_the_real_kernels)
-    ("E", "16M,96M,32M", ("sizes", 16 * M, 96 * M, 32 * M), "KHO: scratch areas: lowmem: 16MiB global: 96MiB pernode: 32MiB"),
+    ("E", "16M,96M,32M", ("sizes", 16 * M, 96 * M, 32 * M),
+     "KHO: scratch areas: lowmem: 16MiB global: 96MiB pernode: 32MiB"),
     ("E", "0,0,0", None, None), ("E", "1M,2M,3Mx", None, None), ("A0", "0,1M,1M", None, None),
     ("A0", "1M,1M,1Mx", ("sizes", M, M, M), "KHO: scratch areas: lowmem: 1MiB global: 1MiB pernode: 1MiB"),
     ("E", "150%", ("scale", 150), "KHO: scratch scale is 150%"), ("E", "12345678901%", None, None)])

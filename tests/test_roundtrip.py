@@ -3,15 +3,15 @@
 import struct
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from pykho import profiles as P
+from helpers import Bump
 from pykho import clients
+from pykho import profiles as P
 from pykho.abi import chunks, radix, root, structs
 from pykho.abi import fdt as F
 from pykho.memory import SparseMemory
-
-from helpers import Bump
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 RAM_TOP = 1 << 40
@@ -282,7 +282,8 @@ def test_spec_worked_vector_fresh_and_edited_root():
     page = root.build_root_at_boot(P.B, 0)
     blob = page.blob()
     assert len(blob) == 152
-    assert blob[:40].hex() == "d00dfeed00000098000000400000007800000030000000110000001000000000000000200000003800000000"[:80]
+    assert blob[:40].hex() == ("d00dfeed00000098000000400000007800000030000000110000001000000000000000200000"
+                               "003800000000")[:80]
     assert blob[-32:] == b"preserved-memory-map\0compatible\0"
     assert page.add_subtree("kho_test", 0x1234000) == 0
     blob = page.blob()

@@ -167,7 +167,7 @@ def kho():
             raise AssertionError(f"kho {' '.join(args)} exited {r.returncode}:\n{r.stderr[-3000:]}")
         try:
             return json.loads(r.stdout)
-        except json.JSONDecodeError:
+        except json.JSONDecodeError as e:
             raise AssertionError(f"kho {' '.join(args)} did not print JSON (rc {r.returncode}):\n"
-                                 f"stdout: {r.stdout[-2000:]}\nstderr: {r.stderr[-2000:]}")
+                                 f"stdout: {r.stdout[-2000:]}\nstderr: {r.stderr[-2000:]}") from e
     return call

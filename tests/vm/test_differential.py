@@ -19,7 +19,7 @@ import pytest
 import vmtest as vm
 from pykho import profiles as P
 from pykho.abi import fdt as F
-from pykho.abi import root, structs
+from pykho.abi import root
 
 pytestmark = pytest.mark.vm
 

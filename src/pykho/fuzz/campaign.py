@@ -14,8 +14,6 @@ was on.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import resource
 import sys
@@ -27,7 +25,7 @@ from .cases import read_failure, save_failure
 from .engine import BAD_KINDS, execute, generate
 from .families import FAMILIES
 
-__all__ = ["Campaign", "add_parser", "configure_parser", "format_summary", "load_case", "main", "replay", "run"]
+__all__ = ["Campaign", "format_summary", "load_case", "replay"]
 
 
 def load_case(path: str) -> tuple[str, dict]:
