@@ -204,9 +204,10 @@ def _setup_records(data: bytes, at: int, n: int) -> Iterator[int]:
     lead = (-at) % 16
     try:
         import numpy as np
+        have_np = True
     except ImportError:  # pragma: no cover - numpy is optional
-        np = None
-    if np is not None:
+        have_np = False
+    if have_np:
         usable = (len(data) - lead) // 16 * 16
         a = np.frombuffer(data, dtype="<u4", count=usable // 4, offset=lead)
         hits = np.flatnonzero((a[2::4] == structs.SETUP_KEXEC_KHO) & (a[3::4] == structs.KHO_DATA.size))
