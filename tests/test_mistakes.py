@@ -378,3 +378,15 @@ def test_rows_are_well_formed():
     for argv, code, line in MISTAKES:
         assert code in (0, 1, 2) and (line is None or isinstance(line, str)), argv
     assert len(MISTAKES) >= 100
+
+
+def test_setup_data_found_with_and_without_numpy(monkeypatch):
+    import sys
+
+    from pykho import handover
+    from pykho.memory import open_source
+    mem = open_source("sparse:" + os.path.join(D, "ram.sparse.tar.xz"))
+    with_np = handover.scan_memory(mem, None).setup_data
+    monkeypatch.setitem(sys.modules, "numpy", None)          # the one-byte search path
+    without = handover.scan_memory(mem, None).setup_data
+    assert with_np is not None and with_np == without and with_np[1].fdt_addr == 0x2D5000
