@@ -21,15 +21,28 @@
  * --popcount counts each bitmap with popcount instead of visiting each bit
  * (what pykho's summarize() does); the default is the kernel's per-bit walk.
  *
- * Image file (written by bench/run.py): "KHOIMG1\0", u64 npages, u64
- * pfn[npages] ascending, then the npages pages.  Pages not in the image
- * read as zero, as pykho's SparseMemory does for RAM never written.
+ * Memory comes from either
+ *   an image file (written by bench/inprocess.py): "KHOIMG1\0", u64 npages,
+ *     u64 pfn[npages] ascending, then the npages pages.  Pages not in the
+ *     image read as zero, as pykho's SparseMemory does for RAM never written;
+ *   or a sparse extract directory (pykho.memory.SparseDir, what
+ *     bench/gen.py writes): MANIFEST.tsv lines "file<TAB>phys<TAB>length"
+ *     ('#' lines are comments) and the files they name.  Memory not in a
+ *     listed file does not exist: a pointer to it is a problem, as in pykho.
  *
- * usage: walker IMAGE radix ROOT [REPS] [--popcount]
- *        walker IMAGE chunks FIRST PRESERVE_BITS [REPS] [--popcount]
- * prints one JSON object: counts, and the best of REPS runs of the walk and
- * of the overlap check, wall clock (walk_s, check_s, total_s) and CPU time
- * of the process (cpu_*); loading the image is not timed.
+ * --handover DIR walks a handover directory as users have it (bench/gen.py):
+ * the map's root is the "preserved-memory-map" property of the root FDT in
+ * DIR/debugfs/kho/out/fdt (its "compatible" must be kho-v2..v4: radix), the
+ * memory is the sparse extract DIR/ram.
+ *
+ * usage: walker IMAGE|RAMDIR radix ROOT [REPS] [--popcount]
+ *        walker IMAGE|RAMDIR chunks FIRST PRESERVE_BITS [REPS] [--popcount]
+ *        walker --handover DIR [REPS] [--popcount]
+ * prints one JSON object: counts (blocks, bytes, by_order, physsum, the
+ * overlap check's duplicates and overlaps, problems), and the best of REPS
+ * runs of the walk and of the overlap check, wall clock (walk_s, check_s,
+ * total_s) and CPU time of the process (cpu_*), and load_s: reading the
+ * files, which the walk times leave out (bench/run.py times the process).
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -59,6 +72,7 @@ static uint64_t *pfns;
 static uint8_t *pages;
 static uint8_t zero_page[PAGE_SIZE] __attribute__((aligned(64)));
 static uint64_t missing_reads;
+static int sparse_dir;          /* memory from a sparse extract: pages not listed do not exist */
 
 /* Memory for [phys, phys+size): a pointer into the image, the zero page for
  * memory never written, NULL when the span crosses pages not stored together. */
@@ -79,7 +93,7 @@ static const uint8_t *p2v(uint64_t phys, uint64_t size)
 			return pages + lo * PAGE_SIZE + (phys & (PAGE_SIZE - 1));
 		return NULL;
 	}
-	if (pfn == last) {
+	if (pfn == last && !sparse_dir) {
 		missing_reads++;
 		return zero_page + (phys & (PAGE_SIZE - 1));
 	}
@@ -451,7 +465,7 @@ static double now(clockid_t clk)
 	return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-static void load(const char *path)
+static void load_image(const char *path)
 {
 	FILE *f = fopen(path, "rb");
 	char magic[8];
@@ -471,12 +485,227 @@ static void load(const char *path)
 	fclose(f);
 }
 
+struct seg {
+	uint64_t phys, len;
+	char *file;
+};
+
+static int cmp_seg(const void *x, const void *y)
+{
+	const struct seg *a = x, *b = y;
+	return a->phys < b->phys ? -1 : a->phys > b->phys;
+}
+
+/* A sparse extract directory: MANIFEST.tsv, one file per range. */
+static void load_sparse(const char *dir)
+{
+	char path[4096], line[8192];
+	struct seg *segs = NULL;
+	size_t nsegs = 0, cap = 0;
+	FILE *m;
+
+	snprintf(path, sizeof(path), "%s/MANIFEST.tsv", dir);
+	m = fopen(path, "r");
+	if (!m) {
+		perror(path);
+		exit(2);
+	}
+	while (fgets(line, sizeof(line), m)) {
+		char *name = line, *a, *b, *end;
+		if (line[0] == '#' || line[0] == '\n' || line[0] == '\r' || !line[0])
+			continue;
+		a = strchr(name, '\t');
+		if (!a || !(b = strchr(a + 1, '\t'))) {
+			fprintf(stderr, "%s: bad line: %s", path, line);
+			exit(2);
+		}
+		*a++ = 0;
+		*b++ = 0;
+		if (nsegs == cap) {
+			cap = cap ? 2 * cap : 64;
+			segs = realloc(segs, cap * sizeof(*segs));
+			if (!segs) {
+				perror("realloc");
+				exit(1);
+			}
+		}
+		segs[nsegs].phys = strtoull(a, &end, 0);
+		segs[nsegs].len = strtoull(b, &end, 0);
+		segs[nsegs].file = strdup(name);
+		if (segs[nsegs].len)
+			nsegs++;
+	}
+	fclose(m);
+	qsort(segs, nsegs, sizeof(*segs), cmp_seg);
+	/* pages spanned; a page two ranges share is counted once */
+	uint64_t n = 0, last = UINT64_MAX;
+	for (size_t i = 0; i < nsegs; i++) {
+		uint64_t first = segs[i].phys >> PAGE_SHIFT, end = (segs[i].phys + segs[i].len - 1) >> PAGE_SHIFT;
+		if (last != UINT64_MAX && first <= last) {
+			if (segs[i].phys < ((last + 1) << PAGE_SHIFT) && (segs[i].phys & (PAGE_SIZE - 1)) == 0) {
+				fprintf(stderr, "%s: ranges overlap at 0x%llx\n", path, (unsigned long long)segs[i].phys);
+				exit(2);
+			}
+			first = last + 1;
+		}
+		if (end >= first)
+			n += end - first + 1;
+		if (last == UINT64_MAX || end > last)
+			last = end;
+	}
+	npages = n;
+	pfns = malloc(npages * 8 + 8);
+	pages = aligned_alloc(PAGE_SIZE, npages * PAGE_SIZE + PAGE_SIZE);
+	if (!pfns || !pages) {
+		perror("malloc");
+		exit(1);
+	}
+	uint64_t k = 0;
+	last = UINT64_MAX;
+	for (size_t i = 0; i < nsegs; i++) {
+		uint64_t first = segs[i].phys >> PAGE_SHIFT, end = (segs[i].phys + segs[i].len - 1) >> PAGE_SHIFT;
+		uint64_t base_k;        /* index of the range's first page */
+		if (last != UINT64_MAX && first <= last) {
+			base_k = k - 1 - (last - first);
+		} else {
+			base_k = k;
+		}
+		for (uint64_t p = (last != UINT64_MAX && first <= last) ? last + 1 : first; p <= end; p++) {
+			pfns[k] = p;
+			memset(pages + k * PAGE_SIZE, 0, PAGE_SIZE);
+			k++;
+		}
+		if (last == UINT64_MAX || end > last)
+			last = end;
+		snprintf(path, sizeof(path), "%s/%s", dir, segs[i].file);
+		FILE *f = fopen(path, "rb");
+		if (!f || fread(pages + base_k * PAGE_SIZE + (segs[i].phys & (PAGE_SIZE - 1)), 1, segs[i].len, f) !=
+		    segs[i].len) {
+			fprintf(stderr, "%s: missing or shorter than 0x%llx bytes\n", path,
+				(unsigned long long)segs[i].len);
+			exit(2);
+		}
+		fclose(f);
+		free(segs[i].file);
+	}
+	free(segs);
+	sparse_dir = 1;
+}
+
+static void load(const char *path)
+{
+	char mf[4096];
+	FILE *f;
+
+	snprintf(mf, sizeof(mf), "%s/MANIFEST.tsv", path);
+	f = fopen(mf, "r");
+	if (f) {
+		fclose(f);
+		load_sparse(path);
+	} else {
+		load_image(path);
+	}
+}
+
+/* ---- the root FDT (debugfs out/fdt) ---- */
+static uint32_t be32(const uint8_t *p)
+{
+	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+/* The value of property `name` of the root node; NULL when absent. */
+static const uint8_t *fdt_root_prop(const uint8_t *fdt, size_t n, const char *name, uint32_t *len)
+{
+	if (n < 40 || be32(fdt) != 0xd00dfeed)
+		return NULL;
+	uint32_t total = be32(fdt + 4), off_struct = be32(fdt + 8), off_strings = be32(fdt + 12);
+	if (total < n)
+		n = total;
+	size_t p = off_struct;
+	int depth = 0;
+	while (p + 4 <= n) {
+		uint32_t tag = be32(fdt + p);
+		p += 4;
+		if (tag == 1) {                 /* FDT_BEGIN_NODE */
+			while (p < n && fdt[p])
+				p++;
+			p = (p + 4) & ~(size_t)3;
+			depth++;
+		} else if (tag == 2) {          /* FDT_END_NODE */
+			if (--depth <= 0)
+				return NULL;
+		} else if (tag == 3) {          /* FDT_PROP */
+			if (p + 8 > n)
+				return NULL;
+			uint32_t l = be32(fdt + p), nameoff = be32(fdt + p + 4);
+			p += 8;
+			if (p + l > n)
+				return NULL;
+			if (depth == 1 && off_strings + nameoff < n &&
+			    !strncmp((const char *)fdt + off_strings + nameoff, name, n - off_strings - nameoff)) {
+				*len = l;
+				return fdt + p;
+			}
+			p = (p + l + 3) & ~(size_t)3;
+		} else if (tag != 4) {          /* FDT_NOP; FDT_END or garbage */
+			return NULL;
+		}
+	}
+	return NULL;
+}
+
+/* The map's root from DIR/debugfs/kho/out/fdt; loads DIR/ram. */
+static uint64_t load_handover(const char *dir, char *compatible, size_t clen)
+{
+	char path[4096];
+	static uint8_t fdt[1 << 20];
+	size_t n;
+	uint32_t len;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/debugfs/kho/out/fdt", dir);
+	f = fopen(path, "rb");
+	if (!f) {
+		perror(path);
+		exit(2);
+	}
+	n = fread(fdt, 1, sizeof(fdt), f);
+	fclose(f);
+	if (n >= 40 && be32(fdt + 4) > n) {
+		fprintf(stderr, "%s: %zu bytes, the header says %u: a cut debugfs copy (property names lost)\n",
+			path, n, be32(fdt + 4));
+		exit(2);
+	}
+	const uint8_t *c = fdt_root_prop(fdt, n, "compatible", &len);
+	if (!c || !len) {
+		fprintf(stderr, "%s: no compatible in the root node\n", path);
+		exit(2);
+	}
+	snprintf(compatible, clen, "%.*s", (int)strnlen((const char *)c, len), c);
+	if (strcmp(compatible, "kho-v2") && strcmp(compatible, "kho-v3") && strcmp(compatible, "kho-v4")) {
+		fprintf(stderr, "%s: compatible %s: only radix maps (kho-v2..v4) are walked from a handover\n",
+			path, compatible);
+		exit(2);
+	}
+	const uint8_t *v = fdt_root_prop(fdt, n, "preserved-memory-map", &len);
+	if (!v || len != 8) {
+		fprintf(stderr, "%s: no 8-byte preserved-memory-map\n", path);
+		exit(2);
+	}
+	uint64_t root;
+	memcpy(&root, v, 8);            /* a native (little-endian) u64, as the kernel sets it */
+	snprintf(path, sizeof(path), "%s/ram", dir);
+	load_sparse(path);
+	return root;
+}
+
 int main(int argc, char **argv)
 {
-	int chunks, reps = 1, a = 4;
+	int chunks = 0, reps = 1, a = 4;
 	uint64_t start;
 	uint32_t preserve_bits = 0;
 	double best_walk = 1e30, best_check = 1e30, best_cpu_walk = 1e30, best_cpu_check = 1e30;
+	char compatible[64] = "";
 
 	for (int i = 1; i < argc; i++)
 		if (!strcmp(argv[i], "--popcount")) {
@@ -485,24 +714,33 @@ int main(int argc, char **argv)
 			argc--;
 			i--;
 		}
-	if (argc < 4) {
-		fprintf(stderr, "usage: %s IMAGE radix ROOT [REPS] [--popcount]\n"
-			"       %s IMAGE chunks FIRST PRESERVE_BITS [REPS] [--popcount]\n", argv[0], argv[0]);
-		return 2;
-	}
-	chunks = !strcmp(argv[2], "chunks");
-	start = strtoull(argv[3], NULL, 0);
-	if (chunks) {
-		if (argc < 5)
-			return 2;
-		preserve_bits = strtoul(argv[4], NULL, 0);
-		a = 5;
-	}
-	if (argc > a)
-		reps = atoi(argv[a]);
 	for (int i = 0; i < 64; i++)
 		one_bit_words[i] = 1ull << i;
-	load(argv[1]);
+	double l0 = now(CLOCK_MONOTONIC);
+	if (argc >= 3 && !strcmp(argv[1], "--handover")) {
+		start = load_handover(argv[2], compatible, sizeof(compatible));
+		if (argc > 3)
+			reps = atoi(argv[3]);
+	} else {
+		if (argc < 4) {
+			fprintf(stderr, "usage: %s IMAGE|RAMDIR radix ROOT [REPS] [--popcount]\n"
+				"       %s IMAGE|RAMDIR chunks FIRST PRESERVE_BITS [REPS] [--popcount]\n"
+				"       %s --handover DIR [REPS] [--popcount]\n", argv[0], argv[0], argv[0]);
+			return 2;
+		}
+		chunks = !strcmp(argv[2], "chunks");
+		start = strtoull(argv[3], NULL, 0);
+		if (chunks) {
+			if (argc < 5)
+				return 2;
+			preserve_bits = strtoul(argv[4], NULL, 0);
+			a = 5;
+		}
+		if (argc > a)
+			reps = atoi(argv[a]);
+		load(argv[1]);
+	}
+	double load_s = now(CLOCK_MONOTONIC) - l0;
 
 	for (int r = 0; r < reps; r++) {
 		memset(&st, 0, sizeof(st));
@@ -542,8 +780,10 @@ int main(int argc, char **argv)
 		*--q = '0' + (int)(bytes % 10);
 		bytes /= 10;
 	} while (bytes);
-	printf("{\"cpu_walk_s\": %.9f, \"cpu_check_s\": %.9f, \"cpu_total_s\": %.9f, ",
-	       best_cpu_walk, best_cpu_check, best_cpu_walk + best_cpu_check);
+	printf("{\"cpu_walk_s\": %.9f, \"cpu_check_s\": %.9f, \"cpu_total_s\": %.9f, \"load_s\": %.9f, ",
+	       best_cpu_walk, best_cpu_check, best_cpu_walk + best_cpu_check, load_s);
+	if (compatible[0])
+		printf("\"compatible\": \"%s\", \"map_root\": %llu, ", compatible, (unsigned long long)start);
 	printf("\"mode\": \"%s\", \"reps\": %d, \"walk_s\": %.9f, \"check_s\": %.9f, \"total_s\": %.9f, "
 	       "\"blocks\": %llu, \"bytes\": %s, \"duplicates\": %llu, \"overlaps\": %llu, "
 	       "\"unaligned\": %llu, \"problems\": %llu, \"records\": %zu, \"missing_reads\": %llu, ",

@@ -7,24 +7,26 @@
 * ``batches()`` yields what ``leaves()`` yields, joined; ``summarize()``
   counts what ``blocks()`` yields and finds exactly the pairs of blocks that
   share memory, with the walk's own problems unchanged.
-* bench/walker.c (compiled here when gcc is present) counts the same.
+* bench/walker.c (compiled here when gcc is present) counts the same, from
+  an image or a sparse extract directory.
 """
 
 import json
 import os
-from collections import Counter
 import shutil
 import struct
 import subprocess
 import sys
+from collections import Counter
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
-
-from pykho.abi import bits, chunks, radix
-from pykho.memory import SparseMemory
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from helpers import Bump
+from pykho.abi import bits, chunks, radix
+from pykho.errors import KhoDecodeError
+from pykho.memory import SparseMemory
 
 BENCH = os.path.join(os.path.dirname(__file__), "..", "bench")
 sys.path.insert(0, BENCH)
@@ -252,7 +254,7 @@ def test_chunk_unaligned_start_is_reported_and_left_out():
     s = w.summarize()
     assert s.blocks == 5 and s.unchecked == 2 and s.overlaps == 0
     assert [p.code for p in s.problems] == ["chunk-unaligned-start"]
-    with pytest.raises(Exception):
+    with pytest.raises(KhoDecodeError):
         chunks.ChunkWalk(mem, first, 4096, strict=True).summarize()
 
 
@@ -355,3 +357,49 @@ def test_c_walker_counts_overlaps_like_summarize(walker, tmp_path, data):
     s2 = radix.RadixWalk(m2, tree.root).summarize()
     c2 = run_c(walker, m2, "radix", tree.root, pbits, tmp_path)
     assert (c2["blocks"], c2["duplicates"], c2["overlaps"]) == (s2.blocks, s2.duplicates, s2.overlaps)
+
+
+def write_sparse_dir(mem, d, piece=5000, skip=()):
+    """``mem``'s written pages as a sparse extract: ranges cut every ``piece``
+    bytes (not page aligned), listed in reverse order; pages in ``skip`` left out."""
+    os.makedirs(d)
+    pfns = [p for p in sorted(mem.pages) if p not in skip]
+    segs = []
+    for p in pfns:
+        if segs and segs[-1][-1] == p - 1:
+            segs[-1].append(p)
+        else:
+            segs.append([p])
+    lines = []
+    for seg in segs:
+        data = b"".join(bytes(mem.pages[p]) for p in seg)
+        for off in range(0, len(data), piece):
+            name = f"{(seg[0] << 12) + off:012x}.bin"
+            with open(os.path.join(d, name), "wb") as f:
+                f.write(data[off:off + piece])
+            lines.append(f"{name}\t0x{(seg[0] << 12) + off:x}\t0x{len(data[off:off + piece]):x}")
+    with open(os.path.join(d, "MANIFEST.tsv"), "w") as f:
+        f.write("# file\tphys_start\tlength\n" + "\n".join(reversed(lines)) + "\n")
+
+
+def test_c_walker_reads_sparse_dirs(walker, tmp_path):
+    """A sparse extract directory gives the counts the image gives, however
+    its ranges are cut; a pointer to memory the extract does not hold is a
+    problem there (an image reads it as zeros)."""
+    mem, where, runs = cases.build("mix-1G", "radix")
+    img = run_c(walker, mem, "radix", where, 32768, tmp_path)
+    d = str(tmp_path / "ram")
+    write_sparse_dir(mem, d)
+    c = json.loads(subprocess.run([walker, d, "radix", hex(where)], check=True, capture_output=True,
+                                  text=True).stdout)
+    keys = ("blocks", "bytes", "by_order", "physsum", "problems", "duplicates", "overlaps")
+    assert {k: c[k] for k in keys} == {k: img[k] for k in keys}
+    assert c["problems"] == 0 and c["blocks"] == cases.expected(runs)["blocks"]
+    w = radix.RadixWalk(mem, where)
+    list(w.leaves())
+    leaf = next(n.phys for n in w.nodes if n.level == 0)
+    d2 = str(tmp_path / "ram2")
+    write_sparse_dir(mem, d2, piece=1 << 20, skip={leaf >> 12})
+    c2 = json.loads(subprocess.run([walker, d2, "radix", hex(where)], check=True, capture_output=True,
+                                   text=True).stdout)
+    assert c2["problems"] == 1 and c2["blocks"] < c["blocks"]

@@ -36,7 +36,7 @@ tests use.  Only the Python standard library is used.
 """
 from __future__ import annotations
 
-from .build import Build, find_build, read_env
+from .build import Build, find_build, kernel_table, read_env
 from .capture import (
            analyse_ram,
            parse_fdt,
@@ -46,7 +46,7 @@ from .capture import (
            walk_radix,
 )
 from .inject import StopContext, Write, command_hook, parse_inject_arg, resolve_target
-from .runner import BASE_CMDLINE, Options, qemu_binary, run_chain
+from .runner import BASE_CMDLINE, Options, chain_initramfs, qemu_binary, run_chain
 from .serial import (
            KHO_LINE,
            MEMBLOCK_KHO,
@@ -57,6 +57,7 @@ from .serial import (
 )
 
 __all__ = ["BASE_CMDLINE", "KHO_LINE", "MEMBLOCK_KHO", "Build", "Options", "StopContext", "Write",
-           "analyse_ram", "command_hook", "dmesg_lines", "find_build", "kho_reserved", "parse_fdt",
+           "analyse_ram", "chain_initramfs", "command_hook", "dmesg_lines", "find_build", "kernel_table",
+           "kho_reserved", "parse_fdt",
            "parse_inject_arg", "qemu_binary", "read_env", "read_sparse", "resolve_target", "run_chain",
            "scan_ram_file", "select_ranges", "split_serial", "strip_ts", "walk_radix"]

@@ -10,13 +10,21 @@ from pathlib import Path
 
 import vmtest
 
-from .build import find_build
+from .build import find_build, warn_newer_sources
 from .capture import scan_ram_file
 from .inject import command_hook, parse_inject_arg
 from .runner import Options, run_chain
 from .serial import dmesg_lines, split_serial, strip_ts
 
 __all__ = ["main", "parse_cmdline_stage"]
+
+
+def _stage_kernel(s: str) -> tuple[int, str]:
+    """``N=NAME`` of --kernel-stage."""
+    n, sep, name = s.partition("=")
+    if not sep or not n.isdigit() or not name:
+        raise argparse.ArgumentTypeError(f"expected N=NAME, got {s!r}")
+    return int(n), name
 
 
 def parse_cmdline_stage(s: str) -> tuple[int, str]:
@@ -79,6 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cmdline-stage", action="append", default=[], type=parse_cmdline_stage, metavar="N=WORDS",
                    help="boot N's own extra kernel command line words, in place of --append (repeatable; "
                         "boots 2.. get theirs written at their x86_64_start_kernel)")
+    p.add_argument("--kernel", help="boot 1's kernel from build.sh's table (7.2.13, 7.2.13-unfixed, 7.3.4; "
+                                    "default: the default build)")
+    p.add_argument("--kernel-stage", action="append", default=[], type=_stage_kernel, metavar="N=NAME",
+                   help="boot N runs kernel NAME (repeatable): a cross-version chain; the initramfs carries "
+                        "its image")
     a = p.parse_args(argv)
     opts = Options(boots=a.boots, luo=not a.no_luo, reserve_mem=a.reserve_mem or None,
                    test_kho_max_mem=int(a.test_kho_max_mem, 0) if a.test_kho_max_mem else None,
@@ -87,11 +100,13 @@ def main(argv: list[str] | None = None) -> int:
                    writes=[parse_inject_arg(s) for s in a.inject],
                    hook=command_hook(a.inject_cmd) if a.inject_cmd else None,
                    cmdlines=dict(a.cmdline_stage))
-    build = find_build(a.build)
+    build = find_build(a.build) if not a.kernel else find_build(kernel=a.kernel)
     if build is None:
-        print("no kernel build found: run vmtest/setup.sh (root) and vmtest/build.sh", file=sys.stderr)
+        print("no kernel build found: run vmtest/setup.sh (root) and vmtest/build.sh"
+              + (f" --kernel {a.kernel}" if a.kernel else ""), file=sys.stderr)
         return 2
-    s = run_chain(a.out, opts, build)
+    warn_newer_sources()
+    s = run_chain(a.out, opts, build, kernels=dict(a.kernel_stage))
     for n in range(1, a.boots + 1):
         sd = Path(a.out) / f"stage{n}"
         lines = [strip_ts(x) for x in dmesg_lines(sd) if re.search(r"KHO:|test_kho:|luo:|Revived", x)]

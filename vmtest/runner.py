@@ -67,6 +67,11 @@ class Options:
     # {boot: words}: that boot's own extra command line words, in place of ``append``
     # (see boot_cmdlines for how boots 2.. get them)
     cmdlines: dict = dataclasses.field(default_factory=dict)   # dict[int, str]
+    # {boot: kernel}: boot N runs another kernel of build.sh's table ("7.3.4",
+    # "7.2-unfixed") or a Build; boots not listed run the chain's build.  The
+    # stage-1 initramfs then carries every boot's image as /kernel.N (see
+    # chain_initramfs); the breakpoints follow the kernel that runs
+    kernels: dict = dataclasses.field(default_factory=dict)    # dict[int, str | Build]
 
     def cmdline(self, stage: int = 1) -> str:
         """The kernel command line of boot ``stage`` (as built, before any padding)."""
@@ -121,7 +126,7 @@ def qemu_binary() -> str | None:
 
 
 def qemu_argv(qemu: str, opts: Options, build: Build, serial: Path, qmp_sock: Path, port: int,
-              cmdline: str) -> list[str]:
+              cmdline: str, initrd: Path | None = None) -> list[str]:
     """The QEMU command line: TCG, paused (-S), serial console into ``serial``,
     QMP on a unix socket, the gdbstub on 127.0.0.1:``port``, direct kernel boot."""
     return [qemu, "-accel", "tcg", "-m", opts.memory, "-smp", str(opts.smp), "-no-reboot",
@@ -129,7 +134,7 @@ def qemu_argv(qemu: str, opts: Options, build: Build, serial: Path, qmp_sock: Pa
             "-serial", f"file:{serial}",
             "-qmp", f"unix:{qmp_sock},server,nowait",
             "-gdb", f"tcp:127.0.0.1:{port}",
-            "-kernel", str(build.bzimage), "-initrd", str(build.initramfs),
+            "-kernel", str(build.bzimage), "-initrd", str(initrd or build.initramfs),
             "-append", cmdline]
 
 
@@ -138,16 +143,74 @@ def _shell_line(argv: list[str]) -> str:
                     for a in argv)
 
 
+def _cpio_newc(files: dict[str, bytes]) -> bytes:
+    """A newc cpio archive of regular files (mode 0644, root), with its trailer."""
+    out = bytearray()
+
+    def entry(name: str, data: bytes, mode: int, ino: int) -> None:
+        nb = name.encode() + b"\0"
+        hdr = "070701" + "".join(f"{v:08x}" for v in (ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(nb), 0))
+        out.extend(hdr.encode() + nb)
+        out.extend(b"\0" * (-len(out) % 4))
+        out.extend(data)
+        out.extend(b"\0" * (-len(out) % 4))
+    for i, (name, data) in enumerate(sorted(files.items()), 1):
+        entry(name, data, 0o100644, 0x7000 + i)
+    entry("TRAILER!!!", b"", 0, 0)
+    return bytes(out)
+
+
+def chain_initramfs(builds: dict[int, Build], dest: Path) -> Path:
+    """The stage-1 initramfs of a chain whose boots run different kernels:
+    boot 1's own initramfs with a second (gzip) cpio appended that adds
+    ``/kernel.N`` = boot N's bzImage for every N >= 2 (the kernel unpacks
+    concatenated archives in order).  The guest's /init kexecs
+    ``/kernel.<next stage>`` when it exists, else ``/kernel``, and hands its
+    rootfs, these files included, to the next boot."""
+    import gzip
+    extra = {f"kernel.{n}": b.bzimage.read_bytes() for n, b in sorted(builds.items()) if n >= 2}
+    data = builds[1].initramfs.read_bytes() + gzip.compress(_cpio_newc(extra), 6, mtime=0)
+    dest.write_bytes(data)
+    return dest
+
+
+def resolve_builds(opts: Options, build: Build | None) -> dict[int, Build]:
+    """{boot: Build} for every boot of the chain (``opts.kernels`` over ``build``)."""
+    base = build or find_build()
+    if base is None:
+        raise RuntimeError("no kernel build: run vmtest/setup.sh and vmtest/build.sh")
+    bad = [k for k in opts.kernels if not (isinstance(k, int) and 1 <= k <= opts.boots)]
+    if bad:
+        raise ValueError(f"kernels: boots {bad} are not in 1..{opts.boots}")
+    out = {}
+    for n in range(1, opts.boots + 1):
+        k = opts.kernels.get(n)
+        if k is None:
+            out[n] = base
+        elif isinstance(k, Build):
+            out[n] = k
+        else:
+            b = find_build(kernel=str(k))
+            if b is None:
+                raise RuntimeError(f"no build of kernel {k!r} for boot {n}: run vmtest/build.sh --kernel {k}")
+            out[n] = b
+    return out
+
+
 def run_chain(out: str | os.PathLike, opts: Options | None = None, build: Build | None = None,
-              cmdlines: dict[int, str] | None = None) -> dict:
+              cmdlines: dict[int, str] | None = None, kernels: dict[int, str | Build] | None = None) -> dict:
     """Boot ``opts.boots`` kernels in a KHO kexec chain; write the capture to ``out``.
     Returns the summary (also written to out/summary.json).  A chain that hangs
     (exit "stalled") is booted again up to ``opts.stall_retries`` times; the hung
     attempts are kept in out/stalled-attempt-K/.  ``cmdlines`` ({boot: words})
-    is merged into ``opts.cmdlines``: those boots get their own extra words."""
+    is merged into ``opts.cmdlines``: those boots get their own extra words;
+    ``kernels`` ({boot: name or Build}) into ``opts.kernels``: those boots run
+    another kernel (a cross-version chain)."""
     opts = opts or Options()
     if cmdlines:
         opts = dataclasses.replace(opts, cmdlines={**opts.cmdlines, **cmdlines})
+    if kernels:
+        opts = dataclasses.replace(opts, kernels={**opts.kernels, **kernels})
     opts.boot_cmdlines()    # a bad cmdlines raises here, before QEMU starts
     out = Path(out)
     for attempt in range(opts.stall_retries + 1):
@@ -170,9 +233,10 @@ def run_chain(out: str | os.PathLike, opts: Options | None = None, build: Build 
 
 
 def _run_chain_once(out: Path, opts: Options, build: Build | None) -> dict:
-    build = build or find_build()
-    if build is None:
-        raise RuntimeError("no kernel build: run vmtest/setup.sh and vmtest/build.sh")
+    builds = resolve_builds(opts, build)
+    build = builds[1]
+    # one kernel for every boot: the single-kernel path as it always was
+    multi = len({b.dir for b in builds.values()}) > 1
     qemu = qemu_binary()
     if not qemu:
         raise RuntimeError("qemu-system-x86_64 not found: run vmtest/setup.sh")
@@ -198,19 +262,29 @@ def _run_chain_once(out: Path, opts: Options, build: Build | None) -> dict:
     serial = out / "serial.log"
     boot_lines = opts.boot_cmdlines()    # {} unless boots have their own lines
     cmdline = boot_lines.get(1) or opts.cmdline()
-    argv = qemu_argv(qemu, opts, build, serial, qmp_sock, port, cmdline)
+    initrd = chain_initramfs(builds, work / "initramfs-chain.cpio.gz") if multi else None
+    argv = qemu_argv(qemu, opts, build, serial, qmp_sock, port, cmdline, initrd)
     (out / "qemu-cmdline.txt").write_text(_shell_line(argv) + "\n")
     rlog(f"kernel {build.release} from {build.dir}")
+    if multi:
+        rlog("kernels: " + ", ".join(f"boot {n} {b.name} ({b.dir.name})" for n, b in builds.items()))
     rlog(f"cmdline: {cmdline}")
     qemu_err = open(work / "qemu.stderr", "w+")
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=qemu_err, stderr=qemu_err)
     summary: dict = {"boots_requested": opts.boots, "cmdline": cmdline, "kernel": build.release,
                      "build_dir": str(build.dir), "machine_kexec": f"{build.machine_kexec:#x}",
                      "stops": [], "exit": None}
+    if multi:
+        summary["kernels"] = {str(n): {"name": b.name, "release": b.release, "build_dir": str(b.dir),
+                                       "machine_kexec": f"{b.machine_kexec:#x}"} for n, b in builds.items()}
     gdb = qmp = None
     bp = build.machine_kexec
     entry_bp = build.symbol("x86_64_start_kernel")
-    pending = None          # (stage, stop record, writes, loc, cmdline) waiting for the next kernel's entry
+    # a chain of different kernels: after stop N the old kernel's machine_kexec
+    # breakpoint is dropped and the next kernel's x86_64_start_kernel armed; at
+    # that entry the new kernel's machine_kexec is armed (swap)
+    bp_armed = True
+    pending = None          # (stage, stop record, writes, loc, cmdline[, swap]) waiting for the next kernel's entry
     deadline = t_start + opts.timeout
     drop = opts.gdb_drop_before_stop
     lost = (ConnectionResetError, BrokenPipeError, GdbExited)
@@ -224,7 +298,7 @@ def _run_chain_once(out: Path, opts: Options, build: Build | None) -> dict:
         if proc.poll() is not None:
             return None
         rlog(f"gdbstub link lost ({type(why).__name__}: {why}); connecting again")
-        want = [(bp, "breakpoint")] + ([(entry_bp, "entry breakpoint")] if pending else [])
+        want = ([(bp, "breakpoint")] if bp_armed else []) + ([(entry_bp, "entry breakpoint")] if pending else [])
         try:
             gdb = reconnect_gdb(port, want, timeout=10)
         except (OSError, GdbExited, TimeoutError):
@@ -243,7 +317,7 @@ def _run_chain_once(out: Path, opts: Options, build: Build | None) -> dict:
                     gdb.clear_breakpoint(rip)
                 gdb.send("s")
                 gdb.wait_stop(60)
-                if armed:
+                if armed and bp_armed:
                     gdb.set_breakpoint(rip)
                 gdb.send("c")
                 return
@@ -305,14 +379,24 @@ def _run_chain_once(out: Path, opts: Options, build: Build | None) -> dict:
                 break
             rip = gdb.read_reg(REG_RIP)
             t_hit = time.time()
-            if rip == bp:
+            if rip == bp and bp_armed:
                 stop_no += 1
                 rlog(f"stop {stop_no}: guest at machine_kexec ({r})")
                 stop, deferred, loc = _handle_stop(stop_no, out, qmp, gdb, opts, rlog)
                 summary["stops"].append(stop)
                 next_line = boot_lines.get(stop_no + 1)
-                if deferred or next_line:
-                    pending = (stop_no, stop, deferred, loc, next_line)
+                nxt = builds.get(stop_no + 1)
+                swap = nxt is not None and nxt.dir != builds[stop_no].dir
+                if swap:
+                    # the next kernel's own addresses; the old machine_kexec
+                    # breakpoint is not set again after the step (step_over)
+                    bp_armed = False
+                    entry_bp = nxt.symbol("x86_64_start_kernel")
+                    stop["next_kernel"] = nxt.name
+                    rlog(f"stop {stop_no}: boot {stop_no + 1} runs {nxt.name}: its x86_64_start_kernel "
+                         f"{entry_bp:#x}, then its machine_kexec {nxt.machine_kexec:#x}")
+                if deferred or next_line or swap:
+                    pending = (stop_no, stop, deferred, loc, next_line, swap)
                     arm(gdb, [(entry_bp, "entry breakpoint")])
                     waiting = [f"{len(deferred)} write(s)"] if deferred else []
                     waiting += [f"boot {stop_no + 1}'s command line"] if next_line else []
@@ -320,11 +404,16 @@ def _run_chain_once(out: Path, opts: Options, build: Build | None) -> dict:
                          f"x86_64_start_kernel ({entry_bp:#x})")
                 stop["seconds"] = round(time.time() - t_hit, 2)
             elif rip == entry_bp and pending:
-                n, stop, deferred, loc, next_line = pending
+                n, stop, deferred, loc, next_line, swap = pending
                 rlog(f"stop {n}: next kernel at x86_64_start_kernel")
-                entry_writes(n, out, gdb, stop, deferred, loc, rlog, next_line)
+                if deferred or next_line or not swap:
+                    entry_writes(n, out, gdb, stop, deferred, loc, rlog, next_line)
                 pending = None
                 gdb.clear_breakpoint(entry_bp)
+                if swap:
+                    bp = builds[n + 1].machine_kexec
+                    arm(gdb, [(bp, "breakpoint")])
+                    bp_armed = True
             else:
                 rlog(f"unexpected stop at {rip:#x} ({r}); continuing")
             # step over the breakpoint we are on (if still armed), go on

@@ -850,6 +850,13 @@ class Progress:
 
 def summarize_walk(w: Any, want_blocks: bool = False) -> tuple[dict[str, Any], dict[str, int], list | None]:
     """(summary, map metadata, blocks or None) of one pass over a walker."""
+    if not want_blocks and hasattr(w, "summarize"):
+        # counted by popcount, overlaps and duplicates checked as sets of
+        # bitmaps: nothing per block is built (host-size maps)
+        ms = w.summarize()
+        summary = {"blocks": ms.blocks, "bytes": ms.bytes,
+                   "by_order": {str(k): v for k, v in sorted(ms.by_order.items())}}
+        return summary, _map_metadata(w), None
     by_order: Counter[int] = Counter()
     total = 0
     nbytes = 0
@@ -867,6 +874,12 @@ def summarize_walk(w: Any, want_blocks: bool = False) -> tuple[dict[str, Any], d
         if blocks is not None:
             blocks.extend([p, order] for p in (physs.tolist() if hasattr(physs, "tolist") else physs))
     prog.done()
+    summary = {"blocks": total, "bytes": nbytes, "by_order": {str(k): v for k, v in sorted(by_order.items())}}
+    return summary, _map_metadata(w), blocks
+
+
+def _map_metadata(w: Any) -> dict[str, int]:
+    """The map's own pages, as the walker met them."""
     if isinstance(w, radix.RadixWalk):
         meta = {"radix_nodes": sum(1 for n in w.nodes if n.level > 0),
                 "radix_leaves": sum(1 for n in w.nodes if n.level == 0)}
@@ -874,5 +887,4 @@ def summarize_walk(w: Any, want_blocks: bool = False) -> tuple[dict[str, Any], d
     else:
         meta = {"chunks": len(w.chunks), "bitmaps": len(w.bitmaps)}
         meta["bytes"] = PAGE_SIZE * len(w.chunks) + len(w.bitmaps) * (w.preserve_bits // 8)
-    summary = {"blocks": total, "bytes": nbytes, "by_order": {str(k): v for k, v in sorted(by_order.items())}}
-    return summary, meta, blocks
+    return meta

@@ -20,18 +20,29 @@ Generations (facts and their sources: ``docs/KERNEL-FACTS.md``):
 ``C``   ``kho-v2``: radix tree, ``preserved-data``, no finalize.
 ``D``   7.1, ``kho-v3``: ``blob-size``, ``kexec-metadata``.
 ``E``   7.2, ``kho-v4``: KHO serialization blocks (LUO ``luo-v5``).
+``F``   7.3, ``kho-v4`` (the same wire format as E): the incoming tree is
+        walked early (``kho_memory_init_early``) to extend scratch over free
+        1 GiB blocks, kdump kernels disable KHO, percentage scratch sizing
+        leaves HugeTLB out.
+
+Variants (not generations: :data:`VARIANTS`, not in :data:`PROFILES`):
+
+``E-unfixed`` 7.2.13 with vmtest's patch (vmtest/patches/7.2-unfixed) that
+        takes the preserved-memory-map check out of ``kho_populate``: the
+        seed bug's path on a 7.2 kernel.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from .errors import E2BIG, EBUSY, EEXIST, EFAULT, EINVAL, ENOENT, ENOMEM, EOPNOTSUPP, UsageError  # errno re-exported
 
 __all__ = ["Profile", "MapFormat", "Finalize", "FdtBuiltAt", "FillKimageGate", "PopulateStep", "ZeroMapAction",
-           "ScratchGrammar", "ScratchArea", "PROFILES", "ALIASES", "get_profile", "profiles_for_compatible",
-           "newest_for_compatible", "A0", "A1", "B_PREFIX", "B", "C", "D", "E", "PAGE_SHIFT", "PAGE_SIZE",
+           "ScratchGrammar", "ScratchArea", "PROFILES", "VARIANTS", "ALIASES", "get_profile", "profiles_for_compatible",
+           "newest_for_compatible", "profile_for_release", "A0", "A1", "B_PREFIX", "B", "C", "D", "E", "E_UNFIXED",
+           "F", "PAGE_SHIFT", "PAGE_SIZE",
            "MAX_PAGE_ORDER", "errname", "ENOENT", "EFAULT", "EEXIST", "EINVAL", "ENOMEM", "EBUSY", "E2BIG",
            "EOPNOTSUPP"]
 
@@ -194,6 +205,25 @@ class Profile:
     #: memory inside scratch (6.18+, §4); whether it is built in is the
     #: kernel's config (:class:`pykho.model.kernel.Kernel` ``kho_debug``)
     debug_scratch_overlap_check: bool = False
+    #: the profile writes the same bytes as this older one (F: E); decoding
+    #: and generation detection cannot tell them apart (§12 F-1)
+    same_wire_as: str | None = None
+    #: kho_memory_init first disables KHO in a kdump kernel (is_kdump_kernel(),
+    #: ``elfcorehdr=``), before any other KHO work, kho= or not (§12 F-2)
+    kdump_gate: bool = False
+    msg_kdump_disabled: str = "KHO: disabled in the kdump kernel"
+    #: kho_memory_init_early walks the incoming tree before any memblock
+    #: reservation from it (to extend scratch): a node the walk cannot read
+    #: faults there, with nothing of the map reserved yet (§12 F-4)
+    early_tree_walk: bool = False
+    #: scratch extension: every block of this size (up to the end of DRAM)
+    #: holding no preserved block and no radix node page is marked scratch on
+    #: a KHO boot; 0 = no extension (§12 F-5)
+    scratch_extension_block: int = 0
+    msg_extend_fail: str = "KHO: Failed to extend scratch: {errname}"
+    #: percentage scratch sizing subtracts the boot-time HugeTLB reservations
+    #: from the kernel's memblock size (§12 F-6)
+    scratch_excludes_hugetlb: bool = False
 
     def disable_line(self, err: int) -> str:
         return self.msg_disable.format(err=err)
@@ -284,11 +314,36 @@ E = Profile(
     scratch_round_explicit=(ScratchArea.LOWMEM, ScratchArea.GLOBAL, ScratchArea.PERNODE),
 )
 
-PROFILES: dict[str, Profile] = {p.name: p for p in (A0, A1, B_PREFIX, B, C, D, E)}
+#: 7.2.13 with vmtest/patches/7.2-unfixed: kho_populate has B-prefix's steps
+#: (no preserved-memory-map check, §12 U-1); the rest is 7.2's, so a handover
+#: without a usable map is accepted, its scratch adopted, and kho_memory_init
+#: forgets it (§2 E row, §3 "latent only" made reachable: §12 U-2)
+E_UNFIXED = replace(
+    E, name="E-unfixed", kernels="7.2.13 without the populate map check (vmtest patch)",
+    default_release="7.2.13", populate_steps=_CHUNK_STEPS, same_wire_as="E",
+)
+
+#: 7.3.4 (Debian linux-source-7.3 7.3.4-1~bpo13+1): E's wire format, populate
+#: and clients; the early walk, scratch extension, kdump gate and HugeTLB
+#: sizing are new (§12)
+F = replace(
+    E, name="F", kernels="7.3", default_release="7.3.4",
+    same_wire_as="E",                               # §12 F-1
+    kdump_gate=True,                                # §12 F-2
+    msg_walker_prop_bad="KHO: failed to get preserved memory map",   # §12 F-3
+    early_tree_walk=True,                           # §12 F-4
+    scratch_extension_block=1 << 30,                # §12 F-5
+    scratch_excludes_hugetlb=True,                  # §12 F-6
+)
+
+PROFILES: dict[str, Profile] = {p.name: p for p in (A0, A1, B_PREFIX, B, C, D, E, F)}
+#: kernels that are not a generation of their own (patched test kernels)
+VARIANTS: dict[str, Profile] = {p.name: p for p in (E_UNFIXED,)}
 ALIASES = {
     "6.16": "A0", "6.17": "A0", "6.18": "A1", "6.19-prefix": "B-prefix", "seed": "B-prefix",
-    "6.19": "B", "7.0": "B", "7.1": "D", "7.2": "E", "7.3": "E",
+    "6.19": "B", "7.0": "B", "7.1": "D", "7.2": "E", "7.2.13": "E", "7.3": "F", "7.3.4": "F",
     "kho-v2": "C", "kho-v3": "D", "kho-v4": "E", "b-prefix": "B-prefix",
+    "7.2-unfixed": "E-unfixed", "7.2.13-unfixed": "E-unfixed", "e-unfixed": "E-unfixed",
 }
 
 
@@ -299,12 +354,31 @@ def get_profile(name: str | Profile) -> Profile:
     for cand in (key, key.upper()):
         if cand in PROFILES:
             return PROFILES[cand]
-    raise UsageError(f"unknown kernel generation {name!r}; known: {', '.join(PROFILES)}")
+        if cand in VARIANTS:
+            return VARIANTS[cand]
+    raise UsageError(f"unknown kernel generation {name!r}; known: {', '.join([*PROFILES, *VARIANTS])}")
 
 
-def profiles_for_compatible(compatible: str) -> list[Profile]:
-    """Every profile that writes ``compatible`` on the wire (kho-v1 has four)."""
-    return [p for p in PROFILES.values() if p.compatible == compatible]
+def profile_for_release(release: str) -> Profile | None:
+    """The generation of a kernel release string (``7.2.13``, ``6.19.0-rc4``,
+    ``7.2.13-unfixed``): an alias of the full release if there is one, else
+    of its ``major.minor``; None for a release no profile covers."""
+    if release in ALIASES or release in PROFILES or release in VARIANTS:
+        return get_profile(release)
+    parts = release.split(".")
+    if len(parts) >= 2 and parts[0].isdigit():
+        minor = "".join(ch for ch in parts[1] if ch.isdigit())
+        key = f"{parts[0]}.{minor}"
+        if key in ALIASES:
+            return get_profile(key)
+    return None
+
+
+def profiles_for_compatible(compatible: str, same_wire: bool = False) -> list[Profile]:
+    """The profiles that write ``compatible`` on the wire (kho-v1 has four),
+    one per wire format: a profile whose bytes are another's (F writes E's)
+    is listed only with ``same_wire``."""
+    return [p for p in PROFILES.values() if p.compatible == compatible and (same_wire or not p.same_wire_as)]
 
 
 def newest_for_compatible(compatible: str) -> Profile | None:

@@ -28,6 +28,33 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "multistop: stops the guest more than once per QEMU run (3-boot chain, entry injection); "
                    "the runner survives a gdbstub link reset between stops (seen with QEMU 7.2)")
+    config.addinivalue_line(
+        "markers", "newer_kernel: fails when Debian carries a linux-source-7.x newer than any kernel pykho has a "
+                   "profile for; only run when selected (-m newer_kernel), never in the default selection")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked newer_kernel run only when the -m expression names the marker."""
+    if "newer_kernel" in (config.getoption("markexpr", "") or ""):
+        return
+    keep = [it for it in items if it.get_closest_marker("newer_kernel") is None]
+    if len(keep) != len(items):
+        config.hook.pytest_deselected(items=[it for it in items if it not in keep])
+        items[:] = keep
+
+
+def pytest_report_header(config):
+    """The announcement: a linux-source-7.x newer than every profile (setup.sh's list)."""
+    try:
+        from vmtest.build import newer_sources, profiled_series
+        new = newer_sources()
+    except Exception:  # noqa: BLE001 - a header must never break a run
+        return None
+    if not new:
+        return None
+    top = profiled_series()
+    return [f"vmtest WARNING: {r['package']} {r['version']} ({r['suite']}) is newer than any kernel pykho has a "
+            f"profile for (newest {top[0]}.{top[1]})" for r in new]
 
 
 def in_ci() -> bool:
@@ -63,15 +90,48 @@ def vm_build():
 # A TCG guest hung once in ~30 runs during development, after a KHO kexec (it
 # stopped printing in the initcalls).  A chain that hangs is booted once more;
 # out/stalled-attempt-1/ keeps the evidence (serial log, hang-registers.txt).
-def _run(tmp_path_factory, name: str, opts) -> tuple[Path, dict]:
+def _run(tmp_path_factory, name: str, opts, build=None) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp(name)
-    summary = vm.run_chain(out, opts)
+    summary = vm.run_chain(out, opts, build)
     keep = os.environ.get("VMTEST_KEEP_CAPTURES")
     if keep:  # copy the capture somewhere persistent for inspection
         dest = Path(keep) / name
         shutil.rmtree(dest, ignore_errors=True)
         shutil.copytree(out, dest)
     return out, summary
+
+
+def kernel_missing(name: str) -> str | None:
+    """Why kernel ``name`` of build.sh's table cannot boot, or None."""
+    rows = {r["name"]: r for r in vm.kernel_table()} | {r["series"]: r for r in vm.kernel_table()}
+    row = rows.get(name)
+    if row is None:
+        return f"build.sh knows no kernel {name!r}"
+    if row["state"] == "no-source":
+        return (f"no source for kernel {name} (vmtest/setup.sh found no package for it: "
+                f"apt-cache policy linux-source-{row['series'].split('-')[0]})")
+    if vm.find_build(kernel=name) is None:
+        return f"kernel {name} is not built (run: vmtest/build.sh --kernel {name})"
+    return None
+
+
+@pytest.fixture(scope="session")
+def vm_kernel(vm_build):
+    """``vm_kernel(name)``: the Build of one kernel of build.sh's table
+    (``7.2.13``, ``7.2.13-unfixed``, ``7.3.4``, or their series names), or a
+    skip (a failure under CI=true) naming what is missing."""
+    cache: dict[str, vm.Build] = {}
+
+    def get(name: str) -> vm.Build:
+        if name not in cache:
+            why = kernel_missing(name)
+            if why:
+                skip_or_fail(why)
+            b = vm.find_build(kernel=name)
+            assert b is not None
+            cache[name] = b
+        return cache[name]
+    return get
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
 """The ``kho`` command: one module per sub-command.
 
-Sub-commands: ``inspect``, ``validate``, ``simulate``, ``compat``, ``map``,
+Sub-commands: ``inspect``, ``validate``, ``preflight``, ``simulate``, ``compat``, ``map``,
 ``explore``, ``fuzz``.  Exit codes follow kernel tools: 0 fine, 1 findings of
 severity error (or a violation, a rejected handover), 2 usage error,
 unreadable input or "cannot tell" - always one line on stderr naming the
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from .._version import __version__
 from ..errors import KhoError
-from . import compat, explore, fuzz, inspect, simulate, validate
+from . import compat, explore, fuzz, inspect, preflight, simulate, validate
 from . import map as map_cmd
 from ._common import ArgError, Parser
 
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "3 an internal error of pykho. 'kho COMMAND --help' describes each command.")
     ap.add_argument("--version", action="version", version=f"pykho {__version__}")
     sub = ap.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=Parser)
-    for mod in (inspect, validate, simulate, compat, map_cmd, explore, fuzz):
+    for mod in (inspect, validate, preflight, simulate, compat, map_cmd, explore, fuzz):
         mod.add_parser(sub)
     return ap
 

@@ -26,6 +26,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--cmdline", default="kho=on", help="the target kernel's command line (kho_scratch=, "
                    "reserve_mem=, debugfs= are modelled) (default 'kho=on')")
     p.add_argument("--blocks", action="store_true", help="also list every preserved block (default: counts only)")
+    p.add_argument("--prometheus", metavar="FILE",
+                   help="also write node_exporter textfile-collector metrics to FILE (written atomically; "
+                        "default: none)")
     p.set_defaults(func=run)
 
 
@@ -38,6 +41,11 @@ def run(args: argparse.Namespace) -> int:
     iomem = read_iomem(args.iomem)
     ho = load(args.path, open_mem(args.mem), args.fdt_phys, iomem=iomem)
     rep = doubted(ho, validate(ho, tgt, iomem, want_blocks=args.blocks, cmdline=args.cmdline))
+    if args.prometheus:
+        from .._version import __version__
+        from ..reports.validate import prometheus_text
+        from .preflight import write_textfile
+        write_textfile(args.prometheus, prometheus_text(rep, __version__))
     if args.json:
         dump_json(rep, args)
     else:

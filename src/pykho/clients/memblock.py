@@ -35,10 +35,9 @@ class ReserveMem:
 
 def encode_memblock(regions: list[ReserveMem]) -> tuple[bytes, int]:
     """``prepare_kho_fdt``'s FDT: (blob, libfdt status)."""
-    return _fdt.build(
-        [("compatible", MEMBLOCK_COMPATIBLE)],
-        [(r.name, [("compatible", RESERVE_MEM_COMPATIBLE), ("start", _fdt.p64(r.start)),
-                   ("size", _fdt.p64(r.size))]) for r in regions])
+    nodes: list[Any] = [(r.name, [("compatible", RESERVE_MEM_COMPATIBLE), ("start", _fdt.p64(r.start)),
+                                  ("size", _fdt.p64(r.size))]) for r in regions]
+    return _fdt.build([("compatible", MEMBLOCK_COMPATIBLE)], nodes)
 
 
 def decode_memblock(blob: bytes, where: Any = None) -> list[ReserveMem]:

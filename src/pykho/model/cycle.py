@@ -79,7 +79,7 @@ def run_host_cycle(ram: int = 1 << 40, guest_bytes: int = 512 << 30, memfd_bytes
     t1 = time.perf_counter()
     scratch = old._scratch_set()
     top = ram
-    ranges = []
+    ranges: list[int] = []
     # guest memory from the top of RAM down, range by range, outside scratch
     at = (top - range_bytes) & ~(range_bytes - 1)
     while len(ranges) * range_bytes < guest_bytes and at > 0:
@@ -102,7 +102,7 @@ def run_host_cycle(ram: int = 1 << 40, guest_bytes: int = 512 << 30, memfd_bytes
     if old.radix_tree is not None:
         from ..abi.radix import RadixWalk
         from ..handover import summarize_walk
-        _, meta, _ = summarize_walk(RadixWalk(machine.mem, old.radix_tree.root))
+        _, meta, _ = summarize_walk(RadixWalk(machine.mem, old.radix_tree.root or 0))
         meta_bytes = meta["bytes"]
     t2 = time.perf_counter()
     rc = old.kexec_file_load()

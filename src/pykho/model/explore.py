@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from typing import Any
 
 from .. import profiles as P
 from ..errors import KhoError
@@ -49,7 +50,7 @@ def random_spec(profile: str, rng: random.Random, faults: bool = True) -> dict:
     steps.append({"do": "kexec"})
     if any(s["do"] == "vmalloc" for s in steps):
         steps.append({"do": "restore_vmalloc"})
-    k2 = {"profile": profile, "cmdline": "kho=on"}
+    k2: dict[str, Any] = {"profile": profile, "cmdline": "kho=on"}
     if faults and rng.random() < 0.2:
         k2["faults"] = {rng.choice(["page", "memblock"]): rng.randrange(1, 3),
                         "page_after": rng.randrange(0, 6), "memblock_after": rng.randrange(0, 4)}

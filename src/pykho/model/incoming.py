@@ -49,15 +49,16 @@ def kho_populate(profile: P.Profile, mem, fdt_phys: int, fdt_len: int, scratch_p
     unless every earlier check passed, as in the kernel.
     """
     res = PopulateResult(False)
-    fdt = None
+    fdt = b""
     err = 0
     for step in profile.populate_steps:
         if step == P.STEP_MAP_FDT:
-            fdt = _read_fdt(mem, fdt_phys, fdt_len)
-            if fdt is None:
+            got = _read_fdt(mem, fdt_phys, fdt_len)
+            if got is None:
                 res.lines.append(profile.msg_map_fdt.format(fdt=fdt_phys))
                 err = -P.EFAULT
                 break
+            fdt = got
         elif step == P.STEP_HEADER:
             rc = _fdt.kernel_check_header(fdt)
             if rc:
@@ -80,7 +81,8 @@ def kho_populate(profile: P.Profile, mem, fdt_phys: int, fdt_len: int, scratch_p
         elif step == P.STEP_MEM_MAP:
             v, ln = _fdt.getprop(fdt, 0, "preserved-memory-map")
             if v is None or ln != 8:
-                res.lines.append(profile.msg_map_prop_bad)
+                if profile.msg_map_prop_bad:
+                    res.lines.append(profile.msg_map_prop_bad)
                 err = -P.ENOENT
                 break
             res.mem_map = _fdt.u64(v)
@@ -224,7 +226,7 @@ def kernel_radix_walk(mem, root: int, on_leaf, budget: int = FAITHFUL_WALK_BUDGE
     visits raise :class:`WalkBudgetExceeded` (the kernel would walk for a
     very long time)."""
     from ..abi import radix as R
-    from ..memory.base import MemoryFault
+    from ..errors import MemoryFault
 
     decoder = R.RadixWalk(mem, root)
     visits = 0
@@ -309,7 +311,7 @@ def kho_memory_walk(profile: P.Profile, mem, fdt_blob: bytes, preserve_bits: int
     return res
 
 
-def retrieve_subtree(profile: P.Profile, fdt_blob: bytes | None, name: str) -> tuple[int, int | None, int, list[str]]:
+def retrieve_subtree(profile: P.Profile, fdt_blob: bytes | None, name: str) -> tuple[int, int, int | None, list[str]]:
     """``kho_retrieve_subtree``: (err, phys, size, lines)."""
     if fdt_blob is None:
         return -P.ENOENT, 0, None, []
@@ -327,3 +329,90 @@ def retrieve_subtree(profile: P.Profile, fdt_blob: bytes | None, name: str) -> t
             return -P.EINVAL, phys, None, [f"KHO: broken KHO subnode '{name}': missing or invalid blob-size property"]
         size = _fdt.u64(s)
     return 0, phys, size, []
+
+
+# ------------------------------------------------------------------ 7.3 (F)
+
+def is_kdump_kernel(cmdline: str) -> bool:
+    """``is_kdump_kernel()`` with CONFIG_CRASH_DUMP: true once the
+    ``elfcorehdr=`` early parameter ran (KERNEL-FACTS §12 F-2).  Its handler
+    stores memparse's result before it checks that anything parsed, so any
+    ``elfcorehdr=VALUE`` word, even an empty or bad value, sets the address;
+    a bare ``elfcorehdr`` (no ``=``) gets no argument and sets nothing."""
+    return any(w.startswith("elfcorehdr=") for w in cmdline.split())
+
+
+@dataclass
+class EarlyInitResult:
+    """What ``kho_memory_init_early`` (7.3) did: the 1 GiB (the profile's
+    extension block) blocks the incoming tree keeps busy, the ranges it
+    marked scratch, its lines."""
+
+    busy: list[int] = field(default_factory=list)        # block numbers, ascending
+    extension: list[tuple[int, int]] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+    insertions: int = 0
+
+
+#: busy-block insertions the early walk may do before the model gives up
+#: (a block of order o > 18 costs 2^(o-18) insertions in the kernel)
+EARLY_WALK_INSERT_BUDGET = 1 << 22
+
+
+def kho_memory_init_early(profile: P.Profile, mem, fdt_blob: bytes, memblock, dram_end: int,
+                          budget: int = FAITHFUL_WALK_BUDGET) -> EarlyInitResult:
+    """7.3's ``kho_memory_init_early`` on an accepted handover, before any
+    reservation from the map (KERNEL-FACTS §12 F-4, F-5).
+
+    It walks the incoming tree as the kernel does (:func:`kernel_radix_walk`):
+    every node and leaf page read through the direct map, so a node pointer
+    outside it raises :class:`KernelOops` here, with nothing of the map
+    memblock-reserved yet.  The walk touches no struct page.  Each leaf
+    block and each node page makes its extension block busy; every other
+    block below ``dram_end`` is marked scratch in ``memblock``
+    (``memblock.mark_kho_scratch``), the gaps between busy blocks in
+    ascending order.  More than ``budget`` node visits or
+    :data:`EARLY_WALK_INSERT_BUDGET` insertions raise :class:`WalkBudgetExceeded`."""
+    res = EarlyInitResult()
+    v, ln = _fdt.getprop(fdt_blob, 0, "preserved-memory-map")
+    mm = _fdt.u64(v) if v is not None and ln == 8 else 0
+    if not mm:                          # populate refused this already; kept for variants
+        res.lines.append(profile.msg_walker_prop_bad)
+        return res
+    shift = profile.scratch_extension_block.bit_length() - 1
+    busy: set[int] = set()
+
+    def add(first: int, last: int) -> None:
+        res.insertions += last - first + 1
+        if res.insertions > EARLY_WALK_INSERT_BUDGET:
+            raise WalkBudgetExceeded(f"more than {EARLY_WALK_INSERT_BUDGET} busy-block insertions in the "
+                                     "early walk (blocks of very large order)")
+        busy.update(range(first, last + 1))
+
+    def leaf(order: int, physs) -> None:
+        size = PAGE_SIZE << order
+        for p in bits.tolist(physs):
+            add(p >> shift, (p + size - 1) >> shift)
+
+    def node(phys: int, level: int) -> None:
+        add(phys >> shift, phys >> shift)
+
+    kernel_radix_walk(mem, mm, leaf, budget=budget, on_node=node)
+    res.busy = sorted(busy)
+    if not shift:
+        return res
+    blk = 1 << shift
+    prev_end = 0
+    for b in res.busy:
+        start = b << shift
+        if start > prev_end:
+            res.extension.append((prev_end, start))
+        prev_end = start + blk
+    if prev_end < dram_end:
+        res.extension.append((prev_end, dram_end))
+    for s, e in res.extension:
+        rc = memblock.mark_kho_scratch(s, e - s)
+        if rc:
+            res.lines.append(profile.msg_extend_fail.format(errname=errname(rc)))
+            break
+    return res

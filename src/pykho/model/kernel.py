@@ -36,6 +36,8 @@ from .incoming import (
     PopulateResult,
     WalkBudgetExceeded,
     first_pfn_without_memmap,
+    is_kdump_kernel,
+    kho_memory_init_early,
     kho_memory_walk,
     kho_populate,
     memmap_present,
@@ -328,6 +330,23 @@ class Kernel(OutgoingKHO, Kexec):
 
     # --------------------------------------------------------- memory init
     def kho_memory_init(self) -> None:
+        if self.kho_in_scratch_phys and self.p.early_tree_walk and self.kho_in_fdt is not None:
+            # 7.3: kho_memory_init_early walks the tree (and extends scratch)
+            # before anything of it is reserved; a fault here reserves nothing
+            try:
+                early = kho_memory_init_early(self.p, self.m.mem, self.kho_in_fdt, self.memblock,
+                                              max(e for _, e, _ in self.m.ram))
+            except WalkBudgetExceeded as e:
+                self.violation("walk-amplified", self.kho_in_scratch_phys, self.kho_in_scratch_phys + 1,
+                               f"the early map walk does not end in reasonable time: {e}")
+                return
+            self.printk(*early.lines)
+            self.scratch_extension = early.extension
+        if self.p.kdump_gate and is_kdump_kernel(self.cmdline):
+            # 7.3: a kdump kernel does no KHO memory work at all, kho= or not
+            self.kho_enable = False
+            self.printk(self.p.msg_kdump_disabled)
+            return
         if self.kho_in_scratch_phys:
             assert self.populate is not None and self.kho_in_fdt is not None
             self.scratch = list(self.populate.scratch)
@@ -568,7 +587,7 @@ class Kernel(OutgoingKHO, Kexec):
             # kho_debugfs_init: -ENOENT when debugfs refuses the directory
             if p.debugfs_required and not self.debugfs_usable():
                 return -P.ENOENT
-            mm = self.radix_tree.root if self.radix_tree else 0
+            mm = (self.radix_tree.root or 0) if self.radix_tree else 0
             self.out_fdt = _root.build_root_at_boot(p, mm)
             self._sync_fdt()
         for c in self.clients:
@@ -644,7 +663,7 @@ class Kernel(OutgoingKHO, Kexec):
     def decoded_map(self) -> list[tuple[int, int]]:
         """The outgoing map as the next kernel would walk it."""
         if self.radix_tree is not None:
-            return radix.walk(self.m.mem, self.radix_tree.root, strict=False)
+            return radix.walk(self.m.mem, self.radix_tree.root or 0, strict=False)
         if self.out_fdt is not None:
             first = self.out_fdt.mem_map() or 0
         else:

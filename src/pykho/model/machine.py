@@ -153,11 +153,8 @@ def block_runs(order: int, physs) -> list[tuple[int, int]]:
     bits give them; a list or a numpy array) as coalesced (start, end) runs:
     a fully preserved leaf is one run, whatever its 32768 blocks."""
     size = PAGE_SIZE << order
-    try:
+    if hasattr(physs, "dtype"):              # a numpy array (numpy is optional)
         import numpy as np
-    except ImportError:  # pragma: no cover - numpy is optional
-        np = None
-    if np is not None and hasattr(physs, "dtype"):
         if len(physs) == 0:
             return []
         a = physs.astype(np.uint64, copy=False)
@@ -501,7 +498,7 @@ class Machine:
     """Physical RAM (ranges with NUMA nodes) and its contents."""
 
     ram: list[tuple[int, int, int]] = field(default_factory=lambda: [(0x100000, 1 << 30, 0)])
-    mem: SparseMemory = None
+    mem: SparseMemory = None  # type: ignore[assignment]  # made in __post_init__
 
     def __post_init__(self):
         if self.mem is None:

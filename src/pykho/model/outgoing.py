@@ -192,6 +192,7 @@ class OutgoingKHO(KernelState):
             self.preserve_folio(fdt_phys, 0, "root FDT")
             for c in self.clients:          # the finalize notifier chain
                 c.finalize()
+            assert self.tracker is not None
             try:
                 first, self.chunk_pages = _chunks.encode(self.tracker, self.m.mem, self._kmalloc)
                 blob, err = _root.build_root_at_finalize(p, first, self.notifier_subtrees)
@@ -207,6 +208,7 @@ class OutgoingKHO(KernelState):
             return 0
         # 6.19-7.0: (re)serialise the chunk list and swap the map value in place
         self.set_step("finalize")
+        assert self.tracker is not None
         try:
             first, chunk_pages = _chunks.encode(self.tracker, self.m.mem, self._kmalloc)
         except MemoryError:

@@ -31,16 +31,13 @@ After every step the invariants are checked.
 from __future__ import annotations
 
 import os
+import tomllib
 
 from .. import profiles as P
+from ..clients import VmallocTestClient
 from ..errors import UsageError
 from .kernel import Kernel
 from .machine import PAGE_SIZE, Machine, Violation
-
-try:
-    import tomllib
-except ImportError:  # pragma: no cover
-    tomllib = None
 
 GiB = 1 << 30
 
@@ -105,9 +102,9 @@ class Run:
         self.spec = spec
         self.name = name
         m = spec.get("machine", {})
-        ram = [tuple(int(x, 0) if isinstance(x, str) else int(x) for x in r)
-               for r in m.get("ram", [[0x100000, GiB, 0]])]
-        ram = [(r[0], r[1], r[2] if len(r) > 2 else 0) for r in ram]
+        rows = [tuple(int(x, 0) if isinstance(x, str) else int(x) for x in r)
+                for r in m.get("ram", [[0x100000, GiB, 0]])]
+        ram = [(r[0], r[1], r[2] if len(r) > 2 else 0) for r in rows]
         self.machine = Machine(ram=ram)
         self.seed = int(m.get("seed", 1))
         self.kernels_spec = spec.get("kernel") or [{"profile": "E"}]
@@ -181,11 +178,11 @@ class Run:
         elif do == "vmalloc":
             n = int(st.get("pages", 4))
             c = k.client("vmalloc-test")
-            rc = c.preserve(n) if c is not None else -P.EOPNOTSUPP
+            rc = c.preserve(n) if isinstance(c, VmallocTestClient) else -P.EOPNOTSUPP
             self.log.append(f"    [{k.name}] preserve vmalloc area of {n} pages -> {rc}")
         elif do == "restore_vmalloc":
             c = k.client("vmalloc-test")
-            if c is not None:
+            if isinstance(c, VmallocTestClient):
                 c.restore()
         elif do == "corrupt":
             self._corrupt(k, st)

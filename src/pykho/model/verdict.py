@@ -93,6 +93,7 @@ def predict(ho: Handover, tgt: P.Profile, cmdline: str = "kho=on", iomem: list[t
         scratch_len = len(arr) if scratch_len is None else scratch_len
         top.write(scratch_phys, arr.ljust(scratch_len, b"\0")[:scratch_len])
         mem = LayeredMemory(mem, top, scratch_phys, scratch_len)
+    assert fdt_phys is not None and scratch_phys is not None and scratch_len is not None
     return _boot(ho, tgt, mem, fdt_phys, scratch_phys, scratch_len, iomem, cmdline, want_reserved, strict)
 
 
@@ -113,7 +114,8 @@ def _boot(ho: Handover, tgt: P.Profile, mem: Any, fdt_phys: int, scratch_phys: i
     """Boot the model's kernel of generation ``tgt`` on the captured memory.
     Clients whose data is not in the memory given are not run, and the
     verdict says so."""
-    ends = [e for _, e in (ho.mem.ranges() if ho.mem is not None else [])] + [a.end for a in ho.scratch]
+    given: Any = ho.mem
+    ends = [e for _, e in (given.ranges() if given is not None else [])] + [a.end for a in ho.scratch]
     top = max(ends + [GiB])
     ram = iomem or [(0x100000, min(((top + GiB - 1) // GiB) * GiB, 1 << 52))]
     if strict:      # the placed FDT and array are memory the kernel can map

@@ -27,7 +27,7 @@ from ..handover import Handover, detect_generation, map_walker, summarize_walk
 from ..model.verdict import predict
 from ..profiles import PAGE_SIZE
 
-__all__ = ["validate", "render", "exit_code"]
+__all__ = ["validate", "render", "exit_code", "go_no_go", "prometheus_text", "GO", "NO_GO", "CANNOT_TELL"]
 
 
 def _hex(v: Any) -> str:
@@ -69,7 +69,8 @@ def validate(ho: Handover, target: P.Profile | None = None, iomem: list[tuple[in
     detected, evidence = (detect_generation(ho) if root is not None else (None, "root FDT unreadable"))
     tgt = target or detected or P.E
     out: dict[str, Any] = {"source": ho.source, "generation": detected.name if detected else None,
-                           "generation_evidence": evidence}
+                           "generation_evidence": evidence,
+                           "scratch": [{"addr": a.addr, "size": a.size} for a in ho.scratch]}
 
     # ---- the scratch array: what it holds
     scratch = ho.scratch
@@ -179,3 +180,58 @@ def exit_code(rep: dict[str, Any]) -> int:
         return 2
     bad = any(f["severity"] == ERROR for f in rep["findings"]) or rep["verdict"]["populate"] != "accepted"
     return 1 if bad else 0
+
+
+# ---------------------------------------------------------------- go / no-go
+
+GO, NO_GO, CANNOT_TELL = 0, 1, 2
+
+
+def go_no_go(rep: dict[str, Any]) -> tuple[int, list[str]]:
+    """The live-update decision from a validate report: (0 go / 1 no-go /
+    2 cannot tell, the reasons, one line each in the target kernel's terms)."""
+    v = rep["verdict"]
+    errors = [f for f in rep["findings"] if f["severity"] == ERROR]
+    if errors or v["populate"] == "rejected":
+        reasons = [f"{f['code']}: {f['message']}" for f in errors]
+        return NO_GO, reasons or [f"kho_populate refuses the handover: {v.get('outcome', '')}"]
+    if v["populate"] == "unknown" or v.get("incomplete"):
+        return CANNOT_TELL, [v.get("outcome", "the input does not tell what the next kernel will do")]
+    return GO, [v.get("outcome", "")]
+
+
+def _prom_label(v: Any) -> str:
+    return str(v).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def prometheus_text(rep: dict[str, Any], version: str, decision: int | None = None) -> str:
+    """The report as node_exporter textfile-collector metrics."""
+    lines: list[str] = []
+
+    def metric(name: str, help_: str, samples: list[tuple[dict[str, Any], float]]) -> None:
+        lines.append(f"# HELP {name} {help_}")
+        lines.append(f"# TYPE {name} gauge")
+        for labels, value in samples:
+            lab = ",".join(f'{k}="{_prom_label(x)}"' for k, x in labels.items())
+            lines.append(f"{name}{{{lab}}} {value}" if lab else f"{name} {value}")
+
+    s = rep.get("summary") or {"blocks": 0, "bytes": 0, "by_order": {}}
+    metric("kho_preserved_bytes", "Bytes the preserved memory map describes.", [({}, s["bytes"])])
+    metric("kho_preserved_blocks", "Preserved blocks in the map, by order.",
+           [({"order": o}, n) for o, n in s["by_order"].items()] or [({"order": "0"}, 0)])
+    metric("kho_map_metadata_bytes", "Bytes of the map's own pages (radix nodes, chunks, bitmaps).",
+           [({}, (rep.get("metadata") or {}).get("bytes", 0))])
+    names = ["lowmem", "global"]
+    metric("kho_scratch_bytes", "Size of each scratch area the next kernel boots from.",
+           [({"area": names[i] if i < 2 else f"node{i - 2}"}, a["size"]) for i, a in enumerate(rep.get("scratch", []))]
+           or [({"area": "none"}, 0)])
+    v = rep["verdict"]
+    metric("kho_findings", "Findings of kho validate, by severity.",
+           [({"severity": sev}, sum(1 for f in rep["findings"] if f["severity"] == sev))
+            for sev in (ERROR, WARNING, INFO)])
+    label = {GO: "go", NO_GO: "no-go", CANNOT_TELL: "cannot-tell"}
+    d = go_no_go(rep)[0] if decision is None else decision
+    metric("kho_verdict", "1 for the live-update decision pykho reached for the target kernel.",
+           [({"target": v["target"], "decision": label[k]}, 1 if k == d else 0) for k in (GO, NO_GO, CANNOT_TELL)])
+    metric("kho_pykho_info", "The pykho that wrote these metrics.", [({"version": version}, 1)])
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,53 @@
+"""validate on maps built with pykho's encoders: what the bytes are (overlap
+warnings) against what the target kernel does with them (the model's run)."""
+
+from __future__ import annotations
+
+from pykho import profiles as P
+from pykho.abi import radix, root, structs
+from pykho.handover import Handover
+from pykho.memory import Bump, SparseMemory
+from pykho.reports.validate import validate
+
+GiB = 1 << 30
+
+
+def handover(blocks: list[tuple[int, int]], ram: int = 4 * GiB) -> Handover:
+    mem = SparseMemory([(0, ram)])
+    bump = Bump(ram - 64 * (1 << 20))
+    tree = radix.RadixTree(mem, bump.page)
+    for p, o in blocks:
+        assert tree.add(p, o) == 0
+    fdt = bump.page()
+    page = root.build_root_at_boot(P.E, tree.root)
+    mem.write(fdt, bytes(page.buf))
+    arr = bump.page()
+    sc = [structs.KhoScratch(ram - 512 * (1 << 20), 256 * (1 << 20))]
+    mem.write(arr, structs.encode_scratch(sc))
+    return Handover(source="encoded", root_blob=page.blob(), root_phys=fdt, scratch=sc, scratch_phys=arr,
+                    scratch_len=16, mem=mem)
+
+
+def test_overlapping_blocks_are_a_warning_and_the_kernel_reserves_both():
+    big = 0x40000000
+    rep = validate(handover([(big, 9), (big + 0x3000, 0)]), P.E, want_reserved=True)
+    codes = {f["code"]: f["severity"] for f in rep["findings"]}
+    assert codes.get("map-overlap") == "warning"
+    assert rep["verdict"]["populate"] == "accepted" and "oops" not in rep["verdict"]
+    assert sorted(tuple(b) for b in rep["verdict"]["reserved"]) == [(big, 9), (big + 0x3000, 0)]
+
+
+def test_an_order_above_max_page_order_is_normal_on_7_2():
+    """kho_preserve_pages splits a range by alignment only: an 8 MiB aligned
+    reserve_mem region is one order-11 block, and 7.2 takes it."""
+    rep = validate(handover([(0x40000000, 11)]), P.E)
+    assert [f for f in rep["findings"] if f["severity"] == "error"] == []
+    assert rep["summary"]["by_order"] == {"11": 1}
+
+
+def test_a_full_leaf_reserves_as_one_run():
+    """32768 order-0 pages from 1 GiB up: one full radix leaf (the fast path)."""
+    rep = validate(handover([(GiB + (i << 12), 0) for i in range(32768)]), P.E, want_reserved=True)
+    assert rep["summary"]["blocks"] == 32768
+    got = rep["verdict"]["reserved"]
+    assert len(got) == 32768 and got[0] == [GiB, 0] and got[-1] == [GiB + (32767 << 12), 0]
