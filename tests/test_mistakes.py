@@ -83,6 +83,13 @@ MISTAKES: list[tuple[list[str], int, str | None]] = [
     (["simulate", "{hostkey.toml}"], 2, "[host] has no key 'rams'"),
     (["simulate", "{hostrange.toml}"], 2, "[host] range_bytes = 1000: a power of two"),
     (["compat", "extra"], 2, "kho compat: unrecognized arguments: extra"),
+    (["preflight"], 2, "kho preflight: one of the arguments --target-image --target is required"),
+    (["preflight", "--target", "E", "--target-image", "x"], 2, "argument --target-image: not allowed with"),
+    (["preflight", "{fifo}", "--target", "E"], 2, "a FIFO, not a debugfs kho directory"),
+    (["preflight", "{emptydir}", "--target", "E"], 2, "no fdt, no scratch_phys"),
+    (["preflight", OUT, "--target", "nope"], 2, "--target 'nope': unknown kernel generation"),
+    (["preflight", "--target-image", "{random.bin}"], 2, "no kernel release found"),
+    (["preflight", "--target-image", "{fifo}"], 2, "not a regular file"),
     # ---- PATH: what is not a handover
     (["inspect", "/nonexistent"], 2, "/nonexistent: no such file or directory"),
     (["inspect", "{emptydir}"], 2, "no fdt, no scratch_phys: not a copy of /sys/kernel/debug/kho"),
@@ -378,3 +385,15 @@ def test_rows_are_well_formed():
     for argv, code, line in MISTAKES:
         assert code in (0, 1, 2) and (line is None or isinstance(line, str)), argv
     assert len(MISTAKES) >= 100
+
+
+def test_setup_data_found_with_and_without_numpy(monkeypatch):
+    import sys
+
+    from pykho import handover
+    from pykho.memory import open_source
+    mem = open_source("sparse:" + os.path.join(D, "ram.sparse.tar.xz"))
+    with_np = handover.scan_memory(mem, None).setup_data
+    monkeypatch.setitem(sys.modules, "numpy", None)          # the one-byte search path
+    without = handover.scan_memory(mem, None).setup_data
+    assert with_np is not None and with_np == without and with_np[1].fdt_addr == 0x2D5000

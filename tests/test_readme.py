@@ -44,3 +44,18 @@ def test_readme_names_what_the_tools_do():
         assert word in text, word
     for img in ("map-7.2-luo.png", "map-host-1T.png"):
         assert (ROOT / "docs" / "img" / img).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_docs_cite_public_sources_only():
+    """No path of one machine, no lookup id of a private index, no document the repository lacks."""
+    import re
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = doc.read_text()
+        for bad in (r"/work/", r"/home/\w+", r"find_string", r"hit id \d+", r"KHO-ABI\.md"):
+            assert not re.search(bad, text), f"{doc.name}: {bad}"
+
+
+def test_the_sdist_carries_what_these_tests_read():
+    manifest = (ROOT / "MANIFEST.in").read_text()
+    for line in ("graft docs", "graft tests", "include scripts/*.py"):
+        assert line in manifest.splitlines(), line

@@ -151,14 +151,20 @@ class Handover:
                             + ("s" if len(p.only_in_sub_fdts) > 1 else "") + ", not the address)")
             out.append(f"the rest of the root FDT ({p.totalsize - p.have} of {p.totalsize} bytes, cut after byte "
                        f"{p.have})" + (": " + ", and ".join(what) if what else ""))
-        if t.mem_map:
+        if t.mem_map and not self._holds_page(t.mem_map):
             out.append(f"the preserved blocks and the map's metadata: the preserved memory map at 0x{t.mem_map:x}")
         elif t.mem_map is None and p is not None and t.mem_map_len < 0:
             out.append("the preserved memory map (its property is cut off)")
         for st in t.subtrees:
-            if st.phys and st.name not in self.sub_blobs:
+            if st.phys and st.name not in self.sub_blobs and not self._holds_page(st.phys):
                 out.append(f"sub-blob {st.name} at 0x{st.phys:x} (sub_fdts/ has no copy)")
         return out
+
+    def _holds_page(self, phys: int) -> bool:
+        try:
+            return self.mem is not None and self.partial is None and bool(self.mem.contains(phys, 8))
+        except KhoDecodeError:
+            return False
 
 
 def _read(path: str, what: str, cap: int = 1 << 24) -> bytes:
@@ -204,10 +210,10 @@ def _setup_records(data: bytes, at: int, n: int) -> Iterator[int]:
     lead = (-at) % 16
     try:
         import numpy as np
-        have_numpy = True
+        have_np = True
     except ImportError:  # pragma: no cover - numpy is optional
-        have_numpy = False
-    if have_numpy:
+        have_np = False
+    if have_np:
         usable = (len(data) - lead) // 16 * 16
         a = np.frombuffer(data, dtype="<u4", count=usable // 4, offset=lead)
         hits = np.flatnonzero((a[2::4] == structs.SETUP_KEXEC_KHO) & (a[3::4] == structs.KHO_DATA.size))

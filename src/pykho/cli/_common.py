@@ -179,8 +179,9 @@ def add_json_args(p: argparse.ArgumentParser, what: str = "the report") -> None:
     p.add_argument("-p", "--pretty", action="store_true", help="indented JSON (implies -j)")
 
 
-def add_input_args(p: argparse.ArgumentParser, path_help: str) -> None:
-    p.add_argument("path", nargs="?", help=path_help + " (default: the bundled real 7.2.13 handover)")
+def add_input_args(p: argparse.ArgumentParser, path_help: str,
+                   path_default: str = "the bundled real 7.2.13 handover") -> None:
+    p.add_argument("path", nargs="?", help=f"{path_help} (default: {path_default})")
     p.add_argument("--mem", metavar="SOURCE",
                    help="memory to read the handover from: raw:PATH[@0xBASE] (a raw image whose first byte is "
                         "physical address BASE, default 0), sparse:DIR|TAR (MANIFEST.tsv extract), elf:PATH "

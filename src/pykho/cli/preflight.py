@@ -24,7 +24,7 @@ LIVE_DEBUGFS = "/sys/kernel/debug/kho/out"
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("preflight", help="go / no-go before a kexec: will the next kernel take this handover?",
                        description=__doc__.split("\n\n")[0] if __doc__ else None)
-    add_input_args(p, f"debugfs kho dir or a root FDT file (default: {LIVE_DEBUGFS} with --mem live)")
+    add_input_args(p, "debugfs kho dir or a root FDT file", f"{LIVE_DEBUGFS} with --mem live")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--target-image", metavar="IMAGE",
                    help="the kernel image about to be loaded (x86 bzImage or arm64 Image): its release picks "

@@ -354,7 +354,7 @@ class DrgnMemory(PhysMemory):
         try:
             import drgn  # type: ignore[import-not-found, unused-ignore]  # optional, untyped here
         except ImportError:
-            raise UsageError("--mem live/vmcore needs drgn: pip install 'pykho[all]' (or pip install drgn)") from None
+            raise UsageError("--mem live/vmcore needs drgn: pip install 'pykho[live]' (or pip install drgn)") from None
         prog = drgn.Program()
         try:
             if vmcore:
