@@ -89,9 +89,15 @@ def compile_walker() -> tuple[str | None, str]:
 
 
 def kho_env() -> dict:
-    """The environment the kho processes run in: this tree's src/ first."""
+    """The environment the kho processes run in: this tree's src/ first, and
+    byte-compiled modules as an installed pykho has them (kept under
+    bench/out/pycache, so the source tree gets no __pycache__ and
+    PYTHONDONTWRITEBYTECODE in the caller's environment cannot make every
+    process compile every module again)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = SRC + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = os.path.join(OUT, "pycache")
     return env
 
 
