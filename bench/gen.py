@@ -29,7 +29,7 @@ be disjoint and inside RAM outside scratch and map pages, and written as
 radix leaves through :func:`pykho.abi.radix.encode_runs` (which allocates
 the tree's path for each leaf), so nothing here is per block.
 
-    python bench/gen.py host-1T            # writes bench/out/handovers/host-1T-g1/
+    python bench/gen.py host-1T            # writes bench/out/handovers/host-1T-g2/
     python bench/gen.py --list
 """
 
