@@ -1,9 +1,15 @@
 import os
 import re
+import sys
 
 import pytest
 
-DATA = os.path.join(os.path.dirname(__file__), "data")
+HERE = os.path.dirname(os.path.abspath(__file__))
+# tests/<module>/test_*.py import the shared helpers (helpers.py, this file) by name
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+
+DATA = os.path.join(HERE, "data")
 ORACLE = os.path.join(DATA, "oracle")
 
 

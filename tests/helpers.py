@@ -5,7 +5,7 @@ The captures are tests/data/oracle/<name>/ (taken by vmtest/ from a QEMU
 guest) and src/pykho/data/linux-7.2-luo (the bundled default handover of
 ``kho inspect``; the same bytes as B-luo-memblock-chain).  Every address
 below names the capture file it was read from;
-tests/test_cli_validate.py::test_oracle_table_is_what_the_captures_hold
+tests/reports/test_reports_validate.py::test_oracle_table_is_what_the_captures_hold
 checks each one against those files, without pykho's decoders.
 """
 

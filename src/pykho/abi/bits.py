@@ -17,7 +17,7 @@ from .mem import Buffer
 # ``np`` is behind it (a bool, so type checkers check both paths)
 try:
     import numpy as np
-except ImportError:  # pragma: no cover - tests/test_roundtrip.py runs the decoders without numpy
+except ImportError:  # pragma: no cover - tests/abi/test_abi_roundtrip.py runs the decoders without numpy
     HAVE_NUMPY = False
 else:
     HAVE_NUMPY = True

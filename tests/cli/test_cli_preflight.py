@@ -11,7 +11,7 @@ from pykho.abi.image import kernel_release
 from pykho.cli import main
 from pykho.profiles import E, profile_for_release
 
-BUNDLED = os.path.join(os.path.dirname(__file__), "..", "src", "pykho", "data", "linux-7.2-luo")
+BUNDLED = os.path.join(os.path.dirname(__file__), "..", "..", "src", "pykho", "data", "linux-7.2-luo")
 OUT = os.path.join(BUNDLED, "debugfs", "kho", "out")
 MEM = "sparse:" + os.path.join(BUNDLED, "ram.sparse.tar.xz")
 
@@ -116,7 +116,7 @@ def _fake_tools(tmp_path, verdict_rc: int):
 def test_kexec_wrapper_stops_a_no_go(tmp_path, verdict_rc, expect_rc, loads):
     import subprocess
     env, log = _fake_tools(tmp_path, verdict_rc)
-    wrapper = os.path.join(os.path.dirname(__file__), "..", "contrib", "kexec-preflight")
+    wrapper = os.path.join(os.path.dirname(__file__), "..", "..", "contrib", "kexec-preflight")
     r = subprocess.run(["sh", wrapper, "-e", "--cmdline", "kho=on", "/boot/vmlinuz-next"], env=env,
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == expect_rc, r.stderr

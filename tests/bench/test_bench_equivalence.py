@@ -28,7 +28,7 @@ from pykho.abi import bits, chunks, radix
 from pykho.errors import KhoDecodeError
 from pykho.memory import SparseMemory
 
-BENCH = os.path.join(os.path.dirname(__file__), "..", "bench")
+BENCH = os.path.join(os.path.dirname(__file__), "..", "..", "bench")
 sys.path.insert(0, BENCH)
 import cases  # noqa: E402
 

@@ -28,7 +28,7 @@ from pykho.abi import radix, structs
 from pykho.handover import load
 from pykho.memory import SparseDir, parse_iomem
 
-BENCH = os.path.join(os.path.dirname(__file__), "..", "bench")
+BENCH = os.path.join(os.path.dirname(__file__), "..", "..", "bench")
 sys.path.insert(0, BENCH)
 import gen  # noqa: E402
 import proc  # noqa: E402

@@ -19,9 +19,9 @@ import pytest
 
 from pykho.cli import main
 
-D = os.path.join(os.path.dirname(__file__), "..", "src", "pykho", "data", "linux-7.2-luo")
+D = os.path.join(os.path.dirname(__file__), "..", "..", "src", "pykho", "data", "linux-7.2-luo")
 OUT = os.path.join(D, "debugfs", "kho", "out")
-ORACLE = os.path.join(os.path.dirname(__file__), "data", "oracle")
+ORACLE = os.path.join(os.path.dirname(__file__), "..", "data", "oracle")
 B_OUT = os.path.join(ORACLE, "B-luo-memblock-chain", "stage1-debugfs", "kho", "out")
 
 # (argv, exit code, substring of the single stderr line or None for an empty stderr)
