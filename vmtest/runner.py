@@ -400,6 +400,7 @@ def _run_chain_once(out: Path, opts: Options, build: Build | None) -> dict:
                     arm(gdb, [(entry_bp, "entry breakpoint")])
                     waiting = [f"{len(deferred)} write(s)"] if deferred else []
                     waiting += [f"boot {stop_no + 1}'s command line"] if next_line else []
+                    waiting += [f"boot {stop_no + 1}'s breakpoints"] if swap else []
                     rlog(f"stop {stop_no}: {' and '.join(waiting)} {'wait' if deferred else 'waits'} for the next kernel's "
                          f"x86_64_start_kernel ({entry_bp:#x})")
                 stop["seconds"] = round(time.time() - t_hit, 2)
