@@ -119,8 +119,20 @@ def run_predicted(tmp_path: Path, opts: vm.Options, build, target: str, writes_f
     opts = dataclasses.replace(opts, hook=hook)
     summary = vm.run_chain(tmp_path, opts, build, kernels=kernels)
     (tmp_path / "prediction.json").write_text(json.dumps(got, indent=1, default=str) + "\n")
+    keep(tmp_path)
     assert "pred" in got, f"the chain never stopped at machine_kexec: {summary}"
     return summary, got["pred"]
+
+
+def keep(capture: Path) -> None:
+    """VMTEST_KEEP_CAPTURES=DIR: copy the capture there (as conftest's chains do)."""
+    import os
+    import shutil
+    dest = os.environ.get("VMTEST_KEEP_CAPTURES")
+    if dest:
+        d = Path(dest) / capture.name
+        shutil.rmtree(d, ignore_errors=True)
+        shutil.copytree(capture, d)
 
 
 # ------------------------------------------------------------ the seed bug on a real kernel
@@ -333,7 +345,10 @@ def test_node_outside_ram_late_in_the_walk(name, target, vm_kernel, tmp_path):
     the same address in its early walk (kho_memory_init_early), with nothing
     memblock-reserved from the map (KERNEL-FACTS §12 F-4)."""
     build = vm_kernel(name)
-    opts = vm.Options(boots=2, luo=False, stall_retries=1, earlyprintk=True)
+    # 7.3 panics before the panic= parameter is parsed (a core param, read after
+    # setup_arch), so it spins in panic() instead of rebooting: a short stall
+    # timeout ends the run, and a hang is no reason to boot it again
+    opts = vm.Options(boots=2, luo=False, stall_retries=0, stall_timeout=30, earlyprintk=True)
     summary, pred = run_predicted(tmp_path, opts, build, target, last_level1_entry_writes)
     lines = boot_lines(tmp_path / "stage2")
     bug = [x for x in lines if x.startswith("BUG: unable to handle page fault for address: ")]
@@ -374,6 +389,7 @@ def test_kdump_gate_cold_boot(name, vm_kernel, tmp_path):
     build = vm_kernel(name)
     opts = vm.Options(boots=1, luo=False, stall_retries=1, append="elfcorehdr=0x100000")
     summary = vm.run_chain(tmp_path, opts, build)
+    keep(tmp_path)
     assert summary["completed"], summary
     real = [x for x in kho_lines(tmp_path / "stage1") if x.startswith("KHO:")]
     scratch = (tmp_path / "stage1/scratch_len.txt").read_text().split() if (
