@@ -152,7 +152,7 @@ def map_zero(vm_kernel, tmp_path_factory):
             build = vm_kernel(name)
             d = tmp_path_factory.mktemp(f"mapzero-{name}")
             # a kernel that corrupts its page allocator may hang rather than die: no retry
-            opts = vm.Options(boots=2, luo=False, stall_retries=0, stall_timeout=60, timeout=400)
+            opts = vm.Options(boots=2, luo=False, stall_retries=0, stall_timeout=45, timeout=400)
             summary, pred = run_predicted(d, opts, build, target, map_zero_writes)
             out[name] = (d, summary, pred)
         return out[name]
