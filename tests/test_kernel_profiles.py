@@ -9,8 +9,8 @@ import json
 import tarfile
 
 import pytest
-from helpers import A, ram_file
 
+from helpers import A, ram_file
 from pykho import profiles as P
 from pykho.abi import root
 from pykho.cli import main

@@ -24,7 +24,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 import vmtest as vm
 from vmtest import records
 
