@@ -115,7 +115,7 @@ if [ "$list" = 1 ]; then
 fi
 
 if [ -n "$want" ]; then
-    sel=$(resolve "$want") || die "unknown kernel '$want' (known: $(echo $KERNELS | tr ' ' '\n' | cut -d'|' -f1 | tr '\n' ' '))"
+    sel=$(resolve "$want") || die "unknown kernel '$want' (known: $(printf '%s\n' "$KERNELS" | cut -d'|' -f1 | tr '\n' ' ' | sed 's/^ *//'))"
 else
     sel=$(resolve "$default_kernel")
 fi

@@ -400,6 +400,7 @@ def _run_chain_once(out: Path, opts: Options, build: Build | None) -> dict:
                     arm(gdb, [(entry_bp, "entry breakpoint")])
                     waiting = [f"{len(deferred)} write(s)"] if deferred else []
                     waiting += [f"boot {stop_no + 1}'s command line"] if next_line else []
+                    waiting += [f"boot {stop_no + 1}'s breakpoints"] if swap else []
                     verb = "wait" if deferred else "waits"
                     rlog(f"stop {stop_no}: {' and '.join(waiting)} {verb} for the next kernel's "
                          f"x86_64_start_kernel ({entry_bp:#x})")
