@@ -24,6 +24,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 import vmtest as vm
 from vmtest import records
 
