@@ -215,7 +215,11 @@ def test_explorer_finds_the_seed_bug_class_by_itself():
     for kind, v in post["violations"].items():
         assert not (kind == "double-free" and v["example"]["step"] == "initcalls")
     clean = explore("B", runs=60, seed=7, faults=False)
-    assert clean["violations"] == {}
+    # a client's data unpreserved before the kexec is read by the next kernel
+    # anyway (test_kho reads its FDT through phys_to_virt): the only finding
+    assert set(clean["violations"]) <= {"client-data-not-preserved"}
+    for v in clean["violations"].values():
+        assert "unpreserve" in [s["do"] for s in v["minimal"]["step"]]
 
 
 def test_explorer_minimal_scenario_replays(tmp_path):

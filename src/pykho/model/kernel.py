@@ -19,10 +19,9 @@ from typing import Any
 
 from .. import clients as _clients
 from .. import profiles as P
-from ..abi import bits
+from ..abi import bits, radix, structs
 from ..abi import chunks as _chunks
 from ..abi import fdt as _fdt
-from ..abi import radix, structs
 from ..abi import root as _root
 from ..clients import Client, KernelPanic
 from ..errors import MemoryFault
@@ -33,6 +32,7 @@ from .incoming import (
     STRUCT_PAGE_SIZE,
     X86_64_PAGE_OFFSET,
     X86_64_VMEMMAP,
+    BusMemory,
     KernelOops,
     PopulateResult,
     WalkBudgetExceeded,
@@ -43,8 +43,19 @@ from .incoming import (
     retrieve_subtree,
 )
 from .kexec import Kexec, Segment
-from .machine import (ARCH_LOW_ADDRESS_LIMIT, PAGE_SIZE, IntervalSet, Machine, Memblock, PageAllocator, Violation,
-                      block_runs, merge_runs)
+from .machine import (
+    ARCH_LOW_ADDRESS_LIMIT,
+    MEMBLOCK_KHO_SCRATCH,
+    PAGE_SIZE,
+    IntervalSet,
+    Machine,
+    Memblock,
+    MemblockPanic,
+    PageAllocator,
+    Violation,
+    block_runs,
+    merge_runs,
+)
 from .outgoing import OutgoingKHO, Preserved
 
 __all__ = ["Kernel", "KernelPanic", "Segment", "Preserved", "kstrtobool", "memparse", "parse_kho_scratch",
@@ -112,6 +123,10 @@ class Kernel(OutgoingKHO, Kexec):
         self.kho_in_fdt_phys = 0
         self.kho_in_scratch_phys = 0
         self.populate: PopulateResult | None = None
+        #: the scratch array the handover names, or the machine's RAM, is not
+        #: known (the verdict without iomem): whether the early boot fits in
+        #: scratch is not judged
+        self.scratch_unknown = False
         self.out_fdt: _root.RootFdtPage | None = None
         self.out_fdt_phys = 0
         self.debugfs_fdt_size = 0
@@ -174,6 +189,10 @@ class Kernel(OutgoingKHO, Kexec):
         the lines it prints go to the log."""
         err, phys, size, lines = retrieve_subtree(self.p, self.kho_in_fdt, name)
         self.printk(*lines)
+        if self.kho_in_fdt is not None:
+            # the root FDT is read through phys_to_virt at every call; only
+            # the preserved map keeps its page once memblock_free_all ran
+            self.check_preserved(self.kho_in_fdt_phys, PAGE_SIZE, "the incoming root FDT")
         return err, phys, size
 
     def check_preserved(self, phys: int, size: int, what: str) -> bool:
@@ -247,17 +266,29 @@ class Kernel(OutgoingKHO, Kexec):
         init, memblock_free_all, initcalls (clients' early code, kho_init,
         clients' restore and publish)."""
         self.set_step("setup_arch")
-        for s, e, nid in self.m.ram:
-            self.memblock.add(s, e - s, nid)
         # the kernel image: inside scratch after a KHO kexec, at 16 MiB on a cold boot
         if image is not None:
             self.memblock.reserve(image.addr, image.size, kern=True)
         else:
             self.memblock.reserve(16 * MiB, self.KERNEL_IMAGE_SIZE, kern=True)
         if kho_data is not None:
-            self.populate = kho_populate(self.p, self.m.mem, kho_data.fdt_addr, kho_data.fdt_size,
-                                         kho_data.scratch_addr, kho_data.scratch_size,
-                                         self.memblock.mark_kho_scratch)
+            # x86 setup_arch hands the data to kho_populate from parse_setup_data,
+            # before e820__memblock_setup adds RAM and allows the region array to
+            # grow: memblock.memory holds only what kho_populate adds itself
+            self.memblock.can_resize = False
+            try:
+                self.populate = kho_populate(self.p, BusMemory(self.m.mem, self.m.ram), kho_data.fdt_addr,
+                                             kho_data.fdt_size, kho_data.scratch_addr, kho_data.scratch_size,
+                                             self._add_scratch)
+            except MemblockPanic as e:
+                # before the console exists: nothing reaches it, and panic= is
+                # not parsed yet, so the machine halts
+                self.populate = PopulateResult(False, failed_step="mark scratch")
+                try:
+                    self.panic(str(e))
+                except KernelPanic:
+                    self.panicked = True
+                    return self
             self.printk(*self.populate.lines)
             if self.populate.accepted:
                 self.memblock.reserve(kho_data.scratch_addr, kho_data.scratch_size)
@@ -265,6 +296,12 @@ class Kernel(OutgoingKHO, Kexec):
                 self.kho_in_fdt = self.populate.fdt_blob
                 self.kho_in_fdt_phys = kho_data.fdt_addr
                 self.kho_in_scratch_phys = kho_data.scratch_addr
+        for s, e, nid in self.m.ram:
+            self.memblock.add(s, e - s, nid)
+        self.memblock.can_resize = True
+        # memblock allocates only from mapped RAM (a scratch area outside
+        # RAM becomes a memblock.memory region, never an early allocation)
+        self.memblock.limit = max((e for _, e, _ in self.m.ram), default=None)
         # early params
         self.set_step("early params")
         self.kho_enable = bool(kstrtobool(self.params.get("kho", "")) or False)
@@ -276,7 +313,15 @@ class Kernel(OutgoingKHO, Kexec):
             else:
                 self.scratch_cfg = cfg
         # early kernel allocations that count for the scratch scale
-        self.memblock.alloc(self.kern_reserved - self.KERNEL_IMAGE_SIZE, PAGE_SIZE, kern=True)
+        lump = self.kern_reserved - self.KERNEL_IMAGE_SIZE
+        if self.memblock.scratch_only and not self.scratch_unknown:
+            try:
+                self._early_allocs_from_scratch(lump)
+            except KernelPanic:
+                self.panicked = True
+                return self
+        else:
+            self.memblock.alloc(lump, PAGE_SIZE, kern=True)
         for c in self.clients:
             c.early_param()
         self.set_step("kho_memory_init")
@@ -305,6 +350,35 @@ class Kernel(OutgoingKHO, Kexec):
         self.set_step("running")
         return self
 
+    def _add_scratch(self, addr: int, size: int) -> int:
+        """kho_populate's ``memblock_add`` then ``memblock_mark_kho_scratch``
+        of one incoming area (may raise :class:`MemblockPanic`)."""
+        self.memblock.add(addr, size)
+        return self.memblock.mark_kho_scratch(addr, size)
+
+    def _early_allocs_from_scratch(self, lump: int) -> None:
+        """A KHO boot's early allocations come from scratch alone (scratch-only
+        mode).  The memmap (2 MiB per 128 MiB section with RAM) must succeed:
+        7.2.13 given 8 MiB of scratch dereferences NULL in the sparse init and
+        panics, given none it panics at the first early allocation that must
+        succeed.  The model panics when the scratch that RAM backs is smaller
+        than the memmap; the rest (``lump``: page tables, log buffer, ...) is
+        survived when it fails.  What ``log_buf_len=`` adds (18 MiB for 4M)
+        is not counted: scratch between about 16 and 40 MiB per GiB of RAM is
+        a grey zone."""
+        secs = {sec for s, e, _ in self.m.ram for sec in range(s >> SECTION_SIZE_BITS,
+                                                                  ((e - 1) >> SECTION_SIZE_BITS) + 1)}
+        ram = IntervalSet((s, e) for s, e, _ in self.m.ram)
+        have = sum(e - s for r in self.memblock.memory if r.flags & MEMBLOCK_KHO_SCRATCH
+                   for s, e in ram.overlaps(r.base, r.end))
+        need = len(secs) * 2 * MiB
+        if have < need:
+            self.violation("scratch-exhausted", 0, need,
+                           f"{have >> 10} KiB of scratch for a memmap of {need >> 10} KiB: an early allocation "
+                           "that must succeed fails")
+            self.panic("(model) an early allocation fails: scratch is too small for this kernel's boot")
+        self.memblock.alloc(lump, PAGE_SIZE, kern=True)
+
     def _oops(self, e: KernelOops) -> None:
         """An oops this early (idle task or init, before userspace) is fatal.
         The exact fault line is known for x86-64 reads (the direct-map
@@ -312,9 +386,14 @@ class Kernel(OutgoingKHO, Kexec):
         chose, and arm64 words its fault otherwise."""
         self.oops = e
         exact = e.access == "read" and self.arch != "arm64"
-        self.printk(f"BUG: unable to handle page fault for address: {e.vaddr_range[0]:016x}"
-                    if exact else f"(model) {e}",
-                    "Kernel panic - not syncing: Fatal exception")
+        v = e.vaddr_range[0]
+        if exact and (v >> 47) not in (0, (1 << 17) - 1):
+            # a non-canonical address raises #GP, not a page fault (seen on 7.2.13:
+            # a radix entry read from FDT bytes, a blob pointer of random bytes)
+            line = f"Oops: general protection fault, probably for non-canonical address 0x{v:x}"
+        else:
+            line = f"BUG: unable to handle page fault for address: {v:016x}" if exact else f"(model) {e}"
+        self.printk(line, "Kernel panic - not syncing: Fatal exception")
         self.violation("oops", e.phys, e.phys + 1, str(e))
         self.panicked = True
 
@@ -509,8 +588,10 @@ class Kernel(OutgoingKHO, Kexec):
         return self.kho_in_fdt is not None
 
     def debugfs_usable(self) -> bool:
-        """Whether ``debugfs_create_dir`` works: not with ``debugfs=off``."""
-        return self.params.get("debugfs", "on") != "off"
+        """Whether ``debugfs_create_dir`` works: not with ``debugfs=off`` or
+        its deprecated alias ``debugfs=no-mount`` (the last ``debugfs=``
+        wins; another value keeps the config's default, allowed here)."""
+        return self.params.get("debugfs", "on") not in ("off", "no-mount")
 
     def kho_init(self) -> None:
         """``kho_init``: radix root / tracker, the root FDT page, debugfs,
@@ -640,5 +721,26 @@ class Kernel(OutgoingKHO, Kexec):
         o["sub_fdts"] = {n: self.m.mem.read(ph, sz) for n, (ph, sz) in self.subtrees.items() if sz}
         out["out"] = o
         if self.kho_in_fdt is not None:
-            out["in"] = {"fdt": self.kho_in_fdt}
+            out["in"] = {"fdt": self.kho_in_fdt, "sub_fdts": self._in_sub_fdts()}
+        return out
+
+    def _in_sub_fdts(self) -> dict[str, bytes]:
+        """``in/sub_fdts``: one file per incoming sub-node with an 8-byte
+        preserved-data and blob-size (what kho_in_debugfs_init keeps)."""
+        out: dict[str, bytes] = {}
+        if not self.p.debugfs_in_subfdts or self.kho_in_fdt is None:
+            return out
+        try:
+            tree = _fdt.parse(self.kho_in_fdt, "incoming FDT")
+        except Exception:
+            return out
+        for child in tree.children:
+            v = child.props.get(self.p.subtree_prop)
+            sz = child.props.get(self.p.size_prop) if self.p.size_prop else None
+            if v is None or len(v) != 8 or sz is None or len(sz) != 8:
+                continue
+            try:
+                out[child.name] = self.m.mem.read(_fdt.u64(v), min(_fdt.u64(sz), 1 << 20))
+            except Exception:
+                out[child.name] = b""
         return out

@@ -278,6 +278,10 @@ class Violation:
         return f"{self.kind}: [0x{self.start:x}-0x{self.end:x}) {self.detail}"
 
 
+class MemblockPanic(Exception):
+    """memblock called panic() (its region array could not grow)."""
+
+
 @dataclass
 class Region:
     base: int
@@ -298,6 +302,10 @@ class Memblock:
     is eligible.
     """
 
+    #: INIT_MEMBLOCK_MEMORY_REGIONS: the static region array, which cannot
+    #: grow before ``memblock_allow_resize`` (x86: end of e820__memblock_setup)
+    INIT_REGIONS = 128
+
     def __init__(self):
         self.memory: list[Region] = []
         self.reserved = IntervalSet()
@@ -305,15 +313,56 @@ class Memblock:
         self.noinit = IntervalSet()
         self.scratch_only = False
         self.faults = FaultSite()
+        self.can_resize = True
+        #: allocations stay below this (memblock.current_limit: mapped RAM)
+        self.limit: int | None = None
+
+    def _grow(self, need: int) -> None:
+        """``memblock_double_array`` when ``need`` regions do not fit."""
+        if need > self.INIT_REGIONS and not self.can_resize:
+            raise MemblockPanic("memblock: cannot resize memory array")
+
+    def _merge(self) -> None:
+        out: list[Region] = []
+        for r in sorted(self.memory, key=lambda r: r.base):
+            if out and out[-1].end == r.base and out[-1].flags == r.flags and out[-1].nid == r.nid:
+                out[-1] = Region(out[-1].base, out[-1].size + r.size, r.flags, r.nid)
+            else:
+                out.append(r)
+        self.memory = out
 
     def add(self, base, size, nid=0, flags=0):
-        for r in self.memory:
-            if r.base == base and r.size == size:
-                return
-        self.memory.append(Region(base, size, flags, nid))
-        self.memory.sort(key=lambda r: r.base)
+        """``memblock_add_range``: the parts of [base, base+size) no region
+        covers become new regions (flags 0), merged with equal neighbours."""
+        if not size:
+            return
+        end = base + size
+        new, at = [], base
+        for r in sorted(self.memory, key=lambda r: r.base):
+            if r.end <= at:
+                continue
+            if r.base >= end:
+                break
+            if r.base > at:
+                new.append(Region(at, r.base - at, flags, nid))
+            at = max(at, r.end)
+        if at < end:
+            new.append(Region(at, end - at, flags, nid))
+        if not new:
+            return
+        if not self.memory:
+            self.memory = new[:1]
+            new = new[1:]
+        self._grow(len(self.memory) + len(new))
+        self.memory.extend(new)
+        self._merge()
 
     def mark_kho_scratch(self, base, size) -> int:
+        """``memblock_mark_kho_scratch``: isolate [base, base+size) and flag
+        it (room for two more regions is needed first)."""
+        if not size:
+            return 0
+        self._grow(len(self.memory) + 2)
         end = base + size
         out = []
         for r in self.memory:
@@ -328,6 +377,7 @@ class Memblock:
             if r.end > end:
                 out.append(Region(end, r.end - end, r.flags, r.nid))
         self.memory = sorted(out, key=lambda r: r.base)
+        self._merge()
         return 0
 
     def scratch_ranges(self) -> IntervalSet:
@@ -356,6 +406,8 @@ class Memblock:
             if nid is not None and r.nid != nid:
                 continue
             lo, hi = max(r.base, start), min(r.end, end + 1 if end is not None else r.end)
+            if self.limit is not None:
+                hi = min(hi, self.limit)
             if hi <= lo:
                 continue
             for a, b in reversed(_subtract([(lo, hi)], self.reserved)):
