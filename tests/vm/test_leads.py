@@ -171,8 +171,10 @@ LEADS: dict[str, Case] = {c.name: c for c in [
     Case("scratch-addr-no-ram", "kho_data.scratch_addr = 128 GiB (no RAM)", kho_data(scratch_addr=FAR),
          earlyprintk=True, retries=0, stall_timeout=30),
     # lead 4
-    Case("scratch-125-more-areas", "125 extra 4 KiB scratch areas (126 memblock regions)", scratch_extra(125),
-         earlyprintk=True),
+    Case("scratch-62-more-areas", "62 extra 4 KiB scratch areas (RAM still fits in 128 regions)",
+         scratch_extra(62), earlyprintk=True),
+    Case("scratch-125-more-areas", "125 extra 4 KiB scratch areas (126 regions: RAM no longer fits)",
+         scratch_extra(125), earlyprintk=True, retries=0, stall_timeout=30),
     Case("scratch-126-more-areas", "126 extra 4 KiB scratch areas (one region too many)", scratch_extra(126),
          earlyprintk=True, retries=0, stall_timeout=30),
     Case("scratch-tiny", "every scratch area cut to 4 MiB", scratch_tiny, earlyprintk=True, retries=0,
@@ -201,6 +203,9 @@ LEADS: dict[str, Case] = {c.name: c for c in [
          boot1=RM, boot2="reserve_mem=8M:4K:vmtest_rmem"),
     Case("memblock-extra-child", "memblock FDT with a second child that is not reserve-mem-v1",
          memblock_extra_child),
+    # lead 11 (found by the random campaign): a reserve_mem= name that boot 1 did not have
+    Case("reserve-mem-new-name", "nothing changed; boot 2 adds reserve_mem=1M:4K:vmtest_two", nothing,
+         boot2="reserve_mem=1M:4K:vmtest_two"),
 ]}
 
 
@@ -253,7 +258,7 @@ def check_boots(res):
 
 def check_phantom(res):
     check_boots(res)
-    assert any(x.startswith("node   0: [mem 0x0000002000000000-0x0000002003ffffff]") for x in _raw(res))
+    assert any("node   0: [mem 0x0000002000000000-0x0000002003ffffff]" in x for x in _raw(res))
 
 
 def check_luo_session_count(res):
@@ -273,6 +278,17 @@ def check_test_kho_fdt_unmapped(res):
     assert "test_kho: KHO restore succeeded" in res["real"]["lines"]
 
 
+def check_new_reserve_mem(res):
+    """The new region is allocated from scratch (scratch-only mode); with
+    KEXEC_HANDOVER_DEBUG its preservation fails, prepare_kho_fdt undoes
+    everything: no region, the revived one included, is handed over."""
+    check_boots(res)
+    assert "failed to prepare memblock FDT for KHO: -22" in res["real"]["lines"]
+    assert any("WARNING: kernel/liveupdate/kexec_handover.c" in x and "kho_preserve_pages" in x for x in _raw(res))
+    assert not (res["out"] / "stage2" / "debugfs" / "kho" / "out" / "sub_fdts" / "memblock").exists()
+    assert "memblock" not in res["pred"]["debugfs"].get("out", [])
+
+
 def check_oops(res):
     assert res["real"]["oops"] and res["pred"]["oops"]
 
@@ -282,13 +298,14 @@ CHECKS = {
     "reserve-mem-unmapped": check_reserve_mem_unmapped,
     "scratch-size-0": check_rejected, "scratch-size-65-pages": check_rejected, "fdt-size-0": check_rejected,
     "fdt-size-1": check_boots, "fdt-size-65-pages": check_rejected, "fdt-addr-no-ram": check_rejected,
-    "scratch-addr-no-ram": check_panics, "scratch-125-more-areas": check_boots,
+    "scratch-addr-no-ram": check_panics, "scratch-62-more-areas": check_boots, "scratch-125-more-areas": check_panics,
     "scratch-126-more-areas": check_silent_panic, "scratch-tiny": check_panics, "scratch-area-no-ram": check_phantom,
     "luo-compatible-byte-7": check_boots, "luo-session-count": check_luo_session_count, "luo-flb-count": check_boots,
     "root-fdt-unmapped": check_fdt_unmapped, "test-kho-fdt-unmapped": check_test_kho_fdt_unmapped,
     "metadata-unmapped": check_oops, "luo-unmapped": check_oops,
     "memblock-no-blob-size": check_boots, "reserve-mem-wrong-align": check_boots, "reserve-mem-align-0": check_boots,
     "reserve-mem-wrong-size": check_boots, "memblock-extra-child": check_boots,
+    "reserve-mem-new-name": check_new_reserve_mem,
 }
 
 

@@ -187,25 +187,40 @@ class Kernel(OutgoingKHO, Kexec):
     def retrieve_subtree(self, name: str) -> tuple[int, int, int | None]:
         """``kho_retrieve_subtree`` on the incoming FDT: (err, phys, size);
         the lines it prints go to the log."""
-        err, phys, size, lines = retrieve_subtree(self.p, self.kho_in_fdt, name)
-        self.printk(*lines)
-        if self.kho_in_fdt is not None:
+        fdt = self.kho_in_fdt
+        if fdt is not None:
             # the root FDT is read through phys_to_virt at every call; only
             # the preserved map keeps its page once memblock_free_all ran
             self.check_preserved(self.kho_in_fdt_phys, PAGE_SIZE, "the incoming root FDT")
+            if self._reused(self.kho_in_fdt_phys, len(fdt)):
+                fdt = bytes(len(fdt))
+        err, phys, size, lines = retrieve_subtree(self.p, fdt, name)
+        self.printk(*lines)
         return err, phys, size
+
+    def _lost(self, phys: int, size: int) -> list[tuple[int, int]]:
+        """The parts of [phys, phys+size) this kernel may already have reused:
+        in scratch before the map walk, outside the map afterwards."""
+        if not self.is_kho_boot() or not size:
+            return []
+        if self.step in ("setup_arch", "e820", "early params"):
+            return self._scratch_set().overlaps(phys, phys + size)
+        return self.pages.unpreserved_parts(phys, phys + size)
+
+    def _reused(self, phys: int, size: int) -> list[tuple[int, int]]:
+        """The parts of [phys, phys+size) the page allocator had back before
+        this read: outside the map, once memblock_free_all ran."""
+        if not self.is_kho_boot() or not size or self.step in ("setup_arch", "e820", "early params",
+                                                                 "kho_memory_init"):
+            return []
+        return self.pages.unpreserved_parts(phys, phys + size)
 
     def check_preserved(self, phys: int, size: int, what: str) -> bool:
         """Whether handed-over data a client uses is still protected.  Before
         the map walk memblock allocates only from scratch, so memory outside
         it is as the old kernel left it; afterwards only what the map reserved
         is.  A violation (once per structure) when it is not."""
-        if not self.is_kho_boot() or not size:
-            return True
-        if self.step in ("setup_arch", "early params"):
-            lost = self._scratch_set().overlaps(phys, phys + size)
-        else:
-            lost = self.pages.unpreserved_parts(phys, phys + size)
+        lost = self._lost(phys, size)
         if lost and what not in self._reported_unpreserved:
             self._reported_unpreserved.add(what)
             s, e = lost[0]
@@ -216,13 +231,24 @@ class Kernel(OutgoingKHO, Kexec):
 
     def read_preserved(self, phys: int, size: int, what: str) -> bytes:
         """A client reads its handed-over data through ``phys_to_virt``
-        (:meth:`check_preserved`); an address outside the direct map faults."""
+        (:meth:`check_preserved`); an address outside the direct map faults.
+        A page outside the map, read after memblock_free_all gave it to the
+        page allocator, reads as reused (zeros here): 7.2.13 with the root
+        FDT page or the kho_test FDT page cleared from the map found them
+        overwritten by the initcalls that read them."""
         self.check_preserved(phys, size, what)
         try:
-            return self.m.mem.read(phys, size, what)
+            data = self.m.mem.read(phys, size, what)
         except MemoryFault:
             v = (X86_64_PAGE_OFFSET + phys) & ((1 << 64) - 1)
             raise KernelOops(what, "read", phys, what, (v, v + max(size, 1))) from None
+        reused = self._reused(phys, size)
+        if reused:
+            buf = bytearray(data)
+            for s, e in reused:
+                buf[s - phys:e - phys] = bytes(e - s)
+            data = bytes(buf)
+        return data
 
     def client(self, model_name: str) -> Client | None:
         """This kernel's instance of a client plugin, if built in."""
@@ -296,9 +322,23 @@ class Kernel(OutgoingKHO, Kexec):
                 self.kho_in_fdt = self.populate.fdt_blob
                 self.kho_in_fdt_phys = kho_data.fdt_addr
                 self.kho_in_scratch_phys = kho_data.scratch_addr
-        for s, e, nid in self.m.ram:
-            self.memblock.add(s, e - s, nid)
+        # e820__memblock_setup: resizing allowed, but a new region array must
+        # come from memblock below 1 MiB, which holds no scratch yet: in
+        # scratch-only mode it cannot grow, and the RAM that needed it is left
+        # out (7.2.13 with 125 extra scratch areas then faults in early boot)
+        self.set_step("e820")
         self.memblock.can_resize = True
+        self.memblock.grow_fails = self.memblock.scratch_only
+        missing = [(s, e) for s, e, nid in self.m.ram if self.memblock.add(s, e - s, nid)]
+        self.memblock.grow_fails = False
+        if missing:
+            self.violation("memblock-ram-missing", missing[0][0], missing[0][1],
+                           "memblock could not grow its region array to add this RAM")
+            try:
+                self.panic("(model) RAM left out of memblock.memory: an early access to it faults")
+            except KernelPanic:
+                self.panicked = True
+                return self
         # memblock allocates only from mapped RAM (a scratch area outside
         # RAM becomes a memblock.memory region, never an early allocation)
         self.memblock.limit = max((e for _, e, _ in self.m.ram), default=None)

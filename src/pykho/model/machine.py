@@ -314,13 +314,20 @@ class Memblock:
         self.scratch_only = False
         self.faults = FaultSite()
         self.can_resize = True
+        #: a grown region array would have to come from where there is none
+        self.grow_fails = False
         #: allocations stay below this (memblock.current_limit: mapped RAM)
         self.limit: int | None = None
 
-    def _grow(self, need: int) -> None:
-        """``memblock_double_array`` when ``need`` regions do not fit."""
-        if need > self.INIT_REGIONS and not self.can_resize:
-            raise MemblockPanic("memblock: cannot resize memory array")
+    def _grow(self, need: int) -> bool:
+        """``memblock_double_array`` when ``need`` regions do not fit: panics
+        before ``memblock_allow_resize``; False when the array cannot grow."""
+        if need > self.INIT_REGIONS:
+            if not self.can_resize:
+                raise MemblockPanic("memblock: cannot resize memory array")
+            if self.grow_fails:
+                return False
+        return True
 
     def _merge(self) -> None:
         out: list[Region] = []
@@ -331,11 +338,12 @@ class Memblock:
                 out.append(r)
         self.memory = out
 
-    def add(self, base, size, nid=0, flags=0):
+    def add(self, base, size, nid=0, flags=0) -> int:
         """``memblock_add_range``: the parts of [base, base+size) no region
-        covers become new regions (flags 0), merged with equal neighbours."""
+        covers become new regions (flags 0), merged with equal neighbours.
+        0, or -ENOMEM when the region array could not grow (nothing added)."""
         if not size:
-            return
+            return 0
         end = base + size
         new, at = [], base
         for r in sorted(self.memory, key=lambda r: r.base):
@@ -349,20 +357,23 @@ class Memblock:
         if at < end:
             new.append(Region(at, end - at, flags, nid))
         if not new:
-            return
+            return 0
         if not self.memory:
             self.memory = new[:1]
             new = new[1:]
-        self._grow(len(self.memory) + len(new))
+        if not self._grow(len(self.memory) + len(new)):
+            return -12
         self.memory.extend(new)
         self._merge()
+        return 0
 
     def mark_kho_scratch(self, base, size) -> int:
         """``memblock_mark_kho_scratch``: isolate [base, base+size) and flag
         it (room for two more regions is needed first)."""
         if not size:
             return 0
-        self._grow(len(self.memory) + 2)
+        if not self._grow(len(self.memory) + 2):
+            return -12
         end = base + size
         out = []
         for r in self.memory:
