@@ -330,6 +330,12 @@ class Kernel(OutgoingKHO, Kexec):
         self.memblock.can_resize = True
         self.memblock.grow_fails = self.memblock.scratch_only
         missing = [(s, e) for s, e, nid in self.m.ram if self.memblock.add(s, e - s, nid)]
+        # x86 then marks the memory below 1 MiB as scratch for the real-mode
+        # trampoline; when that marking cannot grow the array either, nothing
+        # below 1 MiB is scratch and do_init_real_mode panics (7.2.13 with 62
+        # extra scratch areas)
+        self.no_trampoline = bool(self.memblock.scratch_only and self.arch == "x86"
+                                  and self.memblock.mark_kho_scratch(0, MiB))
         self.memblock.grow_fails = False
         if missing:
             self.violation("memblock-ram-missing", missing[0][0], missing[0][1],
@@ -374,6 +380,8 @@ class Kernel(OutgoingKHO, Kexec):
         self.memblock_free_all()
         self.set_step("initcalls")
         try:
+            if getattr(self, "no_trampoline", False):
+                self.panic("Real mode trampoline was not allocated")   # early_initcall do_init_real_mode
             for c in self.clients:
                 c.early_initcall()
             self.kho_init()
@@ -571,11 +579,11 @@ class Kernel(OutgoingKHO, Kexec):
         align = p.scratch_align
         cfg = self.scratch_cfg
         nodes = self.m.nodes
+        per: dict[int, int] = {}
         if cfg[0] == "scale":
             scale = cfg[1]
             low = self.memblock.kern_size(limit=ARCH_LOW_ADDRESS_LIMIT) * scale // 100
             glob = self.memblock.kern_size() * scale // 100 - low
-            per = {n: self.memblock.kern_size() * scale // 100 for n in nodes}
             low, glob = roundup(low, align), roundup(max(glob, 0), align)
         else:
             _, low, glob, pn = cfg
@@ -583,8 +591,7 @@ class Kernel(OutgoingKHO, Kexec):
                 low = roundup(low, align)
             if ScratchArea.GLOBAL in p.scratch_round_explicit:
                 glob = roundup(glob, align)
-            per = {n: pn for n in nodes}
-        per = {n: roundup(v, align) for n, v in per.items()}
+            per = {n: roundup(pn, align) for n in nodes}
         areas: list[structs.KhoScratch] = []
         arr = self.memblock.alloc(16 * (len(nodes) + 2), PAGE_SIZE)
 
@@ -607,6 +614,12 @@ class Kernel(OutgoingKHO, Kexec):
             return fail("global scratch buffer")
         areas.append(structs.KhoScratch(a, glob))
         for n in nodes:
+            if cfg[0] == "scale":
+                # scratch_size_node: that node's kernel reservations now, the
+                # array and the areas just allocated included (7.2.13 on one
+                # node: per-node = 3 x lowmem, not 1 x)
+                node_ram = [(s_, e_) for s_, e_, nid in self.m.ram if nid == n]
+                per[n] = roundup(self.memblock.kern_size(ranges=node_ram) * cfg[1] // 100, align)
             a = self.memblock.alloc(per[n], align, nid=n)
             if not a:
                 return fail(f"nid {n} scratch buffer")

@@ -429,12 +429,16 @@ class Memblock:
                     return cand
         return 0
 
-    def kern_size(self, limit=None, nid=None, nodes=None) -> int:
+    def kern_size(self, limit=None, ranges=None) -> int:
+        """``memblock_reserved_kern_size``: bytes of kernel reservations below
+        ``limit`` (inclusive), or inside ``ranges`` (one node's RAM)."""
         total = 0
         for s, e in self.reserved_kern:
             if limit is not None:
                 e = min(e, limit + 1)
-            if e > s:
+            if ranges is not None:
+                total += sum(max(0, min(e, b) - max(s, a)) for a, b in ranges)
+            elif e > s:
                 total += e - s
         return total
 

@@ -150,10 +150,13 @@ def _boot(ho: Handover, tgt: P.Profile, mem: Any, fdt_phys: int, fdt_len: int, s
     k.scratch_unknown = unknown_scratch or not iomem
     if want_reserved:
         k.reserved_log = []
+    # the next kernel's image: top-down in the first area (array order) with
+    # room for it below the array's 64 KiB slot, as kexec_file_load puts it
     image = None
     for a in ho.scratch:
-        if a.size >= 2 * Kernel.KERNEL_IMAGE_SIZE:
-            image = Segment("kernel", a.addr, Kernel.KERNEL_IMAGE_SIZE)
+        at = (a.end - 0x10000 - Kernel.KERNEL_IMAGE_SIZE) & ~(2 * (1 << 20) - 1)
+        if a.size and at >= a.addr:
+            image = Segment("kernel", at, Kernel.KERNEL_IMAGE_SIZE)
             break
     missing = None
     try:
