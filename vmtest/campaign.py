@@ -363,6 +363,7 @@ class Case:
     earlyprintk: bool = False
     stall_timeout: float = 60.0
     retries: int = 1                    # a hung chain is booted again (0 where boot 2 is expected to die)
+    keep: bool = False                  # keep the capture's ram/ (a check reads locate-stage1.json)
     source: str = "crafted"
     seed: int | None = None
     desc: dict = dataclasses.field(default_factory=dict)      # what a random case changed (filled at the stop)
@@ -429,7 +430,7 @@ def run_case(case: Case, out: Path, build=None, rec: bool = True, keep: bool = F
         label = res["nondeterminism"]
         record_case(case, res, summary, note=(f"documented nondeterminism: {label}; " if label else "")
                     + "; ".join(res.get("diffs", [])))
-    if not keep:
+    if not (keep or case.keep):
         shutil.rmtree(out / "ram", ignore_errors=True)
     return res
 

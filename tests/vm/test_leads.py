@@ -157,8 +157,8 @@ LEADS: dict[str, Case] = {c.name: c for c in [
          retries=0, stall_timeout=30),
     Case("debugfs-no-mount", "nothing changed; boot 2 with debugfs=no-mount (the deprecated alias)", nothing,
          boot2="debugfs=no-mount", luo=True, retries=0, stall_timeout=30),
-    Case("debugfs-on", "nothing changed; boot 2 with debugfs=on (the control of debugfs-off)", nothing,
-         boot2="debugfs=on", luo=True),
+    Case("debugfs-on", "nothing changed; boot 2 with debugfs=on (the control of debugfs-off; leads 8, 9, 10d)",
+         nothing, boot2="debugfs=on", luo=True, keep=True),
     # lead 2
     Case("reserve-mem-unmapped", "the reserve_mem region's blocks cleared from the map", reserve_mem_unmapped),
     # lead 3
@@ -228,6 +228,84 @@ def check_debugfs_on(res):
               "test_kho: KHO restore succeeded"):
         assert x in real["lines"]
     assert "content OK" in (real["luo_check"] or ""), real["luo_check"]
+    check_scratch_sizes(res)
+    check_segment_placement(res)
+    check_in_sub_fdts(res)
+
+
+def _record(res, case: str, change: str, real, predicted, agree: bool, note: str = ""):
+    import vmtest.records as records
+    k = res["summary"].get("kernel", "?")
+    records.record(kernel=k, next_kernel=k, arch="x86_64", source="crafted", case=case, change=change, real=real,
+                   predicted=predicted, agree=agree, note=note)
+
+
+def check_scratch_sizes(res):
+    """Lead 8, on boot 1 (a cold boot): per-node scratch is the scale times
+    the node's kernel reservations counted after the array, lowmem and global
+    areas were allocated.  The model's kernel does not know the real early
+    reservations: every kern_reserved that gives the real lowmem size must
+    give a per-node size set holding the real one."""
+    from pykho import profiles as P
+    from pykho.memory.iomem import parse_iomem
+    from pykho.model.kernel import Kernel
+    from pykho.model.machine import Machine
+    sd1 = res["out"] / "stage1"
+    low, glob, node = (int(x, 16) for x in (sd1 / "scratch_len.txt").read_text().split())
+    ram = [(s, e, 0) for s, e in parse_iomem((sd1 / "iomem.txt").read_text())]
+    cmd = (sd1 / "cmdline.txt").read_text().strip()
+    got = set()
+    for k in range(low // 2 - (8 << 20), low // 2 + (4 << 20), 1 << 18):
+        kern = Kernel(Machine(ram=ram), P.E, cmd, kern_reserved=k).boot()
+        sizes = [a.size for a in kern.scratch]
+        if sizes[0] == low:
+            got.add(tuple(sizes))
+    agree = any(s == (low, glob, node) for s in got)
+    _record(res, "cold-boot-per-node-scratch", "boot 1 (cold, kho=on): the scratch sizes it reserves",
+            {"scratch_len": [low, glob, node]}, {"sizes_for_the_same_lowmem": sorted(got)}, agree,
+            "the old model gave per-node = lowmem on one node" if node != low else "")
+    assert node != low, "the lead: per-node is not the global total's scale"
+    assert agree, (hex(node), [tuple(hex(x) for x in s) for s in got])
+
+
+def check_segment_placement(res):
+    """Lead 9: kexec_file_load places the segments first-fit in the array's
+    order, each top-down: the array at the top of the first area, the kernel
+    and the initrd below it in the same area."""
+    import json
+    import re as _re
+
+    from pykho import profiles as P
+    from pykho.abi import structs
+    from pykho.model.kernel import Kernel
+    from pykho.model.machine import Machine
+    loc = json.loads((res["out"] / "ram" / "locate-stage1.json").read_text())
+    ents = [structs.KhoScratch(a, n) for a, n in loc["scratch"]["entries"]]
+    sd2 = res["out"] / "stage2"
+    code = [int(x.split("-")[0], 16) for x in (sd2 / "iomem.txt").read_text().splitlines() if "Kernel code" in x][0]
+    rd = [int(m.group(1), 16) for m in map(_re.compile(r"RAMDISK: \[mem (0x[0-9a-f]+)-").search, _raw(res)) if m][0]
+
+    def area(phys):
+        return next(i for i, a in enumerate(ents) if a.addr <= phys < a.end)
+    k = Kernel(Machine(ram=[(0x100000, 1 << 30, 0)]), P.E)
+    k.kho_enable, k.scratch, k.out_fdt_phys = True, ents, loc["fdt"]["phys"]
+    assert k.kexec_file_load() == 0
+    seg = {s.name: s.addr for s in k.image["segments"]}
+    real = {"scratch array": loc["scratch"]["destination"], "kernel area": area(code), "initrd area": area(rd)}
+    pred = {"scratch array": seg["kho scratch array"], "kernel area": area(seg["kernel"])}
+    agree = real["scratch array"] == pred["scratch array"] and real["kernel area"] == pred["kernel area"] \
+        == real["initrd area"]
+    _record(res, "kexec-segment-placement", "boot 1's kexec_file_load: where the segments land", real, pred, agree)
+    assert agree, (real, pred)
+
+
+def check_in_sub_fdts(res):
+    """Lead 10d: boot 2's in/sub_fdts files, as the model lists them."""
+    d = res["out"] / "stage2" / "debugfs" / "kho" / "in" / "sub_fdts"
+    real = sorted(p.name for p in d.iterdir()) if d.exists() else []
+    pred = res["pred"]["debugfs"].get("in", [])
+    _record(res, "debugfs-in-sub-fdts", "boot 2's /sys/kernel/debug/kho/in/sub_fdts", real, pred, real == pred)
+    assert real and real == pred, (real, pred)
 
 
 def check_reserve_mem_unmapped(res):
