@@ -171,8 +171,10 @@ LEADS: dict[str, Case] = {c.name: c for c in [
     Case("scratch-addr-no-ram", "kho_data.scratch_addr = 128 GiB (no RAM)", kho_data(scratch_addr=FAR),
          earlyprintk=True, retries=0, stall_timeout=30),
     # lead 4
-    Case("scratch-62-more-areas", "62 extra 4 KiB scratch areas (RAM still fits in 128 regions)",
-         scratch_extra(62), earlyprintk=True),
+    Case("scratch-61-more-areas", "61 extra 4 KiB scratch areas (RAM and the low-1M marking still fit in 128 "
+         "regions)", scratch_extra(61), earlyprintk=True),
+    Case("scratch-62-more-areas", "62 extra 4 KiB scratch areas (the low-1M scratch marking no longer fits)",
+         scratch_extra(62), earlyprintk=True, retries=0, stall_timeout=30),
     Case("scratch-125-more-areas", "125 extra 4 KiB scratch areas (126 regions: RAM no longer fits)",
          scratch_extra(125), earlyprintk=True, retries=0, stall_timeout=30),
     Case("scratch-126-more-areas", "126 extra 4 KiB scratch areas (one region too many)", scratch_extra(126),
@@ -180,6 +182,8 @@ LEADS: dict[str, Case] = {c.name: c for c in [
     Case("scratch-tiny", "every scratch area cut to 4 MiB", scratch_tiny, earlyprintk=True, retries=0,
          stall_timeout=30),
     Case("scratch-area-no-ram", "a 64 MiB scratch area added at 128 GiB (no RAM)", scratch_phantom),
+    Case("kho-scratch-small-boot1", "nothing changed; boot 1 with kho_scratch=1M,0,1M (8 MiB of scratch after "
+         "rounding)", nothing, boot1="kho_scratch=1M,0,1M", earlyprintk=True, retries=0, stall_timeout=30),
     # lead 5
     Case("luo-compatible-byte-7", "luo_ser compatible 'luo-v5\\0X'", luo_compat_byte7, luo=True),
     Case("luo-session-count", "LUO session file count + 1", luo_session_count, luo=True),
@@ -325,6 +329,18 @@ def check_panics(res):
     assert res["real"]["fate"] == "panic" and res["pred"]["fate"] == "panic"
 
 
+def check_trampoline(res):
+    check_panics(res)
+    assert "Kernel panic - not syncing: Real mode trampoline was not allocated" in res["real"]["lines"]
+
+
+def check_small_scratch(res):
+    """A boot option of the old kernel: the next kernel dies in early boot."""
+    check_panics(res)
+    lens = [int(x, 16) for x in (res["out"] / "stage1" / "scratch_len.txt").read_text().split()]
+    assert sum(lens) <= 8 << 20, lens
+
+
 def check_silent_panic(res):
     assert res["real"]["fate"] == "died" and not res["real"]["lines"]
     assert res["pred"]["fate"] == "silent-panic"
@@ -379,8 +395,10 @@ CHECKS = {
     "reserve-mem-unmapped": check_reserve_mem_unmapped,
     "scratch-size-0": check_rejected, "scratch-size-65-pages": check_rejected, "fdt-size-0": check_rejected,
     "fdt-size-1": check_boots, "fdt-size-65-pages": check_rejected, "fdt-addr-no-ram": check_rejected,
-    "scratch-addr-no-ram": check_panics, "scratch-62-more-areas": check_boots, "scratch-125-more-areas": check_panics,
+    "scratch-addr-no-ram": check_panics, "scratch-61-more-areas": check_boots,
+    "scratch-62-more-areas": check_trampoline, "scratch-125-more-areas": check_panics,
     "scratch-126-more-areas": check_silent_panic, "scratch-tiny": check_panics, "scratch-area-no-ram": check_phantom,
+    "kho-scratch-small-boot1": check_small_scratch,
     "luo-compatible-byte-7": check_boots, "luo-session-count": check_luo_session_count, "luo-flb-count": check_boots,
     "root-fdt-unmapped": check_fdt_unmapped, "test-kho-fdt-unmapped": check_test_kho_fdt_unmapped,
     "metadata-unmapped": check_oops, "luo-unmapped": check_oops,
