@@ -502,7 +502,7 @@ class Kernel(OutgoingKHO, Kexec):
         if bad_i is not None:
             assert bad_at is not None
             head = bad_at[0]
-            v = X86_64_VMEMMAP + (bad_at[1] >> 12) * STRUCT_PAGE_SIZE
+            v = (X86_64_VMEMMAP + (bad_at[1] >> 12) * STRUCT_PAGE_SIZE) & ((1 << 64) - 1)   # wraps, as the CPU does
             raise KernelOops("kho_preserved_memory_reserve", "write", bad_at[1],
                              f"struct page (block 0x{head:x} order {order})", (v, v + STRUCT_PAGE_SIZE))
 
@@ -519,7 +519,7 @@ class Kernel(OutgoingKHO, Kexec):
                 if n:
                     self._reserve_full_leaf(order, first, n)
                 head = first + n * size
-                v = X86_64_VMEMMAP + (at >> 12) * STRUCT_PAGE_SIZE
+                v = (X86_64_VMEMMAP + (at >> 12) * STRUCT_PAGE_SIZE) & ((1 << 64) - 1)
                 raise KernelOops("kho_preserved_memory_reserve", "write", at,
                                  f"struct page (block 0x{head:x} order {order})", (v, v + STRUCT_PAGE_SIZE))
             sec += 1
