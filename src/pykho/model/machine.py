@@ -306,7 +306,7 @@ class Memblock:
     #: grow before ``memblock_allow_resize`` (x86: end of e820__memblock_setup)
     INIT_REGIONS = 128
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.memory: list[Region] = []
         self.reserved = IntervalSet()
         self.reserved_kern = IntervalSet()
