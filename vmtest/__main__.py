@@ -1,5 +1,5 @@
-"""``python -m vmtest [run] ...``, ``python -m vmtest split ...``, ``python -m vmtest scan ...``
-(see the package docstring and vmtest/README.md)."""
+"""``python -m vmtest [run] ...``, ``python -m vmtest split ...``, ``python -m vmtest scan ...``,
+``python -m vmtest campaign --seed S --cases N --jobs J`` (see the package docstring and vmtest/README.md)."""
 from __future__ import annotations
 
 import argparse
@@ -16,7 +16,7 @@ from .inject import command_hook, parse_inject_arg
 from .runner import Options, run_chain
 from .serial import dmesg_lines, split_serial, strip_ts
 
-__all__ = ["main", "parse_cmdline_stage"]
+__all__ = ["campaign_main", "main", "parse_cmdline_stage"]
 
 
 def _stage_kernel(s: str) -> tuple[int, str]:
@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         if res.get("radix"):
             print(f"radix: {len(res['radix']['nodes'])} nodes, {len(res['radix']['entries'])} entries")
         return 0
+    if argv and argv[0] == "campaign":
+        return campaign_main(argv[1:])
     if argv and argv[0] == "run":
         argv = argv[1:]
     p = argparse.ArgumentParser(prog="python -m vmtest", description=vmtest.__doc__.split("\n\n")[0])
@@ -113,6 +115,34 @@ def main(argv: list[str] | None = None) -> int:
         print(f"--- stage {n}: " + ("; ".join(lines[:8]) if lines else "(no KHO lines)"))
     print(json.dumps({k: s[k] for k in ("exit", "qemu_rc", "stages_reached", "completed", "elapsed_s")}))
     return 0 if s["completed"] else 1
+
+
+def campaign_main(argv: list[str]) -> int:
+    """``python -m vmtest campaign``: random differential cases against the real kernel."""
+    from . import campaign, records
+    p = argparse.ArgumentParser(prog="python -m vmtest campaign",
+                                description="random mutations of real handovers and random boot-2 options, each "
+                                            "through the real kernel and through pykho (vmtest/campaign.py)")
+    p.add_argument("--seed", type=int, required=True, help="campaign seed (case i gets a seed derived from it)")
+    p.add_argument("--cases", type=int, default=10)
+    p.add_argument("--start", type=int, default=0, help="index of the first case (to continue a campaign)")
+    p.add_argument("--jobs", type=int, default=1, help="QEMU instances at a time")
+    p.add_argument("--out", help="folder for the captures of disagreeing cases (default: a temporary one)")
+    p.add_argument("--merge", action="store_true", help="fold the staged records into docs/real-kernel.json after")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    a = p.parse_args(argv)
+    if find_build() is None:
+        print("no kernel build found: run vmtest/setup.sh (root) and vmtest/build.sh", file=sys.stderr)
+        return 2
+    s = campaign.run_campaign(a.seed, a.cases, a.jobs, Path(a.out) if a.out else None, start=a.start,
+                              log=lambda m: print(m, flush=True))
+    if a.merge:
+        s["records"] = records.merge()
+    print(json.dumps(s) if a.json else
+          f"{s['cases']} cases: {s['agree']} agree, {s['nondeterminism']} documented nondeterminism, "
+          f"{len(s['disagree'])} disagree {s['disagree']} in {s['seconds']} s (captures of disagreements: "
+          f"{s['workdir']})")
+    return 0 if not s["disagree"] else 1
 
 
 if __name__ == "__main__":

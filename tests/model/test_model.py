@@ -44,10 +44,12 @@ def test_seed_fixed_rejects_and_cold_boots():
     assert [s for _, s in new] == [s for _, s in old]
     low, glob, node = old                      # lowmem, global (empty: all RAM is below 4 GiB), node 0
     assert glob[1] == 0 and node[0] < low[0]
-    # lowmem and the empty global area land where they did; node 0's area
-    # ends where the old one began, because the new kernel's image sits at
-    # the start of the lowest old scratch area (kexec places it bottom-up)
-    assert new == [low, glob, (node[0] - node[1], node[1])]
+    # the new kernel's image sits top-down in the old lowmem area (kexec
+    # walks the areas in the array's order, each buffer top-down: seen on
+    # 7.2.13, tests/vm/test_leads.py); lowmem and node 0 land right below it
+    img = new[0][0] + new[0][1]
+    assert low[0] < img < low[0] + low[1]
+    assert new == [(img - low[1], low[1]), glob, (img - low[1] - node[1], node[1])]
 
 
 @pytest.mark.parametrize("gen", list(P.PROFILES))
@@ -217,7 +219,11 @@ def test_explorer_finds_the_seed_bug_class_by_itself():
     for kind, v in post["violations"].items():
         assert not (kind == "double-free" and v["example"]["step"] == "initcalls")
     clean = explore("B", runs=60, seed=7, faults=False)
-    assert clean["violations"] == {}
+    # a client's data unpreserved before the kexec is read by the next kernel
+    # anyway (test_kho reads its FDT through phys_to_virt): the only finding
+    assert set(clean["violations"]) <= {"client-data-not-preserved"}
+    for v in clean["violations"].values():
+        assert "unpreserve" in [s["do"] for s in v["minimal"]["step"]]
 
 
 def test_explorer_minimal_scenario_replays(tmp_path):

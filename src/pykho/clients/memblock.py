@@ -15,7 +15,7 @@ from typing import Any
 from ..abi import fdt as _fdt
 from ..abi.cmdline import memparse
 from ..errors import KhoDecodeError
-from ..profiles import ENOENT, PAGE_SHIFT, PAGE_SIZE, FdtBuiltAt, Profile
+from ..profiles import ENOENT, ENOMEM, PAGE_SHIFT, PAGE_SIZE, FdtBuiltAt, Profile
 from .base import Client
 
 __all__ = ["MEMBLOCK_KHO_FDT", "MEMBLOCK_COMPATIBLE", "RESERVE_MEM_COMPATIBLE", "ReserveMem", "encode_memblock",
@@ -192,16 +192,39 @@ class MemblockClient(Client):
         self.publish()
 
     def publish(self) -> None:
+        """``prepare_kho_fdt``: the FDT page preserved, the FDT built and
+        added, then every region preserved; any failure undoes it all and
+        prints one line (so no region is handed over).  A region allocated
+        on a KHO boot (a reserve_mem= name the old kernel did not have) lies
+        in scratch: with KEXEC_HANDOVER_DEBUG its preservation fails
+        (-EINVAL, seen on 7.2.13), without it the next kernel gets a region
+        inside its own scratch."""
         k = self.k
         if not self.regions or self.node in k.subtrees:
             return
-        fdt_phys = k.alloc_pages(0)
-        k.preserve_folio(fdt_phys, 0, "memblock FDT")
-        for r in self.regions:
-            k.preserve_pages(r.start, r.size >> PAGE_SHIFT, f"reserve_mem {r.name}")
-        blob, err = encode_memblock(self.regions)
-        if err:
+
+        def fail(err: int) -> None:
             k.printk(f"failed to prepare memblock FDT for KHO: {err}")
-            return
-        k.mem.write(fdt_phys, blob)
-        k.add_subtree(self.node, fdt_phys, len(blob))
+        fdt_phys = k.alloc_pages(0)
+        if not fdt_phys:
+            return fail(-ENOMEM)
+        err = k.preserve_pages(fdt_phys, 1, "memblock FDT")
+        if err:
+            return fail(err)
+        blob, err = encode_memblock(self.regions)
+        if not err:
+            k.mem.write(fdt_phys, blob)
+            err = k.add_subtree(self.node, fdt_phys, len(blob))
+        if err:
+            k.unpreserve_pages(fdt_phys, 1)
+            return fail(err)
+        done: list[ReserveMem] = []
+        for r in self.regions:
+            err = k.preserve_pages(r.start, r.size >> PAGE_SHIFT, f"reserve_mem {r.name}")
+            if err:
+                for d in done:
+                    k.unpreserve_pages(d.start, d.size >> PAGE_SHIFT)
+                k.remove_subtree(fdt_phys)
+                k.unpreserve_pages(fdt_phys, 1)
+                return fail(err)
+            done.append(r)

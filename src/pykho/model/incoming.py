@@ -33,6 +33,45 @@ class PopulateResult:
     failed_step: str | None = None
 
 
+#: ``early_memremap`` maps at most NR_FIX_BTMAPS pages (64 on x86-64 and on
+#: arm64 with 4 KiB pages: 256 KiB), counted from the page holding ``phys``
+EARLY_MEMREMAP_MAX_PAGES = 64
+
+
+def early_memremap_span(phys: int, length: int) -> int | None:
+    """How many bytes from ``phys`` ``early_memremap(phys, length)`` makes
+    readable (the mapping is whole pages), or None when it fails: length 0,
+    an end that wraps past 2^64, or more than 64 pages.  It never checks
+    that the address is RAM (mm/early_ioremap.c ``__early_ioremap``)."""
+    if not length or phys + length - 1 >= 1 << 64:
+        return None
+    first = phys & ~(PAGE_SIZE - 1)
+    end = (phys + length + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+    if (end - first) // PAGE_SIZE > EARLY_MEMREMAP_MAX_PAGES:
+        return None
+    return end - phys
+
+
+class BusMemory:
+    """Physical memory as the CPU reads it: RAM from ``mem``; a range that
+    no RAM backs reads as zeros (what QEMU returns: 7.2.13 given an FDT
+    address outside RAM prints ``is invalid: -9``, a scratch array there is
+    read as empty entries; real hardware returns all-ones, with the same
+    outcome)."""
+
+    def __init__(self, mem, ram):
+        self.mem = mem
+        self.ram = [(s, e) for s, e, *_ in ram]
+
+    def read(self, phys: int, length: int, what: str = "") -> bytes:
+        if length and not any(s < phys + length and phys < e for s, e in self.ram):
+            return bytes(length)
+        return self.mem.read(phys, length, what)
+
+    def __getattr__(self, name):
+        return getattr(self.mem, name)
+
+
 def _read_fdt(mem, phys: int, length: int) -> bytes | None:
     try:
         return mem.read(phys, length, "handover FDT")
@@ -53,7 +92,9 @@ def kho_populate(profile: P.Profile, mem, fdt_phys: int, fdt_len: int, scratch_p
     err = 0
     for step in profile.populate_steps:
         if step == P.STEP_MAP_FDT:
-            got = _read_fdt(mem, fdt_phys, fdt_len)
+            span = early_memremap_span(fdt_phys, fdt_len)
+            # the header is read from the mapping; libfdt then trusts totalsize
+            got = _read_fdt(mem, fdt_phys, min(span, PAGE_SIZE)) if span else None
             if got is None:
                 res.lines.append(profile.msg_map_fdt.format(fdt=fdt_phys))
                 err = -P.EFAULT
@@ -93,7 +134,8 @@ def kho_populate(profile: P.Profile, mem, fdt_phys: int, fdt_len: int, scratch_p
                 break
         elif step == P.STEP_MAP_SCRATCH:
             try:
-                data = mem.read(scratch_phys, scratch_len, "kho_scratch array") if scratch_len < 1 << 24 else None
+                data = mem.read(scratch_phys, scratch_len, "kho_scratch array") \
+                    if early_memremap_span(scratch_phys, scratch_len) else None
             except KhoDecodeError:
                 data = None
             if data is None:

@@ -32,6 +32,7 @@ from .incoming import (
     STRUCT_PAGE_SIZE,
     X86_64_PAGE_OFFSET,
     X86_64_VMEMMAP,
+    BusMemory,
     KernelOops,
     PopulateResult,
     WalkBudgetExceeded,
@@ -46,10 +47,12 @@ from .incoming import (
 from .kexec import Kexec, Segment
 from .machine import (
     ARCH_LOW_ADDRESS_LIMIT,
+    MEMBLOCK_KHO_SCRATCH,
     PAGE_SIZE,
     IntervalSet,
     Machine,
     Memblock,
+    MemblockPanic,
     PageAllocator,
     Violation,
     block_runs,
@@ -122,6 +125,10 @@ class Kernel(OutgoingKHO, Kexec):
         self.kho_in_fdt_phys = 0
         self.kho_in_scratch_phys = 0
         self.populate: PopulateResult | None = None
+        #: the scratch array the handover names, or the machine's RAM, is not
+        #: known (the verdict without iomem): whether the early boot fits in
+        #: scratch is not judged
+        self.scratch_unknown = False
         self.out_fdt: _root.RootFdtPage | None = None
         self.out_fdt_phys = 0
         self.debugfs_fdt_size = 0
@@ -182,21 +189,40 @@ class Kernel(OutgoingKHO, Kexec):
     def retrieve_subtree(self, name: str) -> tuple[int, int, int | None]:
         """``kho_retrieve_subtree`` on the incoming FDT: (err, phys, size);
         the lines it prints go to the log."""
-        err, phys, size, lines = retrieve_subtree(self.p, self.kho_in_fdt, name)
+        fdt = self.kho_in_fdt
+        if fdt is not None:
+            # the root FDT is read through phys_to_virt at every call; only
+            # the preserved map keeps its page once memblock_free_all ran
+            self.check_preserved(self.kho_in_fdt_phys, PAGE_SIZE, "the incoming root FDT")
+            if self._reused(self.kho_in_fdt_phys, len(fdt)):
+                fdt = bytes(len(fdt))
+        err, phys, size, lines = retrieve_subtree(self.p, fdt, name)
         self.printk(*lines)
         return err, phys, size
+
+    def _lost(self, phys: int, size: int) -> list[tuple[int, int]]:
+        """The parts of [phys, phys+size) this kernel may already have reused:
+        in scratch before the map walk, outside the map afterwards."""
+        if not self.is_kho_boot() or not size:
+            return []
+        if self.step in ("setup_arch", "e820", "early params"):
+            return self._scratch_set().overlaps(phys, phys + size)
+        return self.pages.unpreserved_parts(phys, phys + size)
+
+    def _reused(self, phys: int, size: int) -> list[tuple[int, int]]:
+        """The parts of [phys, phys+size) the page allocator had back before
+        this read: outside the map, once memblock_free_all ran."""
+        if not self.is_kho_boot() or not size or self.step in ("setup_arch", "e820", "early params",
+                                                                 "kho_memory_init"):
+            return []
+        return self.pages.unpreserved_parts(phys, phys + size)
 
     def check_preserved(self, phys: int, size: int, what: str) -> bool:
         """Whether handed-over data a client uses is still protected.  Before
         the map walk memblock allocates only from scratch, so memory outside
         it is as the old kernel left it; afterwards only what the map reserved
         is.  A violation (once per structure) when it is not."""
-        if not self.is_kho_boot() or not size:
-            return True
-        if self.step in ("setup_arch", "early params"):
-            lost = self._scratch_set().overlaps(phys, phys + size)
-        else:
-            lost = self.pages.unpreserved_parts(phys, phys + size)
+        lost = self._lost(phys, size)
         if lost and what not in self._reported_unpreserved:
             self._reported_unpreserved.add(what)
             s, e = lost[0]
@@ -207,13 +233,24 @@ class Kernel(OutgoingKHO, Kexec):
 
     def read_preserved(self, phys: int, size: int, what: str) -> bytes:
         """A client reads its handed-over data through ``phys_to_virt``
-        (:meth:`check_preserved`); an address outside the direct map faults."""
+        (:meth:`check_preserved`); an address outside the direct map faults.
+        A page outside the map, read after memblock_free_all gave it to the
+        page allocator, reads as reused (zeros here): 7.2.13 with the root
+        FDT page or the kho_test FDT page cleared from the map found them
+        overwritten by the initcalls that read them."""
         self.check_preserved(phys, size, what)
         try:
-            return self.m.mem.read(phys, size, what)
+            data = self.m.mem.read(phys, size, what)
         except MemoryFault:
             v = (X86_64_PAGE_OFFSET + phys) & ((1 << 64) - 1)
             raise KernelOops(what, "read", phys, what, (v, v + max(size, 1))) from None
+        reused = self._reused(phys, size)
+        if reused:
+            buf = bytearray(data)
+            for s, e in reused:
+                buf[s - phys:e - phys] = bytes(e - s)
+            data = bytes(buf)
+        return data
 
     def client(self, model_name: str) -> Client | None:
         """This kernel's instance of a client plugin, if built in."""
@@ -257,17 +294,29 @@ class Kernel(OutgoingKHO, Kexec):
         init, memblock_free_all, initcalls (clients' early code, kho_init,
         clients' restore and publish)."""
         self.set_step("setup_arch")
-        for s, e, nid in self.m.ram:
-            self.memblock.add(s, e - s, nid)
         # the kernel image: inside scratch after a KHO kexec, at 16 MiB on a cold boot
         if image is not None:
             self.memblock.reserve(image.addr, image.size, kern=True)
         else:
             self.memblock.reserve(16 * MiB, self.KERNEL_IMAGE_SIZE, kern=True)
         if kho_data is not None:
-            self.populate = kho_populate(self.p, self.m.mem, kho_data.fdt_addr, kho_data.fdt_size,
-                                         kho_data.scratch_addr, kho_data.scratch_size,
-                                         self.memblock.mark_kho_scratch)
+            # x86 setup_arch hands the data to kho_populate from parse_setup_data,
+            # before e820__memblock_setup adds RAM and allows the region array to
+            # grow: memblock.memory holds only what kho_populate adds itself
+            self.memblock.can_resize = False
+            try:
+                self.populate = kho_populate(self.p, BusMemory(self.m.mem, self.m.ram), kho_data.fdt_addr,
+                                             kho_data.fdt_size, kho_data.scratch_addr, kho_data.scratch_size,
+                                             self._add_scratch)
+            except MemblockPanic as e:
+                # before the console exists: nothing reaches it, and panic= is
+                # not parsed yet, so the machine halts
+                self.populate = PopulateResult(False, failed_step="mark scratch")
+                try:
+                    self.panic(str(e))
+                except KernelPanic:
+                    self.panicked = True
+                    return self
             self.printk(*self.populate.lines)
             if self.populate.accepted:
                 self.memblock.reserve(kho_data.scratch_addr, kho_data.scratch_size)
@@ -275,6 +324,32 @@ class Kernel(OutgoingKHO, Kexec):
                 self.kho_in_fdt = self.populate.fdt_blob
                 self.kho_in_fdt_phys = kho_data.fdt_addr
                 self.kho_in_scratch_phys = kho_data.scratch_addr
+        # e820__memblock_setup: resizing allowed, but a new region array must
+        # come from memblock below 1 MiB, which holds no scratch yet: in
+        # scratch-only mode it cannot grow, and the RAM that needed it is left
+        # out (7.2.13 with 125 extra scratch areas then faults in early boot)
+        self.set_step("e820")
+        self.memblock.can_resize = True
+        self.memblock.grow_fails = self.memblock.scratch_only
+        missing = [(s, e) for s, e, nid in self.m.ram if self.memblock.add(s, e - s, nid)]
+        # x86 then marks the memory below 1 MiB as scratch for the real-mode
+        # trampoline; when that marking cannot grow the array either, nothing
+        # below 1 MiB is scratch and do_init_real_mode panics (7.2.13 with 62
+        # extra scratch areas)
+        self.no_trampoline = bool(self.memblock.scratch_only and self.arch == "x86"
+                                  and self.memblock.mark_kho_scratch(0, MiB))
+        self.memblock.grow_fails = False
+        if missing:
+            self.violation("memblock-ram-missing", missing[0][0], missing[0][1],
+                           "memblock could not grow its region array to add this RAM")
+            try:
+                self.panic("(model) RAM left out of memblock.memory: an early access to it faults")
+            except KernelPanic:
+                self.panicked = True
+                return self
+        # memblock allocates only from mapped RAM (a scratch area outside
+        # RAM becomes a memblock.memory region, never an early allocation)
+        self.memblock.limit = max((e for _, e, _ in self.m.ram), default=None)
         # early params
         self.set_step("early params")
         self.kho_enable = bool(kstrtobool(self.params.get("kho", "")) or False)
@@ -286,7 +361,15 @@ class Kernel(OutgoingKHO, Kexec):
             else:
                 self.scratch_cfg = cfg
         # early kernel allocations that count for the scratch scale
-        self.memblock.alloc(self.kern_reserved - self.KERNEL_IMAGE_SIZE, PAGE_SIZE, kern=True)
+        lump = self.kern_reserved - self.KERNEL_IMAGE_SIZE
+        if self.memblock.scratch_only and not self.scratch_unknown:
+            try:
+                self._early_allocs_from_scratch(lump)
+            except KernelPanic:
+                self.panicked = True
+                return self
+        else:
+            self.memblock.alloc(lump, PAGE_SIZE, kern=True)
         for c in self.clients:
             c.early_param()
         self.set_step("kho_memory_init")
@@ -299,6 +382,8 @@ class Kernel(OutgoingKHO, Kexec):
         self.memblock_free_all()
         self.set_step("initcalls")
         try:
+            if getattr(self, "no_trampoline", False):
+                self.panic("Real mode trampoline was not allocated")   # early_initcall do_init_real_mode
             for c in self.clients:
                 c.early_initcall()
             self.kho_init()
@@ -315,6 +400,35 @@ class Kernel(OutgoingKHO, Kexec):
         self.set_step("running")
         return self
 
+    def _add_scratch(self, addr: int, size: int) -> int:
+        """kho_populate's ``memblock_add`` then ``memblock_mark_kho_scratch``
+        of one incoming area (may raise :class:`MemblockPanic`)."""
+        self.memblock.add(addr, size)
+        return self.memblock.mark_kho_scratch(addr, size)
+
+    def _early_allocs_from_scratch(self, lump: int) -> None:
+        """A KHO boot's early allocations come from scratch alone (scratch-only
+        mode).  The memmap (2 MiB per 128 MiB section with RAM) must succeed:
+        7.2.13 given 8 MiB of scratch dereferences NULL in the sparse init and
+        panics, given none it panics at the first early allocation that must
+        succeed.  The model panics when the scratch that RAM backs is smaller
+        than the memmap; the rest (``lump``: page tables, log buffer, ...) is
+        survived when it fails.  What ``log_buf_len=`` adds (18 MiB for 4M)
+        is not counted: scratch between about 16 and 40 MiB per GiB of RAM is
+        a grey zone."""
+        secs = {sec for s, e, _ in self.m.ram for sec in range(s >> SECTION_SIZE_BITS,
+                                                                  ((e - 1) >> SECTION_SIZE_BITS) + 1)}
+        ram = IntervalSet((s, e) for s, e, _ in self.m.ram)
+        have = sum(e - s for r in self.memblock.memory if r.flags & MEMBLOCK_KHO_SCRATCH
+                   for s, e in ram.overlaps(r.base, r.end))
+        need = len(secs) * 2 * MiB
+        if have < need:
+            self.violation("scratch-exhausted", 0, need,
+                           f"{have >> 10} KiB of scratch for a memmap of {need >> 10} KiB: an early allocation "
+                           "that must succeed fails")
+            self.panic("(model) an early allocation fails: scratch is too small for this kernel's boot")
+        self.memblock.alloc(lump, PAGE_SIZE, kern=True)
+
     def _oops(self, e: KernelOops) -> None:
         """An oops this early (idle task or init, before userspace) is fatal.
         The exact fault line is known for x86-64 reads (the direct-map
@@ -322,9 +436,14 @@ class Kernel(OutgoingKHO, Kexec):
         chose, and arm64 words its fault otherwise."""
         self.oops = e
         exact = e.access == "read" and self.arch != "arm64"
-        self.printk(f"BUG: unable to handle page fault for address: {e.vaddr_range[0]:016x}"
-                    if exact else f"(model) {e}",
-                    "Kernel panic - not syncing: Fatal exception")
+        v = e.vaddr_range[0]
+        if exact and (v >> 47) not in (0, (1 << 17) - 1):
+            # a non-canonical address raises #GP, not a page fault (seen on 7.2.13:
+            # a radix entry read from FDT bytes, a blob pointer of random bytes)
+            line = f"Oops: general protection fault, probably for non-canonical address 0x{v:x}"
+        else:
+            line = f"BUG: unable to handle page fault for address: {v:016x}" if exact else f"(model) {e}"
+        self.printk(line, "Kernel panic - not syncing: Fatal exception")
         self.violation("oops", e.phys, e.phys + 1, str(e))
         self.panicked = True
 
@@ -402,7 +521,7 @@ class Kernel(OutgoingKHO, Kexec):
         if bad_i is not None:
             assert bad_at is not None
             head = bad_at[0]
-            v = X86_64_VMEMMAP + (bad_at[1] >> 12) * STRUCT_PAGE_SIZE
+            v = (X86_64_VMEMMAP + (bad_at[1] >> 12) * STRUCT_PAGE_SIZE) & ((1 << 64) - 1)   # wraps, as the CPU does
             raise KernelOops("kho_preserved_memory_reserve", "write", bad_at[1],
                              f"struct page (block 0x{head:x} order {order})", (v, v + STRUCT_PAGE_SIZE))
 
@@ -419,7 +538,7 @@ class Kernel(OutgoingKHO, Kexec):
                 if n:
                     self._reserve_full_leaf(order, first, n)
                 head = first + n * size
-                v = X86_64_VMEMMAP + (at >> 12) * STRUCT_PAGE_SIZE
+                v = (X86_64_VMEMMAP + (at >> 12) * STRUCT_PAGE_SIZE) & ((1 << 64) - 1)
                 raise KernelOops("kho_preserved_memory_reserve", "write", at,
                                  f"struct page (block 0x{head:x} order {order})", (v, v + STRUCT_PAGE_SIZE))
             sec += 1
@@ -479,11 +598,11 @@ class Kernel(OutgoingKHO, Kexec):
         align = p.scratch_align
         cfg = self.scratch_cfg
         nodes = self.m.nodes
+        per: dict[int, int] = {}
         if cfg[0] == "scale":
             scale = cfg[1]
             low = self.memblock.kern_size(limit=ARCH_LOW_ADDRESS_LIMIT) * scale // 100
             glob = self.memblock.kern_size() * scale // 100 - low
-            per = {n: self.memblock.kern_size() * scale // 100 for n in nodes}
             low, glob = roundup(low, align), roundup(max(glob, 0), align)
         else:
             _, low, glob, pn = cfg
@@ -491,8 +610,7 @@ class Kernel(OutgoingKHO, Kexec):
                 low = roundup(low, align)
             if ScratchArea.GLOBAL in p.scratch_round_explicit:
                 glob = roundup(glob, align)
-            per = {n: pn for n in nodes}
-        per = {n: roundup(v, align) for n, v in per.items()}
+            per = {n: roundup(pn, align) for n in nodes}
         areas: list[structs.KhoScratch] = []
         arr = self.memblock.alloc(16 * (len(nodes) + 2), PAGE_SIZE)
 
@@ -515,6 +633,12 @@ class Kernel(OutgoingKHO, Kexec):
             return fail("global scratch buffer")
         areas.append(structs.KhoScratch(a, glob))
         for n in nodes:
+            if cfg[0] == "scale":
+                # scratch_size_node: that node's kernel reservations now, the
+                # array and the areas just allocated included (7.2.13 on one
+                # node: per-node = 3 x lowmem, not 1 x)
+                node_ram = [(s_, e_) for s_, e_, nid in self.m.ram if nid == n]
+                per[n] = roundup(self.memblock.kern_size(ranges=node_ram) * cfg[1] // 100, align)
             a = self.memblock.alloc(per[n], align, nid=n)
             if not a:
                 return fail(f"nid {n} scratch buffer")
@@ -536,8 +660,10 @@ class Kernel(OutgoingKHO, Kexec):
         return self.kho_in_fdt is not None
 
     def debugfs_usable(self) -> bool:
-        """Whether ``debugfs_create_dir`` works: not with ``debugfs=off``."""
-        return self.params.get("debugfs", "on") != "off"
+        """Whether ``debugfs_create_dir`` works: not with ``debugfs=off`` or
+        its deprecated alias ``debugfs=no-mount`` (the last ``debugfs=``
+        wins; another value keeps the config's default, allowed here)."""
+        return self.params.get("debugfs", "on") not in ("off", "no-mount")
 
     def kho_init(self) -> None:
         """``kho_init``: radix root / tracker, the root FDT page, debugfs,
@@ -689,5 +815,26 @@ class Kernel(OutgoingKHO, Kexec):
         o["sub_fdts"] = {n: self.m.mem.read(ph, sz) for n, (ph, sz) in self.subtrees.items() if sz}
         out["out"] = o
         if self.kho_in_fdt is not None:
-            out["in"] = {"fdt": self.kho_in_fdt}
+            out["in"] = {"fdt": self.kho_in_fdt, "sub_fdts": self._in_sub_fdts()}
+        return out
+
+    def _in_sub_fdts(self) -> dict[str, bytes]:
+        """``in/sub_fdts``: one file per incoming sub-node with an 8-byte
+        preserved-data and blob-size (what kho_in_debugfs_init keeps)."""
+        out: dict[str, bytes] = {}
+        if not self.p.debugfs_in_subfdts or self.kho_in_fdt is None:
+            return out
+        try:
+            tree = _fdt.parse(self.kho_in_fdt, "incoming FDT")
+        except Exception:
+            return out
+        for child in tree.children:
+            v = child.props.get(self.p.subtree_prop)
+            sz = child.props.get(self.p.size_prop) if self.p.size_prop else None
+            if v is None or len(v) != 8 or sz is None or len(sz) != 8:
+                continue
+            try:
+                out[child.name] = self.m.mem.read(_fdt.u64(v), min(_fdt.u64(sz), 1 << 20))
+            except Exception:
+                out[child.name] = b""
         return out

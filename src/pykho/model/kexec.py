@@ -20,6 +20,8 @@ __all__ = ["Kexec", "Segment", "EADDRNOTAVAIL"]
 
 MiB = 1 << 20
 EADDRNOTAVAIL = 99
+#: the x86 purgatory segment (text, data, stack), about this size
+PURGATORY_SIZE = 0x6000
 
 
 class Segment:
@@ -47,11 +49,15 @@ class Kexec(KernelState):
         p = self.p
         handover = self.kho_enable and (p.fill_kimage_gate is FillKimageGate.ENABLE or self.finalized)
         segs: list[Segment] = []
-        pool = sorted([a for a in self.scratch if a.size], key=lambda a: a.addr)
+        # kho_locate_mem_hole walks the areas in the array's order (lowmem,
+        # global, then per node), first fit; every x86 kexec_file buffer is
+        # placed top-down inside the area (7.2.13: the array, boot params,
+        # kernel and initrd all at the top of the lowmem area)
+        pool = [a for a in self.scratch if a.size]
         used = IntervalSet()
 
-        def place(name: str, size: int, align: int, top_down: bool) -> int:
-            for a in (reversed(pool) if top_down else pool):
+        def place(name: str, size: int, align: int, top_down: bool = True) -> int:
+            for a in pool:
                 cands = _free_in(a.addr, a.end, used)
                 for s, e in (reversed(cands) if top_down else cands):
                     x = ((e - size) & ~(align - 1)) if top_down else ((s + align - 1) & ~(align - 1))
@@ -67,8 +73,10 @@ class Kexec(KernelState):
         scratch_seg = 0
         if handover:
             scratch_seg = place("kho scratch array", 16 * len(self.scratch), p.scratch_array_align, True)
-        kernel = place("kernel", self.KERNEL_IMAGE_SIZE, 2 * MiB, False)
-        boot = place("boot params", PAGE_SIZE, PAGE_SIZE, True)
+        # then bzImage64_load: purgatory, boot params, kernel (initrd: not modelled)
+        place("purgatory", PURGATORY_SIZE, PAGE_SIZE)
+        boot = place("boot params", PAGE_SIZE, PAGE_SIZE)
+        kernel = place("kernel", self.KERNEL_IMAGE_SIZE, 2 * MiB)
         if not kernel or not boot or (handover and not scratch_seg):
             return -EADDRNOTAVAIL
         kd = None

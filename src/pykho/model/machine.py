@@ -294,6 +294,10 @@ class Violation:
         return f"{self.kind}: [0x{self.start:x}-0x{self.end:x}) {self.detail}"
 
 
+class MemblockPanic(Exception):
+    """memblock called panic() (its region array could not grow)."""
+
+
 @dataclass
 class Region:
     base: int
@@ -314,22 +318,78 @@ class Memblock:
     is eligible.
     """
 
-    def __init__(self):
+    #: INIT_MEMBLOCK_MEMORY_REGIONS: the static region array, which cannot
+    #: grow before ``memblock_allow_resize`` (x86: end of e820__memblock_setup)
+    INIT_REGIONS = 128
+
+    def __init__(self) -> None:
         self.memory: list[Region] = []
         self.reserved = IntervalSet()
         self.reserved_kern = IntervalSet()
         self.noinit = IntervalSet()
         self.scratch_only = False
         self.faults = FaultSite()
+        self.can_resize = True
+        #: a grown region array would have to come from where there is none
+        self.grow_fails = False
+        #: allocations stay below this (memblock.current_limit: mapped RAM)
+        self.limit: int | None = None
 
-    def add(self, base, size, nid=0, flags=0):
-        for r in self.memory:
-            if r.base == base and r.size == size:
-                return
-        self.memory.append(Region(base, size, flags, nid))
-        self.memory.sort(key=lambda r: r.base)
+    def _grow(self, need: int) -> bool:
+        """``memblock_double_array`` when ``need`` regions do not fit: panics
+        before ``memblock_allow_resize``; False when the array cannot grow."""
+        if need > self.INIT_REGIONS:
+            if not self.can_resize:
+                raise MemblockPanic("memblock: cannot resize memory array")
+            if self.grow_fails:
+                return False
+        return True
+
+    def _merge(self) -> None:
+        out: list[Region] = []
+        for r in sorted(self.memory, key=lambda r: r.base):
+            if out and out[-1].end == r.base and out[-1].flags == r.flags and out[-1].nid == r.nid:
+                out[-1] = Region(out[-1].base, out[-1].size + r.size, r.flags, r.nid)
+            else:
+                out.append(r)
+        self.memory = out
+
+    def add(self, base, size, nid=0, flags=0) -> int:
+        """``memblock_add_range``: the parts of [base, base+size) no region
+        covers become new regions (flags 0), merged with equal neighbours.
+        0, or -ENOMEM when the region array could not grow (nothing added)."""
+        if not size:
+            return 0
+        end = base + size
+        new, at = [], base
+        for r in sorted(self.memory, key=lambda r: r.base):
+            if r.end <= at:
+                continue
+            if r.base >= end:
+                break
+            if r.base > at:
+                new.append(Region(at, r.base - at, flags, nid))
+            at = max(at, r.end)
+        if at < end:
+            new.append(Region(at, end - at, flags, nid))
+        if not new:
+            return 0
+        if not self.memory:
+            self.memory = new[:1]
+            new = new[1:]
+        if not self._grow(len(self.memory) + len(new)):
+            return -12
+        self.memory.extend(new)
+        self._merge()
+        return 0
 
     def mark_kho_scratch(self, base, size) -> int:
+        """``memblock_mark_kho_scratch``: isolate [base, base+size) and flag
+        it (room for two more regions is needed first)."""
+        if not size:
+            return 0
+        if not self._grow(len(self.memory) + 2):
+            return -12
         end = base + size
         out = []
         for r in self.memory:
@@ -344,6 +404,7 @@ class Memblock:
             if r.end > end:
                 out.append(Region(end, r.end - end, r.flags, r.nid))
         self.memory = sorted(out, key=lambda r: r.base)
+        self._merge()
         return 0
 
     def scratch_ranges(self) -> IntervalSet:
@@ -372,6 +433,8 @@ class Memblock:
             if nid is not None and r.nid != nid:
                 continue
             lo, hi = max(r.base, start), min(r.end, end + 1 if end is not None else r.end)
+            if self.limit is not None:
+                hi = min(hi, self.limit)
             if hi <= lo:
                 continue
             for a, b in reversed(_subtract([(lo, hi)], self.reserved)):
@@ -382,12 +445,16 @@ class Memblock:
                     return cand
         return 0
 
-    def kern_size(self, limit=None, nid=None, nodes=None) -> int:
+    def kern_size(self, limit=None, ranges=None) -> int:
+        """``memblock_reserved_kern_size``: bytes of kernel reservations below
+        ``limit`` (inclusive), or inside ``ranges`` (one node's RAM)."""
         total = 0
         for s, e in self.reserved_kern:
             if limit is not None:
                 e = min(e, limit + 1)
-            if e > s:
+            if ranges is not None:
+                total += sum(max(0, min(e, b) - max(s, a)) for a, b in ranges)
+            elif e > s:
                 total += e - s
         return total
 

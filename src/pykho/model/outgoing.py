@@ -126,6 +126,15 @@ class OutgoingKHO(KernelState):
             pfn += 1 << order
         return 0
 
+    def unpreserve_pages(self, phys: int, nr: int) -> int:
+        """``kho_unpreserve_pages``: the blocks ``preserve_pages`` made, cleared."""
+        pfn, end = phys >> PAGE_SHIFT, (phys >> PAGE_SHIFT) + nr
+        while pfn < end:
+            order = min((pfn & -pfn).bit_length() - 1 if pfn else 63, (end - pfn).bit_length() - 1)
+            self._track(pfn << PAGE_SHIFT, order, "", add=False)
+            pfn += 1 << order
+        return 0
+
     def alloc_preserve(self, size: int, owner: str) -> int:
         order = max(0, (size - 1).bit_length() - PAGE_SHIFT) if size > PAGE_SIZE else 0
         phys = self.alloc_pages(order)

@@ -72,10 +72,13 @@ def predict(ho: Handover, tgt: P.Profile, cmdline: str = "kho=on", iomem: list[t
     scratch_phys, scratch_len = ho.scratch_phys, ho.scratch_len
     strict = ho.mem is None or fdt_phys is None
     mem: Any = ho.mem
+    # no source gives the scratch array: one empty entry stands for it, and
+    # the model does not judge whether the early boot fits in scratch
+    unknown_scratch = not ho.scratch and (scratch_phys is None or scratch_len is None)
     if strict:
         fdt_phys = fdt_phys if fdt_phys is not None else _FDT_PLACEHOLDER
         fdt_size = max(PAGE_SIZE, len(blob))
-        arr = structs.encode_scratch(ho.scratch)
+        arr = structs.encode_scratch(ho.scratch) or bytes(16)
         if scratch_phys is None or scratch_len is None:
             scratch_phys, scratch_len = _SCRATCH_PLACEHOLDER, len(arr)
         known = sorted({_page_span(fdt_phys, fdt_size), _page_span(scratch_phys, scratch_len)})
@@ -87,14 +90,17 @@ def predict(ho: Handover, tgt: P.Profile, cmdline: str = "kho=on", iomem: list[t
             not any(mem.read(scratch_phys, scratch_len)):
         # the array as the kernel will see it after relocation (kexec copies
         # the segment during the jump): from debugfs
-        arr = structs.encode_scratch(ho.scratch)
+        arr = structs.encode_scratch(ho.scratch) or bytes(16)
         top = SparseMemory([(0, 1 << 52)])
         scratch_phys = scratch_phys if scratch_phys is not None else _SCRATCH_PLACEHOLDER
         scratch_len = len(arr) if scratch_len is None else scratch_len
         top.write(scratch_phys, arr.ljust(scratch_len, b"\0")[:scratch_len])
         mem = LayeredMemory(mem, top, scratch_phys, scratch_len)
     assert fdt_phys is not None and scratch_phys is not None and scratch_len is not None
-    return _boot(ho, tgt, mem, fdt_phys, scratch_phys, scratch_len, iomem, cmdline, want_reserved, strict)
+    # kho_data.fdt_size as the kernel receives it, when the caller knows it
+    fdt_len = getattr(ho, "fdt_size", None)
+    return _boot(ho, tgt, mem, fdt_phys, PAGE_SIZE if fdt_len is None else fdt_len, scratch_phys, scratch_len,
+                 iomem, cmdline, want_reserved, strict, unknown_scratch)
 
 
 def _head(tgt: P.Profile) -> dict[str, Any]:
@@ -109,8 +115,9 @@ def _rejected(v: dict[str, Any], failed_step: str | None) -> None:
         + (f" ('{last}')" if last else "") + ": the kernel boots cold and everything preserved is lost"))
 
 
-def _boot(ho: Handover, tgt: P.Profile, mem: Any, fdt_phys: int, scratch_phys: int, scratch_len: int,
-          iomem: list[tuple[int, int]] | None, cmdline: str, want_reserved: bool, strict: bool) -> dict[str, Any]:
+def _boot(ho: Handover, tgt: P.Profile, mem: Any, fdt_phys: int, fdt_len: int, scratch_phys: int, scratch_len: int,
+          iomem: list[tuple[int, int]] | None, cmdline: str, want_reserved: bool, strict: bool,
+          unknown_scratch: bool = False) -> dict[str, Any]:
     """Boot the model's kernel of generation ``tgt`` on the captured memory.
     Clients whose data is not in the memory given are not run, and the
     verdict says so."""
@@ -140,16 +147,22 @@ def _boot(ho: Handover, tgt: P.Profile, mem: Any, fdt_phys: int, scratch_phys: i
             skip.add(plugin.model_name)
     names = tuple(n for n in _clients.DEFAULT_MODEL_CLIENTS if n not in skip)
     k = Kernel(machine, tgt, cmdline, name="target kernel", clients=names)
+    # whether the early boot fits in scratch is judged only on known RAM
+    # (the memmap follows it): not on the guess made from a dump's extent
+    k.scratch_unknown = unknown_scratch or not iomem
     if want_reserved:
         k.reserved_log = []
+    # the next kernel's image: top-down in the first area (array order) with
+    # room for it below the array's 64 KiB slot, as kexec_file_load puts it
     image = None
     for a in ho.scratch:
-        if a.size >= 2 * Kernel.KERNEL_IMAGE_SIZE:
-            image = Segment("kernel", a.addr, Kernel.KERNEL_IMAGE_SIZE)
+        at = (a.end - 0x10000 - Kernel.KERNEL_IMAGE_SIZE) & ~(2 * (1 << 20) - 1)
+        if a.size and at >= a.addr:
+            image = Segment("kernel", at, Kernel.KERNEL_IMAGE_SIZE)
             break
     missing = None
     try:
-        k.boot(structs.KhoData(fdt_phys, PAGE_SIZE, scratch_phys, scratch_len), image)
+        k.boot(structs.KhoData(fdt_phys, fdt_len, scratch_phys, scratch_len), image)
     except NotCaptured as e:
         missing = e.phys
     log = [line for line in k.log if not line.startswith("(model)")]
@@ -209,4 +222,7 @@ def _boot(ho: Handover, tgt: P.Profile, mem: Any, fdt_phys: int, scratch_phys: i
         clients_v[name] = why
         v["consequences"].append(_finding("client-not-predicted", f"client {name!r}: {why}"))
     v["clients"] = clients_v
+    # the files the kernel's /sys/kernel/debug/kho will hold (names only)
+    dbg = k.debugfs() if not (k.oops or k.panicked) else {}
+    v["debugfs"] = {d: sorted(dbg[d].get("sub_fdts", {})) for d in ("in", "out") if d in dbg}
     return v
