@@ -55,7 +55,7 @@ from pykho.abi import root as abi_root  # noqa: E402
 from pykho.memory import Bump, SparseMemory  # noqa: E402
 
 #: bump when the bytes a case generates change: cached directories carry it
-GEN_VERSION = 2
+GEN_VERSION = 3
 OUT = os.path.join(HERE, "out", "handovers")
 
 PAGE = 4096
@@ -217,19 +217,30 @@ def _x86_ram(high_bytes: int) -> list[tuple[int, int]]:
     return [LOW, (HIGH, HIGH + high_bytes)]
 
 
-def _x86_scratch(node_starts: list[int]) -> list[tuple[int, int]]:
-    return [(LOWMEM_SCRATCH[0], LOWMEM_SCRATCH[1]), GLOBAL_SCRATCH] + [(s, NODE_SCRATCH) for s in node_starts]
+def _x86_scratch(node_starts: list[int], global_area: tuple[int, int] = GLOBAL_SCRATCH) -> list[tuple[int, int]]:
+    return [(LOWMEM_SCRATCH[0], LOWMEM_SCRATCH[1]), global_area] + [(s, NODE_SCRATCH) for s in node_starts]
+
+
+def memmap_scratch(ram_bytes: int) -> int:
+    """A global scratch area big enough for a KHO boot of ``ram_bytes`` of RAM:
+    twice its memmap (64 bytes per 4 KiB page), in 2 MiB units.  A KHO boot
+    allocates the whole memmap from scratch; less and the kernel panics early
+    (the model says so)."""
+    need = 2 * (ram_bytes // 64)
+    return max(GLOBAL_SCRATCH[1], (need + UNIT - 1) // UNIT * UNIT)
 
 
 def fully_preserved(name: str, size: int) -> Host:
     """``size`` bytes from 4 GiB up, all of it preserved in order-0 pages
     (scratch, the FDT and the map below 3 GiB)."""
     runs = [(HIGH, size // PAGE, 0)]
-    ram = _x86_ram(size)
+    g = memmap_scratch(size + 3 * GiB)
+    ram = _x86_ram(size + g)                    # the global scratch area above what is preserved
     p = Preserved(ram[-1][1])
     for r in runs:
         p.add_run(*r)
-    return Host(name, f"{_sz(size)} fully preserved in order-0 pages", ram, _x86_scratch([1536 * MiB]), META, p,
+    return Host(name, f"{_sz(size)} fully preserved in order-0 pages", ram,
+                _x86_scratch([1536 * MiB], (HIGH + size, g)), META, p,
                 {"preserved": f"[4 GiB, 4 GiB + {_sz(size)}) in {size // PAGE:,} order-0 pages"}, runs)
 
 
@@ -255,6 +266,9 @@ def host_shape(name: str, high: int, guest: int, memfd: int, n1g: int, nodes: in
     for s in node_starts:                                   # pernode scratch
         u = (s - HIGH) // UNIT
         used[u:u + NODE_SCRATCH // UNIT] = True
+    g = memmap_scratch(high + 3 * GiB)                      # global scratch at the top of RAM
+    global_area = (HIGH + high - g, g)
+    used[(high - g) // UNIT:] = True
     p = Preserved(top)
     # 1 GiB blocks: free 1 GiB slots
     per_g = GiB // UNIT
@@ -282,7 +296,7 @@ def host_shape(name: str, high: int, guest: int, memfd: int, n1g: int, nodes: in
         word = b[:, None] + np.take_along_axis(rest, pick // 64, axis=1)
         p.add_words(0, word.ravel(), (np.uint64(1) << (pick % 64).astype(np.uint64)).ravel())
     return Host(name, f"{_sz(high + 3 * GiB)} host ({nodes} nodes): {_sz(guest)} guest memory in 2 MiB folios, "
-                f"{_sz(memfd)} memfd in 4 KiB pages, {n1g} x 1 GiB", ram, _x86_scratch([1536 * MiB] + node_starts),
+                f"{_sz(memfd)} memfd in 4 KiB pages, {n1g} x 1 GiB", ram, _x86_scratch([1536 * MiB] + node_starts, global_area),
                 META, p,
                 {"guest_2M_folios": n_thp, "memfd_4K_pages": n_mf * 256, "blocks_1G": n1g, "nodes": nodes,
                  "memfd_units": n_mf, "free_units": int(len(free) - n_thp - n_mf)})
@@ -292,11 +306,13 @@ def memfd_vm(name: str) -> Host:
     """bench/cases.py's 526,386-preservation map (the kernel developers' 64 GiB
     VM with two 1 GiB memfds in 4 KiB pages) as a handover: RAM [1 MiB, 64 GiB),
     map pages, FDT and setup_data from 62 GiB (as cases.memory_for), global and
-    pernode scratch above them, lowmem scratch in the first 16 MiB gap
+    pernode scratch above them, global scratch (twice the memmap) above the 64 GiB, lowmem scratch
+    in the first 16 MiB gap
     below 4 GiB that nothing preserved touches."""
     import cases
     runs, ram_size = cases.memfd_vm()
-    ram = [(MiB, ram_size)]
+    g = memmap_scratch(ram_size + 2 * GiB)
+    ram = [(MiB, ram_size + g)]                 # scratch for the memmap above the VM's 64 GiB
     spans = sorted((q, q + (n << (12 + o))) for q, n, o in runs)
     low, at = None, 16 * MiB
     for s, e in spans:
@@ -306,7 +322,7 @@ def memfd_vm(name: str) -> Host:
         at = max(at, (e + 16 * MiB - 1) // (16 * MiB) * (16 * MiB))
     if low is None or low + 16 * MiB > 4 * GiB:
         raise ValueError("no 16 MiB gap below 4 GiB")
-    scratch = [(low, 16 * MiB), (63 * GiB, 256 * MiB), (63 * GiB + 256 * MiB, 128 * MiB)]
+    scratch = [(low, 16 * MiB), (ram_size, g), (63 * GiB + 256 * MiB, 128 * MiB)]
     p = Preserved(ram_size)
     for r in runs:
         p.add_run(*r)

@@ -18,8 +18,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import vmtest.campaign as camp
 
+import vmtest.campaign as camp
 from pykho import profiles as P
 from pykho.abi import fdt as F
 from pykho.abi import root

@@ -13,6 +13,7 @@ from __future__ import annotations
 import struct
 
 import pytest
+
 import vmtest.campaign as camp
 from vmtest.campaign import Case, Change
 
@@ -416,7 +417,6 @@ def test_small_kho_scratch_refuses_the_kexec(vm_build, tmp_path):
     next kernel: [scratch-tiny].)"""
     import vmtest as vm
     import vmtest.records as records
-
     from pykho import profiles as P
     from pykho.memory.iomem import parse_iomem
     from pykho.model.kernel import Kernel

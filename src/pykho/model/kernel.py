@@ -416,12 +416,14 @@ class Kernel(OutgoingKHO, Kexec):
         survived when it fails.  What ``log_buf_len=`` adds (18 MiB for 4M)
         is not counted: scratch between about 16 and 40 MiB per GiB of RAM is
         a grey zone."""
-        secs = {sec for s, e, _ in self.m.ram for sec in range(s >> SECTION_SIZE_BITS,
-                                                                  ((e - 1) >> SECTION_SIZE_BITS) + 1)}
+        # sections with RAM, counted over merged section spans (RAM from the
+        # input can reach 2^52: never one entry per section)
+        spans = merge_runs(sorted((s >> SECTION_SIZE_BITS, ((e - 1) >> SECTION_SIZE_BITS) + 1)
+                                  for s, e, _ in self.m.ram if e > s))
         ram = IntervalSet((s, e) for s, e, _ in self.m.ram)
         have = sum(e - s for r in self.memblock.memory if r.flags & MEMBLOCK_KHO_SCRATCH
                    for s, e in ram.overlaps(r.base, r.end))
-        need = len(secs) * 2 * MiB
+        need = sum(b - a for a, b in spans) * 2 * MiB
         if have < need:
             self.violation("scratch-exhausted", 0, need,
                            f"{have >> 10} KiB of scratch for a memmap of {need >> 10} KiB: an early allocation "
