@@ -296,7 +296,8 @@ def host_shape(name: str, high: int, guest: int, memfd: int, n1g: int, nodes: in
         word = b[:, None] + np.take_along_axis(rest, pick // 64, axis=1)
         p.add_words(0, word.ravel(), (np.uint64(1) << (pick % 64).astype(np.uint64)).ravel())
     return Host(name, f"{_sz(high + 3 * GiB)} host ({nodes} nodes): {_sz(guest)} guest memory in 2 MiB folios, "
-                f"{_sz(memfd)} memfd in 4 KiB pages, {n1g} x 1 GiB", ram, _x86_scratch([1536 * MiB] + node_starts, global_area),
+                f"{_sz(memfd)} memfd in 4 KiB pages, {n1g} x 1 GiB", ram,
+                _x86_scratch([1536 * MiB] + node_starts, global_area),
                 META, p,
                 {"guest_2M_folios": n_thp, "memfd_4K_pages": n_mf * 256, "blocks_1G": n1g, "nodes": nodes,
                  "memfd_units": n_mf, "free_units": int(len(free) - n_thp - n_mf)})
