@@ -51,6 +51,15 @@ class KernelState:
     preserved: Any
     image: dict[str, Any] | None
     clients: list[Client]
+    kho_in_fdt: bytes | None
+    kho_in_fdt_phys: int
+    kho_in_scratch_phys: int
+    populate: Any
+    reserved_log: list[tuple[int, int]] | None
+    scratch_cfg: tuple[Any, ...]
+    scratch_phys: int
+    _memmap: Any
+    _leaf_runs: dict[int, list[tuple[int, int]]]
     _slab: list[int] | None
     _scratch_key: tuple[structs.KhoScratch, ...] | None
     _scratch_iv: IntervalSet
@@ -67,6 +76,9 @@ class KernelState:
         raise NotImplementedError
 
     def printk(self, *lines: str) -> None:
+        raise NotImplementedError
+
+    def violation(self, kind: str, start: int, end: int, detail: str) -> None:
         raise NotImplementedError
 
     def spawn(self, profile: Any, cmdline: str, release: str | None, name: str, **kw: Any) -> Any:

@@ -1,0 +1,296 @@
+"""The incoming kernel's memory set-up: ``kho_memory_init`` (the map walk and
+its reservations, kept as coalesced runs), the cold boot's scratch
+reservation, ``memblock_free_all``, and restoring preserved pages.
+
+:class:`MemoryInit` is a mixin of :class:`~pykho.model.kernel.Kernel`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import profiles as P
+from ..abi import bits, structs
+from ..profiles import MapFormat, ScratchArea
+from .incoming import (
+    SECTION_SIZE_BITS,
+    STRUCT_PAGE_SIZE,
+    X86_64_VMEMMAP,
+    KernelOops,
+    WalkBudgetExceeded,
+    first_pfn_without_memmap,
+    is_kdump_kernel,
+    kho_memory_init_early,
+    kho_memory_walk,
+    memmap_present,
+)
+from .machine import (
+    ARCH_LOW_ADDRESS_LIMIT,
+    PAGE_SIZE,
+    IntervalSet,
+    block_runs,
+    merge_runs,
+)
+from .state import KernelState
+
+__all__ = ["MemoryInit", "roundup"]
+
+MiB = 1 << 20
+
+
+def roundup(v: int, a: int) -> int:
+    return (v + a - 1) // a * a
+
+
+def _unique_sections(physs: Any) -> Any:
+    """The 128 MiB sections the blocks (ascending) start in, each once."""
+    if hasattr(physs, "dtype"):
+        import numpy as np
+        secs = physs.astype(np.uint64, copy=False) >> np.uint64(SECTION_SIZE_BITS)
+        if secs[0] == secs[-1]:
+            return secs[:1]
+        return secs[np.concatenate(([True], secs[1:] != secs[:-1]))]
+    return sorted({p >> SECTION_SIZE_BITS for p in physs})
+
+
+class MemoryInit(KernelState):
+    """``kho_memory_init``, scratch reservation, ``memblock_free_all``, restore."""
+
+    def kho_memory_init(self) -> None:
+        if self.kho_in_scratch_phys and self.p.early_tree_walk and self.kho_in_fdt is not None:
+            # 7.3: kho_memory_init_early walks the tree (and extends scratch)
+            # before anything of it is reserved; a fault here reserves nothing
+            try:
+                early = kho_memory_init_early(self.p, self.m.mem, self.kho_in_fdt, self.memblock,
+                                              max(e for _, e, _ in self.m.ram))
+            except WalkBudgetExceeded as e:
+                self.violation("walk-amplified", self.kho_in_scratch_phys, self.kho_in_scratch_phys + 1,
+                               f"the early map walk does not end in reasonable time: {e}")
+                return
+            self.printk(*early.lines)
+            self.scratch_extension = early.extension
+        if self.p.kdump_gate and is_kdump_kernel(self.cmdline):
+            # 7.3: a kdump kernel does no KHO memory work at all, kho= or not
+            self.kho_enable = False
+            self.printk(self.p.msg_kdump_disabled)
+            return
+        if self.kho_in_scratch_phys:
+            assert self.populate is not None and self.kho_in_fdt is not None
+            self.scratch = list(self.populate.scratch)
+            self.scratch_phys = self.kho_in_scratch_phys
+            # A..C: kho_release_scratch; D+: memmap init makes the same
+            # pageblocks MIGRATE_CMA; either way they go to the buddy
+            # allocator in memblock_free_all
+            self._memmap = memmap_present([(s_, e_) for s_, e_, _ in self.m.ram])
+            self._leaf_runs = {}
+            try:
+                walk = kho_memory_walk(self.p, self.m.mem, self.kho_in_fdt, on_leaf=self._reserve_leaf,
+                                       want_blocks=False, faithful=True, on_full_leaf=self._reserve_full_leaf)
+            except WalkBudgetExceeded as e:
+                self._commit_reserved()
+                self.violation("walk-amplified", self.kho_in_scratch_phys, self.kho_in_scratch_phys + 1,
+                               f"the map walk does not end in reasonable time: {e} (nodes reached more than once)")
+                return
+            except KernelOops:
+                self._commit_reserved()
+                raise
+            self._commit_reserved()
+            if self.p.map_format is MapFormat.CHUNKS:
+                # the model walks kho-v1 lists with the decoder, which stops
+                # where the kernel would follow a bad pointer or loop
+                for prob in walk.problems:
+                    if prob.code in ("chunk-pointer-outside", "chunk-cycle", "chunk-too-many"):
+                        w = prob.where if isinstance(prob.where, int) else 0
+                        self.violation("map-walk-failed", w, w + 1,
+                                       f"the kernel's kho-v1 walk follows what the decoder refused: {prob}")
+                        break
+            self.printk(*walk.lines)
+            for prob in walk.problems:
+                self.printk(f"(model) map walk problem: {prob}")
+            if not walk.keep_fdt:
+                self.kho_in_fdt = None
+                self.kho_in_fdt_phys = 0
+            self._check_scratch_overlap(walk.meta_pages)
+        else:
+            self.kho_reserve_scratch()
+
+    def _reserve_leaf(self, order: int, physs: Any) -> None:
+        """``kho_preserved_memory_reserve`` for every block of one leaf: the
+        struct pages of each block are initialised (CONFIG_DEFERRED_STRUCT_PAGE_INIT,
+        as in the vmtest kernel and distribution kernels) and the head's
+        ``private`` written: a pfn without memmap faults, after the blocks
+        before it were reserved.  Blocks are kept as coalesced runs."""
+        bad_i, bad_at = self._first_without_memmap(order, physs)
+        if bad_i is not None:
+            physs = physs[:bad_i]
+        if self.reserved_log is not None:
+            self.reserved_log.extend((p, order) for p in bits.tolist(physs))
+        self._leaf_runs.setdefault(order, []).extend(block_runs(order, physs))
+        if bad_i is not None:
+            assert bad_at is not None
+            head = bad_at[0]
+            v = (X86_64_VMEMMAP + (bad_at[1] >> 12) * STRUCT_PAGE_SIZE) & ((1 << 64) - 1)   # wraps, as the CPU does
+            raise KernelOops("kho_preserved_memory_reserve", "write", bad_at[1],
+                             f"struct page (block 0x{head:x} order {order})", (v, v + STRUCT_PAGE_SIZE))
+
+    def _reserve_full_leaf(self, order: int, first: int, count: int) -> None:
+        """A leaf with every bit set: ``count`` consecutive blocks from
+        ``first``, reserved as one run (the same checks, no per-block work)."""
+        size = PAGE_SIZE << order
+        end = first + count * size
+        sec = first >> SECTION_SIZE_BITS
+        while sec << SECTION_SIZE_BITS < end:
+            at = max(first, sec << SECTION_SIZE_BITS)
+            if not self._memmap(at):
+                n = min((at - first) // size, count)       # the blocks wholly before the bad pfn
+                if n:
+                    self._reserve_full_leaf(order, first, n)
+                head = first + n * size
+                v = (X86_64_VMEMMAP + (at >> 12) * STRUCT_PAGE_SIZE) & ((1 << 64) - 1)
+                raise KernelOops("kho_preserved_memory_reserve", "write", at,
+                                 f"struct page (block 0x{head:x} order {order})", (v, v + STRUCT_PAGE_SIZE))
+            sec += 1
+        if self.reserved_log is not None:
+            self.reserved_log.extend((p, order) for p in range(first, end, size))
+        self._leaf_runs.setdefault(order, []).append((first, end))
+
+    def _first_without_memmap(self, order: int, physs: Any) -> tuple[int | None, tuple[int, int] | None]:
+        """(index of the first block with a pfn that has no struct page,
+        (block, that pfn's address)); (None, None) when every pfn has one.
+        A block of order <= 15 lies inside one 128 MiB section."""
+        if order <= SECTION_SIZE_BITS - 12 and bits.length(physs):
+            secs = bits.tolist(_unique_sections(physs))
+            bad = [sec for sec in secs if not self._memmap(sec << SECTION_SIZE_BITS)]
+            if not bad:
+                return None, None
+            first_bad = min(bad)
+            for i, p in enumerate(bits.tolist(physs)):
+                if p >> SECTION_SIZE_BITS == first_bad:
+                    return i, (p, p)
+        for i, p in enumerate(bits.tolist(physs)):
+            at = first_pfn_without_memmap(p, order, self._memmap)
+            if at is not None:
+                return i, (p, at)
+        return None, None
+
+    def _commit_reserved(self) -> None:
+        """memblock_reserve and page state for everything the walk reserved."""
+        for order, runs in getattr(self, "_leaf_runs", {}).items():
+            runs = merge_runs(sorted(runs))
+            self.memblock.reserved.update(runs)
+            self.pages.reserve_preserved_runs(order, runs)
+        self._leaf_runs = {}
+
+    def _check_scratch_overlap(self, meta_pages: list[tuple[int, str]]) -> None:
+        """The next kernel boots out of scratch: its image and early
+        allocations may overwrite whatever the map says lies there, before
+        (map pages) or after (preserved blocks) the walk read it."""
+        sc = IntervalSet((a.addr, a.end) for a in self.scratch if a.size)
+        for a_s, a_e in sc:
+            for s, e in self.pages.preserved_set.overlaps(a_s, a_e):
+                phys, order = self.pages.preserved.block_at(s) or (s, 0)
+                self.violation("preserved-overlaps-scratch", s, e,
+                               f"preserved block 0x{phys:x} order {order} lies in scratch: early "
+                               "allocations of this kernel may already have overwritten it")
+        for phys, what in meta_pages:
+            if sc.overlaps(phys, phys + PAGE_SIZE):
+                self.violation("map-page-in-scratch", phys, phys + PAGE_SIZE,
+                               f"{what} at 0x{phys:x} lies in scratch: this kernel may overwrite it before it "
+                               "walks the map, and then reserves whatever it finds there")
+                break
+
+    def kho_reserve_scratch(self) -> None:
+        if not self.kho_enable:
+            return
+        p = self.p
+        align = p.scratch_align
+        cfg = self.scratch_cfg
+        nodes = self.m.nodes
+        per: dict[int, int] = {}
+        if cfg[0] == "scale":
+            scale = cfg[1]
+            low = self.memblock.kern_size(limit=ARCH_LOW_ADDRESS_LIMIT) * scale // 100
+            glob = self.memblock.kern_size() * scale // 100 - low
+            low, glob = roundup(low, align), roundup(max(glob, 0), align)
+        else:
+            _, low, glob, pn = cfg
+            if ScratchArea.LOWMEM in p.scratch_round_explicit:
+                low = roundup(low, align)
+            if ScratchArea.GLOBAL in p.scratch_round_explicit:
+                glob = roundup(glob, align)
+            per = {n: roundup(pn, align) for n in nodes}
+        areas: list[structs.KhoScratch] = []
+        arr = self.memblock.alloc(16 * (len(nodes) + 2), PAGE_SIZE)
+
+        def fail(which: str) -> None:
+            if p.per_area_scratch_fail_msgs and which:
+                self.printk(f"KHO: Failed to reserve {which}")
+            for a in areas:
+                self.memblock.free(a.addr, a.size)
+            self.printk(*p.msg_scratch_fail)
+            self.kho_enable = False
+
+        if not arr:
+            return fail("scratch array")
+        a = self.memblock.alloc(low, align, 0, ARCH_LOW_ADDRESS_LIMIT)
+        if not a:
+            return fail("lowmem scratch buffer")
+        areas.append(structs.KhoScratch(a, low))
+        a = self.memblock.alloc(glob, align)
+        if not a:
+            return fail("global scratch buffer")
+        areas.append(structs.KhoScratch(a, glob))
+        for n in nodes:
+            if cfg[0] == "scale":
+                # scratch_size_node: that node's kernel reservations now, the
+                # array and the areas just allocated included (7.2.13 on one
+                # node: per-node = 3 x lowmem, not 1 x)
+                node_ram = [(s_, e_) for s_, e_, nid in self.m.ram if nid == n]
+                per[n] = roundup(self.memblock.kern_size(ranges=node_ram) * cfg[1] // 100, align)
+            a = self.memblock.alloc(per[n], align, nid=n)
+            if not a:
+                return fail(f"nid {n} scratch buffer")
+            areas.append(structs.KhoScratch(a, per[n]))
+        self.scratch = areas
+        self.scratch_phys = arr
+        self.m.mem.write(arr, structs.encode_scratch(areas))
+
+    def memblock_free_all(self) -> None:
+        self.memblock.scratch_only = False
+        for rs, re_, _ in self.m.ram:
+            for s, e in self.memblock.reserved.complement(rs, re_):
+                s, e = (s + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1), e & ~(PAGE_SIZE - 1)
+                if e > s:
+                    self.pages.free(s, e, "memblock_free_all")
+
+    def restore_folio(self, phys: int) -> int | None:
+        """``kho_restore_folio``: the order, or None (WARN) when the page was
+        not stamped by this kernel's walk."""
+        order = self.pages.restore(phys)
+        if order is None:
+            return None
+        if self.p.restore_checks_order and order > P.MAX_PAGE_ORDER:
+            return None
+        return order
+
+    def restore_pages(self, phys: int, nr: int) -> int:
+        """``kho_restore_pages``: every block the map reserved inside
+        ``[phys, phys + nr pages)``, restored; the number of pages restored
+        (short of ``nr`` where a part was not a preserved block)."""
+        end = phys + nr * PAGE_SIZE
+        done = 0
+        at = phys
+        while at < end:
+            got = self.pages.preserved.block_at(at)
+            if got is None or got[0] != at:
+                nxt = self.pages.preserved.next_block(at, end)
+                if nxt is None:
+                    break
+                at = nxt
+                continue
+            order = self.restore_folio(at)
+            if order is None:
+                break
+            done += 1 << order
+            at += PAGE_SIZE << order
+        return done
