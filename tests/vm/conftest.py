@@ -31,13 +31,20 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "newer_kernel: fails when Debian carries a linux-source-7.x newer than any kernel pykho has a "
                    "profile for; only run when selected (-m newer_kernel), never in the default selection")
+    config.addinivalue_line(
+        "markers", "random_campaign: fresh random differential cases seeded by the commit; only run when "
+                   "selected (-m random_campaign): the campaign's agreement is not yet high enough to gate CI")
+
+
+#: markers whose tests run only when the -m expression names them
+OPT_IN = ("newer_kernel", "random_campaign")
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked newer_kernel run only when the -m expression names the marker."""
-    if "newer_kernel" in (config.getoption("markexpr", "") or ""):
-        return
-    keep = [it for it in items if it.get_closest_marker("newer_kernel") is None]
+    """Tests marked with an OPT_IN marker run only when -m names the marker."""
+    expr = config.getoption("markexpr", "") or ""
+    drop = [m for m in OPT_IN if m not in expr]
+    keep = [it for it in items if not any(it.get_closest_marker(m) for m in drop)]
     if len(keep) != len(items):
         config.hook.pytest_deselected(items=[it for it in items if it not in keep])
         items[:] = keep

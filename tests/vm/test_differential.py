@@ -337,6 +337,7 @@ def commit_seed() -> int:
     return int(sha[:12], 16) if sha else 0
 
 
+@pytest.mark.random_campaign
 def test_random_cases_agree(vm_build, tmp_path):
     """PYKHO_RANDOM_CASES (10) fresh random cases, seeded by the commit: each
     must agree with the real kernel or be a documented nondeterminism
