@@ -179,10 +179,6 @@ def predict(ctx, jump: list[tuple[int, bytes]] = (), cmdline: str = "kho=on",
         # the machine's System RAM, as boot 1 listed it (boot 2 has the same e820)
         iomem_txt = ctx.stage_dir / "iomem.txt"
         iomem = parse_iomem(iomem_txt.read_text()) if iomem_txt.exists() else None
-        if iomem:
-            # x86-64's direct map covers the first MiB whatever e820 and
-            # /proc/iomem say of it: the kernel reads page 0 through phys_to_virt
-            iomem = sorted([(0, 0x100000)] + [(a, b) for a, b in iomem if b > 0x100000])
         rep = validate(ho, P.E, iomem=iomem or None, want_reserved=True, cmdline=cmdline)
     v = rep["verdict"]
     viol = [x["kind"] for x in v.get("model_violations", [])]
