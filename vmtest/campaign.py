@@ -67,6 +67,8 @@ USERSPACE = "Run /init as init process"
 NONDETERMINISM: dict[str, str] = {
     "unpreserved-page-reuse-timing": "a page outside the map is reused by the page allocator at a point of the "
                                      "boot that varies from run to run (docs/REAL-KERNEL.md)",
+    "partial-pageblock-scratch": "which unmovable allocations land in the non-CMA pageblock at the edge of an "
+                                 "unaligned scratch area varies from run to run (docs/REAL-KERNEL.md)",
 }
 
 
@@ -690,8 +692,26 @@ def _reuse_timing(res: dict[str, Any]) -> bool:
         [x for x in pred["lines"] if not x.startswith(CLIENT_READ_LINES)]
 
 
+#: lines of kernel allocations that could not be preserved
+PRESERVE_FAILURE_LINES = ("luo: failed", "failed to prepare memblock FDT", "KHO: failed to initialize kexec-metadata")
+
+
+def _partial_pageblock(res: dict[str, Any]) -> bool:
+    """An inherited scratch area not on pageblock boundaries: which of this
+    kernel's unmovable allocations land in the non-CMA pageblock at its edge,
+    and so fail to be preserved, varies from run to run (seed 30957759861033:
+    LUO's state and the memblock FDT in one run, LUO's state alone in the next;
+    the model predicts none)."""
+    real, pred = res["real"], res["pred"]
+    if "scratch-pageblock-partial" not in pred["violations"] or real["fate"] != pred["fate"]:
+        return False
+    diff = set(real["lines"]) ^ set(pred["lines"])
+    return bool(diff) and all(x.startswith(PRESERVE_FAILURE_LINES) for x in diff)
+
+
 #: (name, predicate over a case result): see NONDETERMINISM for the evidence
-NONDETERMINISM_TESTS: list[tuple[str, Any]] = [("unpreserved-page-reuse-timing", _reuse_timing)]
+NONDETERMINISM_TESTS: list[tuple[str, Any]] = [("unpreserved-page-reuse-timing", _reuse_timing),
+                                               ("partial-pageblock-scratch", _partial_pageblock)]
 
 
 def run_campaign(seed: int, cases: int, jobs: int = 1, workdir: Path | None = None, build=None,
