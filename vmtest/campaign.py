@@ -678,18 +678,22 @@ CLIENT_READ_LINES = ("luo:", "KHO: exec from:", "KHO: kexec-metadata", "test_kho
 
 
 def _reuse_timing(res: dict[str, Any]) -> bool:
-    """A page the map does not keep, read after memblock_free_all: when the
-    page allocator hands it out again varies from run to run (the model
-    predicts it reused at the first read).  Seen with the root FDT page cleared
-    from the map: one run lost it before LUO's early_initcall (no luo line),
-    the next only before kho_init's fs_initcall (luo line, no exec-from line)."""
+    """A page outside the map, read after memblock_free_all: when the page
+    allocator hands it out again, and what the new owner wrote there, vary
+    from run to run (the model predicts it reused, as zeros, at the first
+    read).  Seen with the root FDT page cleared from the map: one run lost it
+    before LUO's early_initcall (no luo line), the next only before kho_init's
+    fs_initcall (luo line, no exec-from line); with a radix subtree dropped,
+    the LUO FLB array's reused page held a garbage count and the liveupdate
+    test's lookup faulted past the end of RAM.  A disagreement confined to the
+    lines of the clients that read such a page (and how the boot then ends)."""
     real, pred = res["real"], res["pred"]
-    if "client-data-not-preserved" not in pred["violations"] or real["fate"] != pred["fate"]:
+    if "client-data-not-preserved" not in pred["violations"]:
         return False
+    tail = CLIENT_READ_LINES + ("Kernel panic",) + OOPS_LINES
     diff = set(real["lines"]) ^ set(pred["lines"])
-    return bool(diff) and all(x.startswith(CLIENT_READ_LINES) for x in diff) and \
-        [x for x in real["lines"] if not x.startswith(CLIENT_READ_LINES)] == \
-        [x for x in pred["lines"] if not x.startswith(CLIENT_READ_LINES)]
+    return bool(diff or real["fate"] != pred["fate"]) and all(x.startswith(tail) for x in diff) and \
+        [x for x in real["lines"] if not x.startswith(tail)] == [x for x in pred["lines"] if not x.startswith(tail)]
 
 
 #: lines of kernel allocations that could not be preserved

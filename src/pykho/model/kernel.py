@@ -393,6 +393,8 @@ class Kernel(OutgoingKHO, Kexec):
                 c.initcall()
             for c in self.clients:
                 c.late_initcall()
+            for c in self.clients:
+                c.after_late()
         except KernelPanic:
             self.panicked = True
             return self
