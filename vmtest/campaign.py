@@ -67,6 +67,8 @@ USERSPACE = "Run /init as init process"
 NONDETERMINISM: dict[str, str] = {
     "unpreserved-page-reuse-timing": "a page outside the map is reused by the page allocator at a point of the "
                                      "boot that varies from run to run (docs/REAL-KERNEL.md)",
+    "partial-pageblock-scratch": "which unmovable allocations land in the non-CMA pageblock at the edge of an "
+                                 "unaligned scratch area varies from run to run (docs/REAL-KERNEL.md)",
 }
 
 
@@ -81,7 +83,10 @@ def boot_lines(stage_dir: Path) -> list[str]:
         src = stage_dir / "console-boot.log"
     if not src.exists():
         return []
-    return [re.sub(r"^\[\s*\d+\.\d+\]\s?", "", x) for x in src.read_text(errors="replace").splitlines()]
+    # split on newlines only: str.splitlines also breaks at \x1c-\x1e, which a
+    # mutated release string printed by the kernel may hold
+    return [re.sub(r"^\[\s*\d+\.\d+\]\s?", "", x.rstrip("\r"))
+            for x in src.read_text(errors="replace").split("\n") if x]
 
 
 def relevant_lines(lines: list[str]) -> list[str]:
@@ -673,22 +678,44 @@ CLIENT_READ_LINES = ("luo:", "KHO: exec from:", "KHO: kexec-metadata", "test_kho
 
 
 def _reuse_timing(res: dict[str, Any]) -> bool:
-    """A page the map does not keep, read after memblock_free_all: when the
-    page allocator hands it out again varies from run to run (the model
-    predicts it reused at the first read).  Seen with the root FDT page cleared
-    from the map: one run lost it before LUO's early_initcall (no luo line),
-    the next only before kho_init's fs_initcall (luo line, no exec-from line)."""
+    """A page outside the map, read after memblock_free_all: when the page
+    allocator hands it out again, and what the new owner wrote there, vary
+    from run to run (the model predicts it reused, as zeros, at the first
+    read).  Seen with the root FDT page cleared from the map: one run lost it
+    before LUO's early_initcall (no luo line), the next only before kho_init's
+    fs_initcall (luo line, no exec-from line); with a radix subtree dropped,
+    the LUO FLB array's reused page held a garbage count and the liveupdate
+    test's lookup faulted past the end of RAM.  A disagreement confined to the
+    lines of the clients that read such a page (and how the boot then ends)."""
     real, pred = res["real"], res["pred"]
-    if "client-data-not-preserved" not in pred["violations"] or real["fate"] != pred["fate"]:
+    if "client-data-not-preserved" not in pred["violations"]:
+        return False
+    tail = CLIENT_READ_LINES + ("Kernel panic",) + OOPS_LINES
+    diff = set(real["lines"]) ^ set(pred["lines"])
+    return bool(diff or real["fate"] != pred["fate"]) and all(x.startswith(tail) for x in diff) and \
+        [x for x in real["lines"] if not x.startswith(tail)] == [x for x in pred["lines"] if not x.startswith(tail)]
+
+
+#: lines of kernel allocations that could not be preserved
+PRESERVE_FAILURE_LINES = ("luo: failed", "failed to prepare memblock FDT", "KHO: failed to initialize kexec-metadata")
+
+
+def _partial_pageblock(res: dict[str, Any]) -> bool:
+    """An inherited scratch area not on pageblock boundaries: which of this
+    kernel's unmovable allocations land in the non-CMA pageblock at its edge,
+    and so fail to be preserved, varies from run to run (seed 30957759861033:
+    LUO's state and the memblock FDT in one run, LUO's state alone in the next;
+    the model predicts none)."""
+    real, pred = res["real"], res["pred"]
+    if "scratch-pageblock-partial" not in pred["violations"] or real["fate"] != pred["fate"]:
         return False
     diff = set(real["lines"]) ^ set(pred["lines"])
-    return bool(diff) and all(x.startswith(CLIENT_READ_LINES) for x in diff) and \
-        [x for x in real["lines"] if not x.startswith(CLIENT_READ_LINES)] == \
-        [x for x in pred["lines"] if not x.startswith(CLIENT_READ_LINES)]
+    return bool(diff) and all(x.startswith(PRESERVE_FAILURE_LINES) for x in diff)
 
 
 #: (name, predicate over a case result): see NONDETERMINISM for the evidence
-NONDETERMINISM_TESTS: list[tuple[str, Any]] = [("unpreserved-page-reuse-timing", _reuse_timing)]
+NONDETERMINISM_TESTS: list[tuple[str, Any]] = [("unpreserved-page-reuse-timing", _reuse_timing),
+                                               ("partial-pageblock-scratch", _partial_pageblock)]
 
 
 def run_campaign(seed: int, cases: int, jobs: int = 1, workdir: Path | None = None, build=None,

@@ -153,6 +153,10 @@ class Client:
     def late_initcall(self) -> None:
         """After the ordinary initcalls (publish state for the next kernel)."""
 
+    def after_late(self) -> None:
+        """A late initcall linked after every client's ``late_initcall``
+        (mm/ after kernel/)."""
+
     def finalize(self) -> None:
         """6.16-6.18 finalize notifier: publish now."""
 

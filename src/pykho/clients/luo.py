@@ -244,7 +244,7 @@ class LuoClient(Client):
         if not _strncmp_equal(raw[:8], LUO_ABI_COMPATIBLE.encode()):
             k.printk(f"luo: LUO state is incompatible with '{LUO_ABI_COMPATIBLE}'")
             return self.fail(-EINVAL, "luo_ser compatible mismatch")
-        _comp, num, sessions_pa, _flbs_pa = LUO_SER.unpack_from(raw)
+        _comp, num, sessions_pa, flbs_pa = LUO_SER.unpack_from(raw)
         self.num_in = num
         k.printk(f"luo: Retrieved live update data, liveupdate number: {num}")
         # luo_session_setup_incoming: only the session block chain is
@@ -265,6 +265,7 @@ class LuoClient(Client):
             self.detail = f"sessions do not deserialise (first open of /dev/liveupdate returns -EIO): {e.message}"
         k.restore_folio(phys)                     # kho_restore_free(luo_ser)
         self.status, self.restored = "sessions restored", True
+        self.flbs_pa_in = flbs_pa                 # luo_flb_setup_incoming: kept, not checked
 
     def fail(self, err: int, why: str) -> None:
         """``luo_restore_fail`` is ``panic()``: the boot ends here."""
@@ -287,6 +288,51 @@ class LuoClient(Client):
         k.mem.write(phys, encode_luo_ser(self.num_in + 1, 0, flb))
         self.ser_phys = phys
         k.add_subtree(self.node, phys, LUO_SER.size)
+
+    #: CONFIG_LIVEUPDATE_TEST's FLBs, looked up when memfd registers its handler
+    TEST_FLBS = tuple(f"liveupdate-test-flb-v{i}".encode() for i in range(3))
+
+    def after_late(self) -> None:
+        """``memfd_luo_init`` (a late initcall of mm/, after LUO's and
+        reserve_mem's): registering the memfd handler makes the liveupdate
+        test look up its three FLBs in the incoming FLB array
+        (luo_flb_retrieve_one): the header's count, then every entry's name
+        compared with strcmp until one matches, all through phys_to_virt.
+        7.2.13 faults there when flbs_pa points outside RAM, or when the
+        array's page was reused and its count is garbage."""
+        k = self.k
+        fpa = getattr(self, "flbs_pa_in", 0)
+        if not fpa or not self.enabled_cmdline or not k.kho_enable:
+            return
+        count = int.from_bytes(k.read_preserved(fpa, LUO_FLB_HEADER.size, "luo FLB header")[8:16], "little")
+        base = fpa + LUO_FLB_HEADER.size
+        for compat in self.TEST_FLBS:
+            self._flb_find(base, count, compat)
+
+    def _flb_find(self, base: int, count: int, compat: bytes) -> int:
+        """The index of the entry named ``compat`` (strcmp), or -1; reads as
+        the kernel does, so an entry outside the direct map faults."""
+        k = self.k
+        want = compat + b"\0"
+        step, chunk = LUO_FLB_SER.size, 256
+        j = 0
+        while j < count:
+            n = min(chunk, count - j)
+            try:
+                raw = k.read_preserved(base + j * step, n * step, "luo FLB entries")
+            except Exception:
+                # find the first entry whose first byte faults: read one by one
+                for i in range(j, j + n):
+                    name = k.read_preserved(base + i * step, 1, "luo FLB entry")
+                    if name[:1] == want[:1] and k.read_preserved(base + i * step, len(want), "luo FLB entry") == want:
+                        return i
+                j += n
+                continue
+            for i in range(n):
+                if raw[i * step:i * step + len(want)] == want:
+                    return j + i
+            j += n
+        return -1
 
     def preserve_memfd(self, session: str, token: int, content: bytes) -> int:
         """A session with one memfd (memfd-v2): the folio, its folio array in

@@ -346,8 +346,12 @@ class Kernel(MemoryInit, OutgoingKHO, Kexec):
                 return self
         else:
             self.memblock.alloc(lump, PAGE_SIZE, kern=True)
-        for c in self.clients:
-            c.early_param()
+        try:
+            for c in self.clients:
+                c.early_param()      # parse_args: reserve_mem= reads its FDT from the handover
+        except KernelOops as e:
+            self._oops(e)
+            return self
         self.set_step("kho_memory_init")
         try:
             self.kho_memory_init()
@@ -367,6 +371,8 @@ class Kernel(MemoryInit, OutgoingKHO, Kexec):
                 c.initcall()
             for c in self.clients:
                 c.late_initcall()
+            for c in self.clients:
+                c.after_late()
         except KernelPanic:
             self.panicked = True
             return self
@@ -502,25 +508,40 @@ class Kernel(MemoryInit, OutgoingKHO, Kexec):
         self.debugfs_fdt_size = self.out_fdt.totalsize() if self.out_fdt is not None else 0
         return 0
 
+    def _in_fdt_now(self) -> bytes | None:
+        """The incoming root FDT as the kernel reads it now (through
+        phys_to_virt: reused once the page allocator had it back)."""
+        fdt = self.kho_in_fdt
+        if fdt is not None and self._reused(self.kho_in_fdt_phys, len(fdt)):
+            return bytes(len(fdt))
+        return fdt
+
+    def _in_subnodes(self) -> list[tuple[str, bytes | None, int, bytes | None, int]]:
+        """(name, preserved-data, its length, blob-size, its length) of every
+        incoming sub-node, read as kho_in_debugfs_init reads them: libfdt
+        offsets, the first property of a name, any bytes in a name."""
+        fdt = self._in_fdt_now()
+        if not self.p.debugfs_in_subfdts or fdt is None or _fdt.kernel_check_header(fdt):
+            return []
+        pg = _fdt.FdtPage(fdt, size=len(fdt))
+        out = []
+        for off, name in pg.subnodes(0):
+            v, ln = pg.getprop(off, self.p.subtree_prop)
+            sz, szl = pg.getprop(off, self.p.size_prop) if self.p.size_prop else (None, -1)
+            out.append((name, v, ln, sz, szl))
+        return out
+
     def _kho_in_debugfs_init(self) -> None:
         """``kho_in_debugfs_init``: every incoming sub-node becomes an
         ``in/sub_fdts`` file; bad ones are skipped with a warning."""
-        if not self.p.debugfs_in_subfdts or self.kho_in_fdt is None:
-            return
-        try:
-            tree = _fdt.parse(self.kho_in_fdt, "incoming FDT")
-        except Exception:
-            return
-        for child in tree.children:
-            v = child.props.get(self.p.subtree_prop)
+        for name, v, ln, sz, szl in self._in_subnodes():
             if v is None:
                 continue
-            if len(v) != 8:
-                self.printk(f"KHO: node {child.name} prop {self.p.subtree_prop} has invalid length: {len(v)}")
+            if ln != 8:
+                self.printk(f"KHO: node {name} prop {self.p.subtree_prop} has invalid length: {ln}")
                 continue
-            sz = child.props.get(self.p.size_prop) if self.p.size_prop else None
-            if sz is None or len(sz) != 8:
-                self.printk(f"KHO: node {child.name} missing or invalid {self.p.size_prop} property")
+            if sz is None or szl != 8:
+                self.printk(f"KHO: node {name} missing or invalid {self.p.size_prop} property")
 
     # -------------------------------------------------------------- restore
     def decoded_map(self) -> list[tuple[int, int]]:
@@ -559,19 +580,11 @@ class Kernel(MemoryInit, OutgoingKHO, Kexec):
         """``in/sub_fdts``: one file per incoming sub-node with an 8-byte
         preserved-data and blob-size (what kho_in_debugfs_init keeps)."""
         out: dict[str, bytes] = {}
-        if not self.p.debugfs_in_subfdts or self.kho_in_fdt is None:
-            return out
-        try:
-            tree = _fdt.parse(self.kho_in_fdt, "incoming FDT")
-        except Exception:
-            return out
-        for child in tree.children:
-            v = child.props.get(self.p.subtree_prop)
-            sz = child.props.get(self.p.size_prop) if self.p.size_prop else None
-            if v is None or len(v) != 8 or sz is None or len(sz) != 8:
+        for name, v, ln, sz, szl in self._in_subnodes():
+            if v is None or ln != 8 or sz is None or szl != 8:
                 continue
             try:
-                out[child.name] = self.m.mem.read(_fdt.u64(v), min(_fdt.u64(sz), 1 << 20))
+                out[name] = self.m.mem.read(_fdt.u64(v), min(_fdt.u64(sz), 1 << 20))
             except Exception:
-                out[child.name] = b""
+                out[name] = b""
         return out

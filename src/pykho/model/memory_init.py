@@ -111,6 +111,7 @@ class MemoryInit(KernelState):
                 self.kho_in_fdt = None
                 self.kho_in_fdt_phys = 0
             self._check_scratch_overlap(walk.meta_pages)
+            self._check_scratch_pageblocks()
         else:
             self.kho_reserve_scratch()
 
@@ -197,6 +198,23 @@ class MemoryInit(KernelState):
                 self.violation("map-page-in-scratch", phys, phys + PAGE_SIZE,
                                f"{what} at 0x{phys:x} lies in scratch: this kernel may overwrite it before it "
                                "walks the map, and then reserves whatever it finds there")
+                break
+
+    #: x86-64 / arm64 (4 KiB pages) pageblock: MIGRATE_CMA is set per pageblock
+    PAGEBLOCK = 2 * MiB
+
+    def _check_scratch_pageblocks(self) -> None:
+        """An inherited area whose edge is not on a pageblock boundary: the
+        pageblock holding that edge is not MIGRATE_CMA, so this kernel's
+        unmovable allocations can come from inside scratch, and preserving
+        them fails with KEXEC_HANDOVER_DEBUG (which of them varies: 7.2.13
+        lost LUO's state in one run, LUO's state and the memblock FDT in
+        another) or hands the next kernel data inside its scratch."""
+        for a in self.scratch:
+            if a.size and (a.addr % self.PAGEBLOCK or a.end % self.PAGEBLOCK):
+                self.violation("scratch-pageblock-partial", a.addr, a.end,
+                               f"scratch area 0x{a.addr:x}+0x{a.size:x} is not pageblock aligned: unmovable "
+                               "allocations of this kernel may land inside it")
                 break
 
     def kho_reserve_scratch(self) -> None:

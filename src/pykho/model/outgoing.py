@@ -47,10 +47,17 @@ class OutgoingKHO(KernelState):
         return self._scratch_iv
 
     def _alloc(self, size: int, align: int = PAGE_SIZE) -> int:
-        """Unmovable kernel memory: never from scratch (CMA)."""
-        p = self.pages.alloc(size, high_first=False, avoid=self._scratch_set(), align=align)
+        """Unmovable kernel memory: never from scratch (CMA).  When the only
+        free memory left is scratch, the OOM killer finds no process to kill
+        and panics (7.2.13 given a scratch array that covers all RAM)."""
+        scratch = self._scratch_set()
+        p = self.pages.alloc(size, high_first=False, avoid=scratch, align=align)
         if p:
             self.m.mem.zero(p, size)
+        elif self.is_kho_boot() and self.step == "initcalls" and \
+                sum(e - s for s, e in self.pages.free_set) - sum(b - a for s, e in self.pages.free_set
+                                                                  for a, b in scratch.overlaps(s, e)) < size:
+            self.panic("System is deadlocked on memory")
         return p
 
     def _kmalloc(self, size: int) -> int:

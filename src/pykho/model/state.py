@@ -81,6 +81,12 @@ class KernelState:
     def violation(self, kind: str, start: int, end: int, detail: str) -> None:
         raise NotImplementedError
 
+    def is_kho_boot(self) -> bool:
+        raise NotImplementedError
+
+    def panic(self, message: str) -> None:
+        raise NotImplementedError
+
     def spawn(self, profile: Any, cmdline: str, release: str | None, name: str, **kw: Any) -> Any:
         """A new kernel on the same machine (the one kexec boots)."""
         raise NotImplementedError

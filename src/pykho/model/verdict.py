@@ -127,7 +127,10 @@ def _boot(ho: Handover, tgt: P.Profile, mem: Any, fdt_phys: int, fdt_len: int, s
     ram = iomem or [(0x100000, min(((top + GiB - 1) // GiB) * GiB, 1 << 52))]
     if strict:      # the placed FDT and array are memory the kernel can map
         ram = _merge(ram + list(mem.ranges()))
-    cow = (StrictCowMemory if strict else CowMemory)(mem, [(s, e) for s, e in ram])
+    # what the kernel can read through phys_to_virt: RAM, and on x86-64 the
+    # whole first MiB (page 0 included), mapped whatever e820 says of it
+    readable = ram if strict else _merge(ram + [(0, 0x100000)])
+    cow = (StrictCowMemory if strict else CowMemory)(mem, [(s, e) for s, e in readable])
     machine = Machine(ram=[(s, e, 0) for s, e in ram], mem=cow)
     try:
         decoded = ho.root

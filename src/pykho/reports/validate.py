@@ -22,6 +22,7 @@ from typing import Any
 from .. import clients as _clients
 from .. import profiles as P
 from ..abi import fdt as _fdt
+from ..errors import KhoDecodeError
 from ..findings import ERROR, INFO, WARNING, Finding, severity_of
 from ..handover import Handover, detect_generation, map_walker, summarize_walk
 from ..model.verdict import predict
@@ -64,7 +65,10 @@ def validate(ho: Handover, target: P.Profile | None = None, iomem: list[tuple[in
         add("fdt-structure", f"root FDT does not pass fdt_check_full: libfdt {full} ({_fdt.fdt_strerror(full)})",
             where_fdt)
     elif not full:
-        root = ho.root
+        try:
+            root = ho.root
+        except KhoDecodeError as e:      # libfdt takes names pykho cannot decode (not UTF-8)
+            add("fdt-structure", f"root FDT does not decode: {e}", where_fdt)
 
     detected, evidence = (detect_generation(ho) if root is not None else (None, "root FDT unreadable"))
     tgt = target or detected or P.E
