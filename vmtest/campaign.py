@@ -220,8 +220,12 @@ def compare(real: dict[str, Any], pred: dict[str, Any]) -> tuple[bool, list[str]
     rl = [x for x in real["lines"] if not x.startswith(OOPS_LINES)]
     pl = [x for x in pred["lines"] if not x.startswith(OOPS_LINES)]
     if pred["fate"] == "corruption":
+        # the corrupted kernel dies somewhere after the double free: what the
+        # model prints past it is only compared as far as the real boot got
         rl = [x for x in rl if not x.startswith("Kernel panic")]
         pl = [x for x in pl if not x.startswith("Kernel panic")]
+        if pl[:len(rl)] == rl:
+            pl = rl
     if pred["fate"] == "silent-panic":
         pl = []                   # nothing reaches the console
     # a panic whose message the model does not know ("(model) ...") stands for any panic line
@@ -397,9 +401,23 @@ def boot2_cmdline(opts: Options) -> str:
     return lines[2] if lines else " ".join(opts.cmdline(2).split())
 
 
-def run_case(case: Case, out: Path, build=None, rec: bool = True, keep: bool = False) -> dict[str, Any]:
+def tcg_hang(res: dict[str, Any]) -> bool:
+    """Boot 2 went silent where the model sees a normal boot: the rare TCG
+    hang (vCPUs in the clocksource watchdog / stop_machine, about one run in
+    30; tests/vm/conftest.py), not the kernel's verdict on the handover."""
+    real, pred = res.get("real"), res.get("pred")
+    return bool(real and pred and real["fate"] == "died" and pred["fate"] == "ok"
+                and res["summary"].get("exit") == "stalled"
+                and real["lines"] == pred["lines"][:len(real["lines"])])
+
+
+def run_case(case: Case, out: Path, build=None, rec: bool = True, keep: bool = False,
+             _again: bool = True) -> dict[str, Any]:
     """Boot the case, predict, compare, record.  Returns
-    {"agree", "diffs", "real", "pred", "summary", "seconds"}."""
+    {"agree", "diffs", "real", "pred", "summary", "seconds"}.  A case whose
+    boot 2 hung where the model sees a normal boot (:func:`tcg_hang`) is
+    booted once more (random cases: :func:`run_one_random` does it, from the
+    seed)."""
     got: dict[str, Any] = {}
     t0 = time.time()
 
@@ -435,6 +453,8 @@ def run_case(case: Case, out: Path, build=None, rec: bool = True, keep: bool = F
         pred = got["pred"]
         agree, diffs = compare(real, pred)
         res.update(agree=agree, diffs=diffs, real=real, pred=pred, note=got["change"].note, info=got["change"].info)
+    if _again and case.source != "random" and not res["agree"] and tcg_hang(res):
+        return run_case(case, out, build, rec, keep, _again=False)
     res["nondeterminism"] = nondeterminism(res) if res.get("real") and res.get("pred") and not res["agree"] else None
     if rec:
         label = res["nondeterminism"]
@@ -650,6 +670,9 @@ def run_one_random(cs: int, workdir: Path, build=None) -> dict[str, Any]:
     case = random_case(cs)
     out = workdir / f"case-{cs}"
     res = run_case(case, out, build, rec=False)
+    if not res["agree"] and tcg_hang(res):       # the same case again: its choices come from the seed
+        case = random_case(cs)
+        res = run_case(case, out, build, rec=False)
     case.what = f"{case.what}: {case.desc.get('what', '?')}"
     label = res["nondeterminism"]
     record_case(case, res, res["summary"], note=(f"documented nondeterminism: {label}; " if label else "")
