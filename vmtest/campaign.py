@@ -764,7 +764,8 @@ def _partial_pageblock(res: dict[str, Any]) -> bool:
     if d is None:
         return real["fate"] != pred["fate"]
     a, _b = d
-    return a is None or a.startswith(PRESERVE_FAILURE_LINES) or real["fate"] in ("corruption", "died")
+    return a is None or a.startswith(PRESERVE_FAILURE_LINES) or real["fate"] in ("corruption", "died") \
+        or bool(real.get("corruption_lines"))
 
 
 #: (name, predicate over a case result): see NONDETERMINISM for the evidence
