@@ -50,8 +50,9 @@ PAGE = 4096
 
 #: the lines compared: those the model prints (KHO core, its clients, panics)
 GP_FAULT = "Oops: general protection fault, probably for non-canonical address "
+EARLY_EXCEPTION = "PANIC: early exception"
 OOPS_LINES = ("BUG: unable to handle page fault", GP_FAULT)
-RELEVANT = ("KHO:", "KHO reserve-mem", "test_kho:", "luo:", "Kernel panic", *OOPS_LINES,
+RELEVANT = ("KHO:", "KHO reserve-mem", "test_kho:", "luo:", "Kernel panic", *OOPS_LINES, EARLY_EXCEPTION,
             "Revived memory reservation", "reserve_mem:", "failed to retrieve FDT 'memblock'", "FDT 'memblock'",
             "Node '", "failed to prepare memblock FDT", "Malformed early option 'kho_scratch'", "vmalloc-test:")
 #: signs that the kernel corrupted its page allocator's state (a double free)
@@ -123,7 +124,11 @@ def observe(capture: Path, summary: dict, stage: int = 2) -> dict[str, Any]:
     # the kernel's part ends where user space starts (the guest's /init may
     # then hang reading a debugfs blob whose blob-size was mutated)
     userspace = any(x.startswith(USERSPACE) for x in lines)
-    if any(x.startswith("Kernel panic") for x in rel):
+    early = [x for x in rel if x.startswith(EARLY_EXCEPTION)]
+    if early:
+        fate = "early-exception"     # the early handler halts the machine: no panic line
+        rel = [x if not x.startswith(EARLY_EXCEPTION) else x[:len(EARLY_EXCEPTION) + 5] for x in rel]
+    elif any(x.startswith("Kernel panic") for x in rel):
         fate = "panic"
     elif corrupt:
         fate = "corruption"
@@ -186,6 +191,8 @@ def predict(ctx, jump: list[tuple[int, bytes]] = (), cmdline: str = "kho=on",
     viol = [x["kind"] for x in v.get("model_violations", [])]
     if any(x["kind"] == "panic" and x["step"] == "setup_arch" for x in v.get("model_violations", [])):
         fate = "silent-panic"        # before the console and before panic= is parsed: the machine halts
+    elif "early-exception" in viol:
+        fate = "early-exception"
     elif any(x.startswith("Kernel panic") for x in v["log"]):
         fate = "panic"
     elif any(k in CORRUPTING for k in viol):
@@ -220,17 +227,23 @@ def compare(real: dict[str, Any], pred: dict[str, Any]) -> tuple[bool, list[str]
     rl = [x for x in real["lines"] if not x.startswith(OOPS_LINES)]
     pl = [x for x in pred["lines"] if not x.startswith(OOPS_LINES)]
     if pred["fate"] == "corruption":
+        # the corrupted kernel dies somewhere after the double free: what the
+        # model prints past it is only compared as far as the real boot got
         rl = [x for x in rl if not x.startswith("Kernel panic")]
         pl = [x for x in pl if not x.startswith("Kernel panic")]
+        if pl[:len(rl)] == rl:
+            pl = rl
     if pred["fate"] == "silent-panic":
         pl = []                   # nothing reaches the console
+    if pred["fate"] == "early-exception" and not any(x.startswith(EARLY_EXCEPTION) for x in rl):
+        pl = [x for x in pl if not x.startswith(EARLY_EXCEPTION)]   # printed only with earlyprintk
     # a panic whose message the model does not know ("(model) ...") stands for any panic line
     pl = [next((r for r in rl if r.startswith("Kernel panic")), x) if x.startswith("Kernel panic") and "(model)" in x
           else x for x in pl]
     if rl != pl:
         diffs.append(f"lines: real {rl} != predicted {pl}")
     vague = any(x.startswith("Kernel panic") and "(model)" in x for x in pred["lines"])
-    if pred["fate"] == "corruption" or vague:
+    if pred["fate"] in ("corruption", "early-exception") or vague:
         pass                      # how a corrupted kernel dies varies; a "(model)" panic names no fault
     elif pred["oops"]:
         lo, hi = (int(x, 16) for x in pred["oops"]["address_range"])
@@ -246,6 +259,8 @@ def compare(real: dict[str, Any], pred: dict[str, Any]) -> tuple[bool, list[str]
         ok = rf in ("corruption", "died") or (rf == "panic" and real["corruption_lines"])
     elif pf == "silent-panic":
         ok = rf == "died"
+    elif pf == "early-exception":
+        ok = rf in ("early-exception", "died")
     else:
         ok = rf == pf
     if not ok:
@@ -397,9 +412,23 @@ def boot2_cmdline(opts: Options) -> str:
     return lines[2] if lines else " ".join(opts.cmdline(2).split())
 
 
-def run_case(case: Case, out: Path, build=None, rec: bool = True, keep: bool = False) -> dict[str, Any]:
+def tcg_hang(res: dict[str, Any]) -> bool:
+    """Boot 2 went silent where the model sees a normal boot: the rare TCG
+    hang (vCPUs in the clocksource watchdog / stop_machine, about one run in
+    30; tests/vm/conftest.py), not the kernel's verdict on the handover."""
+    real, pred = res.get("real"), res.get("pred")
+    return bool(real and pred and real["fate"] == "died" and pred["fate"] == "ok"
+                and res["summary"].get("exit") == "stalled"
+                and real["lines"] == pred["lines"][:len(real["lines"])])
+
+
+def run_case(case: Case, out: Path, build=None, rec: bool = True, keep: bool = False,
+             _again: bool = True) -> dict[str, Any]:
     """Boot the case, predict, compare, record.  Returns
-    {"agree", "diffs", "real", "pred", "summary", "seconds"}."""
+    {"agree", "diffs", "real", "pred", "summary", "seconds"}.  A case whose
+    boot 2 hung where the model sees a normal boot (:func:`tcg_hang`) is
+    booted once more (random cases: :func:`run_one_random` does it, from the
+    seed)."""
     got: dict[str, Any] = {}
     t0 = time.time()
 
@@ -435,6 +464,8 @@ def run_case(case: Case, out: Path, build=None, rec: bool = True, keep: bool = F
         pred = got["pred"]
         agree, diffs = compare(real, pred)
         res.update(agree=agree, diffs=diffs, real=real, pred=pred, note=got["change"].note, info=got["change"].info)
+    if _again and case.source != "random" and not res["agree"] and tcg_hang(res):
+        return run_case(case, out, build, rec, keep, _again=False)
     res["nondeterminism"] = nondeterminism(res) if res.get("real") and res.get("pred") and not res["agree"] else None
     if rec:
         label = res["nondeterminism"]
@@ -650,6 +681,9 @@ def run_one_random(cs: int, workdir: Path, build=None) -> dict[str, Any]:
     case = random_case(cs)
     out = workdir / f"case-{cs}"
     res = run_case(case, out, build, rec=False)
+    if not res["agree"] and tcg_hang(res):       # the same case again: its choices come from the seed
+        case = random_case(cs)
+        res = run_case(case, out, build, rec=False)
     case.what = f"{case.what}: {case.desc.get('what', '?')}"
     label = res["nondeterminism"]
     record_case(case, res, res["summary"], note=(f"documented nondeterminism: {label}; " if label else "")
@@ -677,6 +711,17 @@ CLIENT_READ_LINES = ("luo:", "KHO: exec from:", "KHO: kexec-metadata", "test_kho
                      "KHO: broken KHO subnode")
 
 
+def _divergence(real: list[str], pred: list[str]) -> tuple[str | None, str | None] | None:
+    """The first pair of lines where the runs part ((real, predicted), None
+    past an end), or None when the lists are equal."""
+    for i in range(max(len(real), len(pred))):
+        a = real[i] if i < len(real) else None
+        b = pred[i] if i < len(pred) else None
+        if a != b:
+            return a, b
+    return None
+
+
 def _reuse_timing(res: dict[str, Any]) -> bool:
     """A page outside the map, read after memblock_free_all: when the page
     allocator hands it out again, and what the new owner wrote there, vary
@@ -685,15 +730,17 @@ def _reuse_timing(res: dict[str, Any]) -> bool:
     before LUO's early_initcall (no luo line), the next only before kho_init's
     fs_initcall (luo line, no exec-from line); with a radix subtree dropped,
     the LUO FLB array's reused page held a garbage count and the liveupdate
-    test's lookup faulted past the end of RAM.  A disagreement confined to the
-    lines of the clients that read such a page (and how the boot then ends)."""
+    test's lookup faulted past the end of RAM.  Matches a disagreement whose
+    runs part at a line of a client that reads such a page, or at a panic,
+    everything before it equal; what follows depends on the page."""
     real, pred = res["real"], res["pred"]
     if "client-data-not-preserved" not in pred["violations"]:
         return False
+    d = _divergence(real["lines"], pred["lines"])
+    if d is None:
+        return real["fate"] != pred["fate"]
     tail = CLIENT_READ_LINES + ("Kernel panic",) + OOPS_LINES
-    diff = set(real["lines"]) ^ set(pred["lines"])
-    return bool(diff or real["fate"] != pred["fate"]) and all(x.startswith(tail) for x in diff) and \
-        [x for x in real["lines"] if not x.startswith(tail)] == [x for x in pred["lines"] if not x.startswith(tail)]
+    return any(x is not None and x.startswith(tail) for x in d) or None in d
 
 
 #: lines of kernel allocations that could not be preserved
@@ -702,15 +749,23 @@ PRESERVE_FAILURE_LINES = ("luo: failed", "failed to prepare memblock FDT", "KHO:
 
 def _partial_pageblock(res: dict[str, Any]) -> bool:
     """An inherited scratch area not on pageblock boundaries: which of this
-    kernel's unmovable allocations land in the non-CMA pageblock at its edge,
-    and so fail to be preserved, varies from run to run (seed 30957759861033:
-    LUO's state and the memblock FDT in one run, LUO's state alone in the next;
-    the model predicts none)."""
+    kernel's unmovable allocations land in the non-CMA pageblock at its edge
+    (and are then refused by the KEXEC_HANDOVER_DEBUG overlap check) varies
+    from run to run.  Seen: LUO's state and the memblock FDT (seed
+    30957759861033, first run); LUO's state alone (the same seed, second run);
+    kho_init's own root FDT page, which sends kho_init down its error path and
+    corrupts memory as debugfs=off does (seed 106024410369549).  The model
+    flags the area and predicts no failure: matches a disagreement whose runs
+    part at such a failure, or where the kernel stopped (corruption)."""
     real, pred = res["real"], res["pred"]
-    if "scratch-pageblock-partial" not in pred["violations"] or real["fate"] != pred["fate"]:
+    if "scratch-pageblock-partial" not in pred["violations"]:
         return False
-    diff = set(real["lines"]) ^ set(pred["lines"])
-    return bool(diff) and all(x.startswith(PRESERVE_FAILURE_LINES) for x in diff)
+    d = _divergence(real["lines"], pred["lines"])
+    if d is None:
+        return real["fate"] != pred["fate"]
+    a, _b = d
+    return a is None or a.startswith(PRESERVE_FAILURE_LINES) or real["fate"] in ("corruption", "died") \
+        or bool(real.get("corruption_lines"))
 
 
 #: (name, predicate over a case result): see NONDETERMINISM for the evidence

@@ -139,6 +139,19 @@ def decode_memfd(mem: Any, phys: int, compatible: str = "memfd-v2", cap: int = 1
     return out
 
 
+class _KernelReads:
+    """Memory as a client's kernel code reads it (``KernelAPI.read_preserved``)."""
+
+    def __init__(self, k: Any):
+        self.k = k
+
+    def read(self, phys: int, length: int, what: str = "") -> bytes:
+        return self.k.read_preserved(phys, length, what or "luo block")
+
+    def read_u64(self, phys: int, what: str = "") -> int:
+        return int.from_bytes(self.read(phys, 8, what), "little")
+
+
 def _strncmp_equal(a: bytes, b: bytes) -> bool:
     """``strncmp(a, b, len(a)) == 0``: equal up to the first NUL."""
     for x, y in zip(a, b.ljust(len(a), b"\0")):
@@ -252,7 +265,9 @@ class LuoClient(Client):
         # chains are deserialised on the first open of /dev/liveupdate,
         # where a failure is -EIO to userspace, not a panic
         try:
-            _entries, pages = structs.decode_blocks(k.mem, sessions_pa, LUO_SESSION_SER.size, "luo session block")
+            # the chain is read through phys_to_virt: a block outside the direct map faults
+            _entries, pages = structs.decode_blocks(_KernelReads(k), sessions_pa, LUO_SESSION_SER.size,
+                                                    "luo session block")
         except KhoDecodeError as e:
             k.printk(f"luo: {e.message.split(' (')[0]}")
             k.restore_folio(phys)
@@ -275,9 +290,11 @@ class LuoClient(Client):
                      f"[{errname(err)}], disabling live update")
 
     def late_initcall(self) -> None:
-        """``luo_state_setup``: this kernel's luo_ser and FLB header."""
+        """``luo_state_setup``: this kernel's luo_ser and FLB header.  LUO
+        stays enabled when KHO was disabled after its early init (kho_init's
+        error path): then the preservation fails and says so."""
         k = self.k
-        if not self.enabled_cmdline or not k.kho_enable:
+        if not self.enabled_cmdline:
             return
         phys = k.alloc_preserve(LUO_SER.size, "luo_ser")
         flb = k.alloc_preserve(PAGE_SIZE, "luo flb header")

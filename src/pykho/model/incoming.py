@@ -357,7 +357,10 @@ def retrieve_subtree(profile: P.Profile, fdt_blob: bytes | None, name: str) -> t
     """``kho_retrieve_subtree``: (err, phys, size, lines)."""
     if fdt_blob is None:
         return -P.ENOENT, 0, None, []
-    off = _fdt.subnode_offset(fdt_blob, 0, name)
+    try:
+        off = _fdt.subnode_offset(fdt_blob, 0, name)
+    except (TypeError, ValueError):      # a decoded name libfdt's C API cannot take (an embedded NUL)
+        return -P.ENOENT, 0, None, []
     if off < 0:
         return -P.ENOENT, 0, None, []
     v, ln = _fdt.getprop(fdt_blob, off, profile.subtree_prop)

@@ -421,7 +421,16 @@ class Kernel(MemoryInit, OutgoingKHO, Kexec):
         self.oops = e
         exact = e.access == "read" and self.arch != "arm64"
         v = e.vaddr_range[0]
-        if exact and (v >> 47) not in (0, (1 << 17) - 1):
+        noncanonical = (v >> 47) not in (0, (1 << 17) - 1)
+        if self.step in ("setup_arch", "e820", "early params") and self.arch != "arm64":
+            # before trap_init only the early exception handler runs: it
+            # prints its vector and halts, with no oops and no panic line
+            # (7.2.13: reserve_mem= reading a random memblock FDT pointer)
+            self.printk(f"PANIC: early exception 0x{0x0d if noncanonical else 0x0e:02x}")
+            self.violation("early-exception", e.phys, e.phys + 1, str(e))
+            self.panicked = True
+            return
+        if exact and noncanonical:
             # a non-canonical address raises #GP, not a page fault (seen on 7.2.13:
             # a radix entry read from FDT bytes, a blob pointer of random bytes)
             line = f"Oops: general protection fault, probably for non-canonical address 0x{v:x}"
