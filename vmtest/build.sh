@@ -9,6 +9,10 @@
 #                    (kho_populate without its preserved-memory-map check) and
 #                    kernel.config + kernel-unfixed.config (memory debugging)
 #   7.3.4            linux-source-7.3 from trixie-backports (source-7.3.env), kernel.config
+#   7.2.13-arm64     the 7.2 source cross-compiled for arm64 (aarch64-linux-gnu-gcc),
+#                    kernel-arm64.config on arm64's tinyconfig; an uncompressed Image
+#                    (kexec_file_load on arm64 takes no other format) and an arm64
+#                    busybox (busybox-static:arm64, setup.sh downloads it)
 #   (the version part is whatever the source package holds: 7.2 / 7.2-unfixed /
 #    7.3 name the same builds)
 # No --kernel: every kernel whose source setup.sh unpacked, the default one
@@ -50,11 +54,12 @@ log() { printf '[build] %s\n' "$*" >&2; }
 die() { printf '[build] ERROR: %s\n' "$*" >&2; exit 1; }
 
 # ------------------------------------------------------------ kernel table
-# series-variant | source env | config fragments | patch folder (or -)
+# series-variant | source env | config fragments | patch folder (or -) [| arch, x86_64 if absent]
 KERNELS="
 7.2|current.env|kernel.config|-
 7.2-unfixed|current.env|kernel.config kernel-unfixed.config|patches/7.2-unfixed
 7.3|source-7.3.env|kernel.config|-
+7.2-arm64|current.env|kernel-arm64.config|-|arm64
 "
 default_kernel=7.2
 
@@ -83,6 +88,16 @@ kernel_vars() {
     envf=$cache/$(echo "$line" | cut -d'|' -f2)
     frags=$(echo "$line" | cut -d'|' -f3)
     pdir=$(echo "$line" | cut -d'|' -f4)
+    karch=$(echo "$line" | cut -d'|' -f5)
+    [ -n "$karch" ] || karch=x86_64
+    # per arch: cross compiler prefix, image target, image file, guest busybox
+    case $karch in
+        x86_64) cross="" ktarget=bzImage kimage=arch/x86/boot/bzImage imgname=bzImage
+                guest_bb=/bin/busybox ;;
+        arm64)  cross=aarch64-linux-gnu- ktarget=Image kimage=arch/arm64/boot/Image imgname=Image
+                guest_bb=$cache/busybox-arm64/bin/busybox ;;
+        *) die "unknown arch '$karch' in the kernel table" ;;
+    esac
     local files=() f
     for f in $frags; do files+=("$here/$f"); done
     patches=()
@@ -108,7 +123,8 @@ if [ "$list" = 1 ]; then
     while IFS= read -r line; do
         [ -n "$line" ] || continue
         kernel_vars "$line"
-        if [ -z "$bdir" ]; then st=no-source; elif [ -f "$bdir/.kernel-complete" ] && [ -f "$bdir/initramfs.cpio.gz" ]; then st=built; else st=missing; fi
+        if [ -z "$bdir" ]; then st=no-source; elif [ "$karch" != x86_64 ] && ! command -v "${cross}gcc" >/dev/null; then st=no-compiler
+        elif [ -f "$bdir/.kernel-complete" ] && [ -f "$bdir/initramfs.cpio.gz" ]; then st=built; else st=missing; fi
         printf '%s\t%s\t%s\t%s\n' "$name" "$series" "${bdir:--}" "$st"
     done <<< "$KERNELS"
     exit 0
@@ -154,11 +170,11 @@ build_one() {
     if [ "$force" = 0 ] && [ -f "$bdir/.kernel-complete" ]; then
         log "$name: cached build $bdir"
     else
-        command -v gcc >/dev/null || die "no gcc (run vmtest/setup.sh)"
-        log "$name: $VMTEST_KSRC_PKG $VMTEST_KSRC_DEBVER, config $frags${pkey:+, patches $pdir}, key $key, -j$jobs"
+        command -v "${cross}gcc" >/dev/null || die "no ${cross}gcc (run vmtest/setup.sh)"
+        log "$name: $VMTEST_KSRC_PKG $VMTEST_KSRC_DEBVER, $karch, config $frags${pkey:+, patches $pdir}, key $key, -j$jobs"
         rm -f "$bdir/.kernel-complete"
         mkdir -p "$kbuild"
-        mk() { make -s -C "$ksrc" O="$kbuild" ARCH=x86_64 "$@"; }
+        mk() { make -s -C "$ksrc" O="$kbuild" ARCH="$karch" ${cross:+CROSS_COMPILE=$cross} "$@"; }
         mk tinyconfig >"$bdir/config.log" 2>&1
         cat "${frag_files[@]}" >> "$kbuild/.config"
         # (kconfig warns about every symbol the fragments reassign: that is expected)
@@ -173,12 +189,12 @@ build_one() {
             esac
         done < <(cat "${frag_files[@]}")
         [ "$bad" = 0 ] || die "$frags is not satisfiable with this kernel ($VMTEST_KSRC_DEBVER); see above"
-        log "$name: make bzImage (a few minutes)"
+        log "$name: make $ktarget (a few minutes)"
         local tb
         tb=$(date +%s)
-        mk -j"$jobs" bzImage >"$bdir/make.log" 2>&1 || { tail -40 "$bdir/make.log" >&2; die "kernel build failed (log: $bdir/make.log)"; }
+        mk -j"$jobs" "$ktarget" >"$bdir/make.log" 2>&1 || { tail -40 "$bdir/make.log" >&2; die "kernel build failed (log: $bdir/make.log)"; }
         log "$name: built in $(( $(date +%s) - tb )) s"
-        cp "$kbuild/arch/x86/boot/bzImage" "$bdir/bzImage"
+        cp "$kbuild/$kimage" "$bdir/$imgname"
         cp "$kbuild/System.map" "$bdir/System.map"
         cp "$kbuild/.config" "$bdir/config"
         local release compat mkx
@@ -194,7 +210,9 @@ VMTEST_KERNELRELEASE=$release
 VMTEST_KHO_COMPATIBLE=${compat:-unknown}
 VMTEST_MACHINE_KEXEC=0x$mkx
 VMTEST_CONFIG_KEY=$key
-VMTEST_GCC=$(gcc -dumpfullversion)
+VMTEST_GCC=$("${cross}gcc" -dumpfullversion)
+VMTEST_ARCH=$karch
+VMTEST_IMAGE=$imgname
 VMTEST_BUILD_SECONDS=$(( $(date +%s) - tb ))
 EOT
         touch "$bdir/.kernel-complete"
@@ -208,11 +226,11 @@ VMTEST_PATCHES=$( [ -n "$pkey" ] && (cd "$here" && ls "$pdir"/*.patch | tr '\n' 
 EOT
 
     # ------------------------------------------------------------- initramfs
-    local bb=/bin/busybox ikey g
-    [ -x "$bb" ] || bb=$(command -v busybox || true)
-    [ -n "$bb" ] && [ -x "$bb" ] || die "no busybox (apt-get install busybox-static)"
-    ldd "$bb" >/dev/null 2>&1 && die "$bb is dynamically linked: install busybox-static"
-    ikey=$(cat "$here/guest/init" "$here/guest/kx.c" "$here/guest/luo_memfd.c" "$bb" "$bdir/bzImage" \
+    local bb=$guest_bb ikey g
+    [ "$karch" != x86_64 ] || [ -x "$bb" ] || bb=$(command -v busybox || true)
+    [ -n "$bb" ] && [ -f "$bb" ] || die "no busybox for $karch at $guest_bb (run vmtest/setup.sh)"
+    [ "$karch" != x86_64 ] || ! ldd "$bb" >/dev/null 2>&1 || die "$bb is dynamically linked: install busybox-static"
+    ikey=$(cat "$here/guest/init" "$here/guest/kx.c" "$here/guest/luo_memfd.c" "$bb" "$bdir/$imgname" \
            "$ksrc/usr/gen_init_cpio.c" | sha256sum | cut -c1-16)
     if [ "$force" = 0 ] && [ "$(cat "$bdir/.initramfs-key" 2>/dev/null)" = "$ikey" ] && [ -f "$bdir/initramfs.cpio.gz" ]; then
         log "$name: initramfs cached ($bdir/initramfs.cpio.gz)"
@@ -221,8 +239,8 @@ EOT
         rm -f "$bdir/.initramfs-key"
         g=$bdir/guest
         rm -rf "$g"; mkdir -p "$g"
-        gcc -static -O2 -Wall -o "$g/kx" "$here/guest/kx.c"
-        gcc -static -O2 -Wall -o "$g/luo-memfd" "$here/guest/luo_memfd.c"
+        "${cross}gcc" -static -O2 -Wall -o "$g/kx" "$here/guest/kx.c"
+        "${cross}gcc" -static -O2 -Wall -o "$g/luo-memfd" "$here/guest/luo_memfd.c"
         gcc -O2 -o "$g/gen_init_cpio" "$ksrc/usr/gen_init_cpio.c"
         cat > "$g/files.txt" <<EOT
 dir /dev 755 0 0
@@ -238,7 +256,7 @@ slink /bin/sh busybox 777 0 0
 file /bin/kx $g/kx 755 0 0
 file /bin/luo-memfd $g/luo-memfd 755 0 0
 file /init $here/guest/init 755 0 0
-file /kernel $bdir/bzImage 644 0 0
+file /kernel $bdir/$imgname 644 0 0
 EOT
         "$g/gen_init_cpio" "$g/files.txt" | gzip -n -6 > "$bdir/initramfs.cpio.gz.tmp"
         mv "$bdir/initramfs.cpio.gz.tmp" "$bdir/initramfs.cpio.gz"
@@ -262,6 +280,11 @@ while IFS= read -r line; do
     envf=$cache/$(echo "$line" | cut -d'|' -f2)
     if [ ! -f "$envf" ]; then
         log "WARNING: ${line%%|*}: no $envf (setup.sh found no source package for it): not built"
+        continue
+    fi
+    kernel_vars "$line"
+    if [ "$karch" != x86_64 ] && ! command -v "${cross}gcc" >/dev/null; then
+        log "WARNING: ${line%%|*}: no ${cross}gcc (setup.sh installs it): not built"
         continue
     fi
     build_one "$line" >/dev/null

@@ -6,7 +6,10 @@
 #     pinned so that nothing but linux-source-7.* can ever come from it
 #     (priority -1 for everything else);
 #   * installs QEMU, busybox-static and the kernel build tools from the
-#     machine's own release;
+#     machine's own release, and for the arm64 kernel the cross compiler
+#     (gcc-aarch64-linux-gnu), qemu-system-arm and, with arm64 added as a
+#     foreign dpkg architecture, busybox-static:arm64 (downloaded, not
+#     installed: unpacked into $VMTEST_CACHE/busybox-arm64/);
 #   * downloads the kernel sources the builds use and unpacks each into
 #     $VMTEST_CACHE/src-<debian version>/:
 #       linux-source-7.2 from sid (or, when sid no longer has it, the newest
@@ -102,6 +105,12 @@ Pin-Priority: 500"
     fi
 }
 add_suite sid 'sid|unstable'
+# arm64 package lists too: the arm64 guest's busybox-static:arm64 comes from them
+if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+    log "adding arm64 as a foreign dpkg architecture (for busybox-static:arm64)"
+    dpkg --add-architecture arm64
+    changed=1
+fi
 add_suite trixie-backports 'trixie-backports|stable-backports'
 
 mkdir -p "$cache"
@@ -123,7 +132,8 @@ fi
 # ------------------------------------------------------------------- packages
 pkgs=(qemu-system-x86 busybox-static
       gcc make libc6-dev flex bison bc libelf-dev libssl-dev
-      cpio xz-utils zstd gzip python3)
+      cpio xz-utils zstd gzip python3
+      gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-system-arm)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -141,9 +151,28 @@ if [ "${#missing[@]}" -gt 0 ]; then
 else
     log "all packages already installed"
 fi
-for p in qemu-system-x86 busybox-static gcc; do
+for p in qemu-system-x86 busybox-static gcc gcc-aarch64-linux-gnu qemu-system-arm; do
     log "  $p $(dpkg-query -W -f='${Version}' "$p")"
 done
+
+# the arm64 guest's busybox: Debian's static arm64 build of the machine's own
+# release, unpacked into the cache (nothing of another architecture is installed)
+bbver=$(apt-cache policy busybox-static:arm64 2>/dev/null | sed -n 's/^ *Candidate: //p')
+[ -n "$bbver" ] && [ "$bbver" != "(none)" ] || die "apt knows no busybox-static:arm64 (apt-get update?)"
+bbdir=$cache/busybox-arm64
+if [ "$(cat "$bbdir/.version" 2>/dev/null)" = "$bbver" ] && [ -f "$bbdir/bin/busybox" ]; then
+    log "busybox-static:arm64 $bbver already in $bbdir"
+else
+    log "downloading busybox-static:arm64=$bbver into $bbdir"
+    rm -rf "$bbdir" "$cache/dl-busybox-arm64"
+    mkdir -p "$cache/dl-busybox-arm64"
+    ! id _apt >/dev/null 2>&1 || chown _apt "$cache/dl-busybox-arm64"
+    (cd "$cache/dl-busybox-arm64" && apt-get download -q "busybox-static:arm64=$bbver" >&2)
+    dpkg-deb -x "$cache"/dl-busybox-arm64/*.deb "$bbdir"
+    rm -rf "$cache/dl-busybox-arm64"
+    [ -f "$bbdir/bin/busybox" ] || die "busybox-static:arm64 $bbver has no bin/busybox"
+    echo "$bbver" > "$bbdir/.version"
+fi
 
 # ------------------------------------------------------------- kernel source
 # pkg_version PKG SUITE: the version of PKG that SUITE carries, else empty
