@@ -491,3 +491,72 @@ def _entry_stop(n: int, out: Path, qmp: Qmp, gdb: Gdb, regs: list[int], stop: di
     rlog(f"stop {n}: next kernel's entry, DT at {dtb_phys:#x} ({len(dtb)} bytes), RAM saved in "
          f"{stop['pmemsave_s']}s, {len(stop.get('writes', []))} write(s)"
          + (f"; problems: {loc['errors']}" if loc["errors"] else ""))
+
+
+# ------------------------------------------------------------------ pykho's side
+
+def predict(ctx: Arm64Ctx, writes: list[tuple[int, bytes]] = (), cmdline: str | None = None) -> dict:
+    """pykho's verdict for boot ``ctx.stage + 1``: the 7.2 model (arch arm64)
+    booted on the captured RAM with ``writes`` applied (copy-on-write), the
+    handover found from the DT the next kernel receives (``x0``), as that
+    kernel's ``early_init_dt_check_kho`` finds it.  The same dict shape as
+    vmtest.campaign.predict."""
+    from pykho import profiles as P
+    from pykho.handover import load
+    from pykho.memory import CowMemory, RawImage
+    from pykho.memory.iomem import parse_iomem
+    from pykho.reports.validate import validate
+
+    from . import campaign as camp
+    dt = ctx.locate["dtb"]
+    cmdline = cmdline or (ctx.stage_dir / "cmdline.txt").read_text().strip().replace(
+        f"vmtest_stage={ctx.stage}", f"vmtest_stage={ctx.stage + 1}")
+    with RawImage(str(ctx.ram_file), base=RAM_BASE) as raw:
+        cow = CowMemory(raw, raw.ranges())
+        for phys, data in writes:
+            cow.write(phys, data)
+        boot_dt = cow.read(dt["phys"], dt["size"])
+        fdt_guess = (ctx.locate.get("fdt") or {}).get("phys")
+        out = str(ctx.stage_dir / "debugfs" / "kho" / "out")
+        ho = load(out, cow, fdt_guess)
+        iomem_txt = ctx.stage_dir / "iomem.txt"
+        iomem = parse_iomem(iomem_txt.read_text()) if iomem_txt.exists() else None
+        rep = validate(ho, P.E, iomem=iomem or None, want_reserved=True, cmdline=cmdline, arch="arm64",
+                       boot_data=boot_dt)
+    v = rep["verdict"]
+    viol = [x["kind"] for x in v.get("model_violations", [])]
+    if any(x.startswith("Kernel panic") for x in v["log"]):
+        fate = "panic"
+    elif any(k in camp.CORRUPTING for k in viol):
+        fate = "corruption"
+    else:
+        fate = "ok"
+    return {"lines": [x for x in v["log"] if x.startswith(camp.RELEVANT + ARM64_RELEVANT)],
+            "reserved": v.get("reserved"), "oops": v.get("oops"), "fate": fate, "populate": v["populate"],
+            "outcome": v.get("outcome"), "violations": sorted(set(viol)), "cmdline": cmdline,
+            "debugfs": v.get("debugfs", {}), "clients": v.get("clients", {}),
+            "findings": sorted({f["code"] for f in rep["findings"] if f["severity"] == "error"}),
+            "report": rep}
+
+
+#: arm64's own fault lines (arch/arm64/mm/fault.c die_kernel_fault)
+ARM64_OOPS = ("Unable to handle kernel paging request at virtual address ",
+              "Unable to handle kernel NULL pointer dereference at virtual address ")
+ARM64_RELEVANT = ARM64_OOPS
+
+
+def observe(capture_dir: Path, summary: dict, stage: int = 2) -> dict:
+    """What boot ``stage`` did (vmtest.campaign.observe, plus arm64's fault line)."""
+    from . import campaign as camp
+    obs = camp.observe(capture_dir, summary, stage)
+    lines = camp.boot_lines(Path(capture_dir) / f"stage{stage}")
+    rel = []
+    for x in lines:
+        if x.startswith(camp.USERSPACE):
+            break
+        if x.startswith(camp.RELEVANT + ARM64_RELEVANT):
+            rel.append(x.rstrip())
+    obs["lines"] = rel
+    faults = [x.split("virtual address ")[1].split()[0] for x in rel if x.startswith(ARM64_OOPS)]
+    obs["oops"] = faults[0] if faults else None
+    return obs

@@ -49,6 +49,8 @@ class KernelAPI(Protocol):
 
     p: Profile
     release: str
+    #: the architecture (``x86``, ``arm64``): arch-specific rules a client follows
+    arch: str
     kho_enable: bool
     kho_in_fdt: bytes | None
     subtrees: dict[str, tuple[int, int]]

@@ -23,7 +23,7 @@ from .base import Client
 from .common import read_blocks
 
 __all__ = ["KHO_TEST_FDT", "KHO_TEST_COMPAT", "KHO_TEST_MAGIC", "KhoTest", "encode_kho_test", "decode_kho_test",
-           "csum_partial", "TestKhoClient"]
+           "csum_partial", "csum_partial_arm64", "CSUM_PARTIAL", "TestKhoClient"]
 
 KHO_TEST_FDT = "kho_test"
 KHO_TEST_COMPAT = "kho-test-v1"
@@ -98,6 +98,25 @@ def csum_partial(data: bytes, csum: int = 0) -> int:
     return total
 
 
+def csum_partial_arm64(data: bytes, csum: int = 0) -> int:
+    """arm64's ``csum_partial`` (lib/checksum.c over arch/arm64/lib/csum.c
+    ``do_csum``): the buffer's 16-bit one's-complement sum, folded to 16 bits,
+    added to the running 32-bit sum with its carry.  test_kho's folios are
+    page-aligned, so ``do_csum``'s odd-address byte swap never applies."""
+    n = len(data) // 2
+    total = sum(struct.unpack_from(f"<{n}H", data)) if n else 0
+    if len(data) % 2:
+        total += data[-1]
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    out = (csum + total) & 0xFFFFFFFF
+    return out + 1 if out < csum else out
+
+
+#: the kernel's ``csum_partial`` per architecture (the checksum test_kho keeps)
+CSUM_PARTIAL = {"x86": csum_partial, "arm64": csum_partial_arm64}
+
+
 class TestKhoClient(Client):
     node = KHO_TEST_FDT
     kind = "test_kho"
@@ -164,7 +183,7 @@ class TestKhoClient(Client):
                 break
             data = k.rng.randbytes(min(size, 256)) * (size // min(size, 256))
             k.mem.write(phys, data)
-            csum = csum_partial(data, csum)
+            csum = CSUM_PARTIAL[k.arch](data, csum)
             self.folios.append((phys, order))
             total += size
         self.csum = csum
@@ -236,7 +255,7 @@ class TestKhoClient(Client):
                 if got != o:
                     return False, (f"folio 0x{p:x} order {o} is not a preserved page" if got is None else
                                    f"folio 0x{p:x} was preserved with order {got}, not {o}")
-                csum = csum_partial(k.mem.read(p, PAGE_SIZE << o), csum)
+                csum = CSUM_PARTIAL[k.arch](k.mem.read(p, PAGE_SIZE << o), csum)
             if csum != t.csum:
                 return False, f"checksum 0x{csum:x}, expected 0x{t.csum:x}: folio contents changed"
             return True, ""

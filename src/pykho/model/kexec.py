@@ -118,6 +118,25 @@ class Kexec(KernelState):
         nk.old = self
         return nk.boot(nk.find_handover(boot), image)
 
+    def handover_from_boot_data(self, data: bytes) -> structs.KhoData | None:
+        """The handover the boot data bytes name (arm64: the DT's ``/chosen``,
+        x86: a setup_data record at offset 0), or None when the kernel would
+        find none."""
+        if self.arch == "arm64":
+            try:
+                got = structs.decode_chosen(data)
+            except KhoDecodeError:
+                return None
+            return structs.KhoData(*got) if got else None
+        try:
+            from ..memory import SparseMemory
+            sm = SparseMemory([(0, len(data))])
+            sm.write(0, data)
+            _nxt, typ, kd = structs.decode_setup_data(sm, 0)
+        except KhoDecodeError:
+            return None
+        return kd if typ == structs.SETUP_KEXEC_KHO else None
+
     def find_handover(self, boot: int) -> structs.KhoData | None:
         """What the new kernel's arch code hands to kho_populate, read from
         the boot data bytes: x86 ``parse_setup_data`` -> ``add_kho``, arm64

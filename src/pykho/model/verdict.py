@@ -60,8 +60,13 @@ def _page_span(phys: int, size: int) -> tuple[int, int]:
 
 
 def predict(ho: Handover, tgt: P.Profile, cmdline: str = "kho=on", iomem: list[tuple[int, int]] | None = None,
-            want_reserved: bool = False) -> dict[str, Any]:
+            want_reserved: bool = False, arch: str = "x86", boot_data: bytes | None = None) -> dict[str, Any]:
     """The target kernel's verdict on ``ho`` (see the module docstring).
+
+    ``arch``: the target's architecture (``x86``, ``arm64``).  ``boot_data``:
+    on arm64, the device tree kexec_file_load wrote for the next kernel; the
+    handover is then what its ``/chosen`` names (:meth:`Kernel.find_handover`'s
+    rule), and a ``/chosen`` the kernel ignores means no handover at all.
 
     With memory, the model boots on the capture.  Without (a debugfs copy or
     an FDT file alone), it boots on the root FDT and the scratch array
@@ -100,7 +105,7 @@ def predict(ho: Handover, tgt: P.Profile, cmdline: str = "kho=on", iomem: list[t
     # kho_data.fdt_size as the kernel receives it, when the caller knows it
     fdt_len = getattr(ho, "fdt_size", None)
     return _boot(ho, tgt, mem, fdt_phys, PAGE_SIZE if fdt_len is None else fdt_len, scratch_phys, scratch_len,
-                 iomem, cmdline, want_reserved, strict, unknown_scratch)
+                 iomem, cmdline, want_reserved, strict, unknown_scratch, arch, boot_data)
 
 
 def _head(tgt: P.Profile) -> dict[str, Any]:
@@ -117,7 +122,7 @@ def _rejected(v: dict[str, Any], failed_step: str | None) -> None:
 
 def _boot(ho: Handover, tgt: P.Profile, mem: Any, fdt_phys: int, fdt_len: int, scratch_phys: int, scratch_len: int,
           iomem: list[tuple[int, int]] | None, cmdline: str, want_reserved: bool, strict: bool,
-          unknown_scratch: bool = False) -> dict[str, Any]:
+          unknown_scratch: bool = False, arch: str = "x86", boot_data: bytes | None = None) -> dict[str, Any]:
     """Boot the model's kernel of generation ``tgt`` on the captured memory.
     Clients whose data is not in the memory given are not run, and the
     verdict says so."""
@@ -149,7 +154,7 @@ def _boot(ho: Handover, tgt: P.Profile, mem: Any, fdt_phys: int, fdt_len: int, s
             notes[st.name] = f"not predicted: {why}"
             skip.add(plugin.model_name)
     names = tuple(n for n in _clients.DEFAULT_MODEL_CLIENTS if n not in skip)
-    k = Kernel(machine, tgt, cmdline, name="target kernel", clients=names)
+    k = Kernel(machine, tgt, cmdline, name="target kernel", clients=names, arch=arch)
     # whether the early boot fits in scratch is judged only on known RAM
     # (the memmap follows it): not on the guess made from a dump's extent
     k.scratch_unknown = unknown_scratch or not iomem
@@ -164,12 +169,30 @@ def _boot(ho: Handover, tgt: P.Profile, mem: Any, fdt_phys: int, fdt_len: int, s
             image = Segment("kernel", at, Kernel.KERNEL_IMAGE_SIZE)
             break
     missing = None
+    kd: structs.KhoData | None = structs.KhoData(fdt_phys, fdt_len, scratch_phys, scratch_len)
+    if boot_data is not None:
+        kd = k.handover_from_boot_data(boot_data)
     try:
-        k.boot(structs.KhoData(fdt_phys, fdt_len, scratch_phys, scratch_len), image)
+        k.boot(kd, image)
     except NotCaptured as e:
         missing = e.phys
     log = [line for line in k.log if not line.startswith("(model)")]
-    assert k.populate is not None
+    if k.populate is None:
+        # the boot data names no handover the kernel takes: kho_populate never runs
+        v0: dict[str, Any] = _head(tgt) | {
+            "populate": "not-called", "log": log, "model_violations": [x.as_dict() for x in k.violations],
+            "consequences": [], "outcome": "no handover found in the boot data: the kernel boots cold"}
+        if want_reserved:
+            v0["reserved"] = [list(b) for b in k.reserved_log or []]
+        if k.oops is not None:
+            v0["oops"] = k.oops.as_dict()
+        v0["consequences"].append(_finding(
+            "handover-rejected", "the next kernel finds no usable handover in its boot data: it boots cold and "
+            "everything preserved is lost"))
+        v0["clients"] = {}
+        dbg0 = k.debugfs() if not (k.oops or k.panicked) else {}
+        v0["debugfs"] = {d: sorted(dbg0[d].get("sub_fdts", {})) for d in ("in", "out") if d in dbg0}
+        return v0
     v: dict[str, Any] = _head(tgt) | {
         "populate": "accepted" if k.populate.accepted else "rejected", "log": log,
         "model_violations": [x.as_dict() for x in k.violations], "consequences": []}
