@@ -40,7 +40,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import capture
-from .build import Build, find_build, log, read_env
+from .build import Build, log, read_env
 from .gdb import Gdb, GdbExited
 from .qmp import Qmp
 from .serial import split_serial
@@ -199,7 +199,8 @@ def analyse(mm, chosen: dict, stage_dir: Path | None) -> dict:
                   "preserved_memory_map": mem_map, "header": root["_header"]}
     res["_fdt_bytes"] = raw[:total]
     for child in root["children"]:
-        res["subnodes"].append({"name": child["name"], "preserved_data": capture._u64(child["props"].get("preserved-data")),
+        res["subnodes"].append({"name": child["name"],
+                                "preserved_data": capture._u64(child["props"].get("preserved-data")),
                                 "blob_size": capture._u64(child["props"].get("blob-size")),
                                 "props": sorted(child["props"])})
 
@@ -311,7 +312,7 @@ def run_chain(out: str | os.PathLike, opts: Arm64Options | None = None, build: B
         argv += ["-object", f"memory-backend-ram,id=m0,size={half}M", "-object",
                  f"memory-backend-ram,id=m1,size={half}M",
                  "-numa", f"node,nodeid=0,memdev=m0,{cpus[0]}",
-                 "-numa", f"node,nodeid=1,memdev=m1" + (f",{cpus[1]}" if len(cpus) > 1 else "")]
+                 "-numa", "node,nodeid=1,memdev=m1" + (f",{cpus[1]}" if len(cpus) > 1 else "")]
     (out / "qemu-cmdline.txt").write_text(" ".join(argv) + "\n")
     rlog(f"arm64 kernel {build.release} from {build.dir}; cmdline: {cmdline}")
     qemu_err = open(work / "qemu.stderr", "w+")
