@@ -57,7 +57,7 @@ def _dt_edit(ctx, fn) -> list[tuple[int, bytes]]:
     buf = bytearray(ctx.read(dt["phys"], dt["size"]))
     room = len(buf) + 512
     buf += bytes(512)
-    assert libfdt.fdt_open_into(bytes(buf[:dt["size"]]), buf, room) == 0
+    assert libfdt.fdt_open_into(buf, buf, room) == 0
     chosen = libfdt.fdt_path_offset(buf, "/chosen")
     assert chosen >= 0
     fn(libfdt, buf, chosen)

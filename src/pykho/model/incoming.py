@@ -185,6 +185,58 @@ class MemoryInitResult:
 X86_64_PAGE_OFFSET = 0xFFFF888000000000
 X86_64_VMEMMAP = 0xFFFFEA0000000000
 STRUCT_PAGE_SIZE = 64
+
+
+@dataclass(frozen=True)
+class ArchLayout:
+    """Where an architecture's kernel maps RAM (the direct / linear map) and
+    its struct pages (vmemmap), and how it words a kernel page fault.
+
+    ``phys_offset_align``: the linear map starts at the lowest RAM address
+    rounded down to this (arm64 ``memstart_addr``, arch/arm64/mm/init.c:217,
+    1 GiB with 4 KiB pages), or at physical 0 when it is 0 (x86-64)."""
+    name: str
+    page_offset: int
+    vmemmap: int
+    phys_offset_align: int
+    #: the fault line of a read through the linear map ({v:016x}: the address)
+    fault_line: str
+    #: the panic line that follows a fatal oops
+    oops_panic: str
+    #: a non-canonical address raises #GP with its own line (x86-64)
+    gp_noncanonical: bool
+    #: a fault before the trap handlers (setup_arch) prints the early exception line (x86-64)
+    early_exception: bool
+
+    def phys_offset(self, ram_start: int) -> int:
+        a = self.phys_offset_align
+        return (ram_start // a) * a if a else 0
+
+    def linear(self, phys: int, ram_start: int = 0) -> int:
+        """``phys_to_virt``: x86 adds PAGE_OFFSET; arm64 ORs it over the
+        offset from PHYS_OFFSET (arch/arm64/include/asm/memory.h:358)."""
+        return ((phys - self.phys_offset(ram_start)) | self.page_offset) & ((1 << 64) - 1) \
+            if self.phys_offset_align else (self.page_offset + phys) & ((1 << 64) - 1)
+
+    def struct_page(self, phys: int, ram_start: int = 0) -> int:
+        """The struct page of the pfn holding ``phys`` (arm64: ``vmemmap`` is
+        VMEMMAP_START less memstart_addr's pfn, arch/arm64/include/asm/pgtable.h:31)."""
+        pfn = (phys - self.phys_offset(ram_start)) >> 12
+        return (self.vmemmap + pfn * STRUCT_PAGE_SIZE) & ((1 << 64) - 1)
+
+
+#: the vmtest kernels' layouts: x86-64 with 4-level paging and arm64 with
+#: 4 KiB pages and 48-bit VA (vmtest/kernel-arm64.config), no KASLR
+ARCH_LAYOUTS = {
+    "x86": ArchLayout("x86", X86_64_PAGE_OFFSET, X86_64_VMEMMAP, 0,
+                      "BUG: unable to handle page fault for address: {v:016x}",
+                      "Kernel panic - not syncing: Fatal exception", True, True),
+    # PAGE_OFFSET -(1 << 48); VMEMMAP_START = -1 GiB - VMEMMAP_SIZE (memory.h:33-51)
+    "arm64": ArchLayout("arm64", 0xFFFF000000000000, 0xFFFFFDFFC0000000, 1 << 30,
+                        "Unable to handle kernel paging request at virtual address {v:016x}",
+                        "Kernel panic - not syncing: Oops: Fatal exception", False, False),
+}
+
 #: SPARSEMEM section size on x86-64 and arm64 (4 KiB pages): the memmap
 #: exists for a pfn only when its 128 MiB section holds some RAM
 SECTION_SIZE_BITS = 27

@@ -28,6 +28,7 @@ from ..errors import MemoryFault
 from ..profiles import FdtBuiltAt, Finalize, MapFormat
 from .cmdline import kstrtobool, memparse, param_values, parse_kho_scratch
 from .incoming import (
+    ARCH_LAYOUTS,
     SECTION_SIZE_BITS,
     X86_64_PAGE_OFFSET,
     BusMemory,
@@ -419,10 +420,17 @@ class Kernel(MemoryInit, OutgoingKHO, Kexec):
         address); a struct page write faults at a field offset the compiler
         chose, and arm64 words its fault otherwise."""
         self.oops = e
-        exact = e.access == "read" and self.arch != "arm64"
+        lay = ARCH_LAYOUTS[self.arch]
+        # the address the faulting access used, in this arch's layout: a read
+        # through the linear map, a write to the struct page of the pfn
+        ram_start = min((r[0] for r in self.m.ram), default=0)
+        n = e.vaddr_range[1] - e.vaddr_range[0]
+        v0 = lay.linear(e.phys, ram_start) if e.access == "read" else lay.struct_page(e.phys, ram_start)
+        e.vaddr_range = (v0, v0 + n)
+        exact = e.access == "read"
         v = e.vaddr_range[0]
-        noncanonical = (v >> 47) not in (0, (1 << 17) - 1)
-        if self.step in ("setup_arch", "e820", "early params") and self.arch != "arm64":
+        noncanonical = lay.gp_noncanonical and (v >> 47) not in (0, (1 << 17) - 1)
+        if self.step in ("setup_arch", "e820", "early params") and lay.early_exception:
             # before trap_init only the early exception handler runs: it
             # prints its vector and halts, with no oops and no panic line
             # (7.2.13: reserve_mem= reading a random memblock FDT pointer)
@@ -435,8 +443,8 @@ class Kernel(MemoryInit, OutgoingKHO, Kexec):
             # a radix entry read from FDT bytes, a blob pointer of random bytes)
             line = f"Oops: general protection fault, probably for non-canonical address 0x{v:x}"
         else:
-            line = f"BUG: unable to handle page fault for address: {v:016x}" if exact else f"(model) {e}"
-        self.printk(line, "Kernel panic - not syncing: Fatal exception")
+            line = lay.fault_line.format(v=v) if exact else f"(model) {e}"
+        self.printk(line, lay.oops_panic)
         self.violation("oops", e.phys, e.phys + 1, str(e))
         self.panicked = True
 
