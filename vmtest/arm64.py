@@ -526,7 +526,9 @@ def predict(ctx: Arm64Ctx, writes: list[tuple[int, bytes]] = (), cmdline: str | 
                        boot_data=boot_dt)
     v = rep["verdict"]
     viol = [x["kind"] for x in v.get("model_violations", [])]
-    if any(x.startswith("Kernel panic") for x in v["log"]):
+    if any(x["kind"] == "panic" and x["step"] == "setup_arch" for x in v.get("model_violations", [])):
+        fate = "silent-panic"        # before any console (earlycon too): the machine dies silently
+    elif any(x.startswith("Kernel panic") for x in v["log"]):
         fate = "panic"
     elif any(k in camp.CORRUPTING for k in viol):
         fate = "corruption"

@@ -59,14 +59,29 @@ class BusMemory:
     read as empty entries; real hardware returns all-ones, with the same
     outcome)."""
 
-    def __init__(self, mem, ram):
+    def __init__(self, mem, ram, aborts: bool = False):
         self.mem = mem
         self.ram = [(s, e) for s, e, *_ in ram]
+        #: an unbacked read raises :class:`BusAbort` instead (QEMU's arm64 virt)
+        self.aborts = aborts
 
     def read(self, phys: int, length: int, what: str = "") -> bytes:
         if length and not any(s < phys + length and phys < e for s, e in self.ram):
+            if self.aborts:
+                raise BusAbort(phys, what)
             return bytes(length)
         return self.mem.read(phys, length, what)
+
+
+class BusAbort(Exception):
+    """A read of a physical address nothing backs, on a machine whose bus
+    answers it with an external abort (QEMU's arm64 ``virt``: 7.2.13-arm64
+    given a /chosen linux,kho-fdt above RAM dies in setup_arch, before any
+    console, in panic_bad_stack)."""
+
+    def __init__(self, phys: int, what: str):
+        self.phys, self.what = phys, what
+        super().__init__(f"external abort reading {what or 'memory'} at 0x{phys:x}: nothing backs it")
 
     def __getattr__(self, name):
         return getattr(self.mem, name)
@@ -207,6 +222,8 @@ class ArchLayout:
     gp_noncanonical: bool
     #: a fault before the trap handlers (setup_arch) prints the early exception line (x86-64)
     early_exception: bool
+    #: a read of an unbacked physical address aborts (QEMU arm64 virt) instead of reading zeros
+    unbacked_read_aborts: bool = False
 
     def phys_offset(self, ram_start: int) -> int:
         a = self.phys_offset_align
@@ -234,7 +251,7 @@ ARCH_LAYOUTS = {
     # PAGE_OFFSET -(1 << 48); VMEMMAP_START = -1 GiB - VMEMMAP_SIZE (memory.h:33-51)
     "arm64": ArchLayout("arm64", 0xFFFF000000000000, 0xFFFFFDFFC0000000, 1 << 30,
                         "Unable to handle kernel paging request at virtual address {v:016x}",
-                        "Kernel panic - not syncing: Oops: Fatal exception", False, False),
+                        "Kernel panic - not syncing: Oops: Fatal exception", False, False, True),
 }
 
 #: SPARSEMEM section size on x86-64 and arm64 (4 KiB pages): the memmap

@@ -31,6 +31,7 @@ from .incoming import (
     ARCH_LAYOUTS,
     SECTION_SIZE_BITS,
     X86_64_PAGE_OFFSET,
+    BusAbort,
     BusMemory,
     KernelOops,
     PopulateResult,
@@ -282,9 +283,19 @@ class Kernel(MemoryInit, OutgoingKHO, Kexec):
             # grow: memblock.memory holds only what kho_populate adds itself
             self.memblock.can_resize = False
             try:
-                self.populate = kho_populate(self.p, BusMemory(self.m.mem, self.m.ram), kho_data.fdt_addr,
+                bus = BusMemory(self.m.mem, self.m.ram, ARCH_LAYOUTS[self.arch].unbacked_read_aborts)
+                self.populate = kho_populate(self.p, bus, kho_data.fdt_addr,
                                              kho_data.fdt_size, kho_data.scratch_addr, kho_data.scratch_size,
                                              self._add_scratch)
+            except BusAbort as e:
+                # setup_arch, before the console and the exception stacks: the
+                # abort ends the boot silently
+                self.populate = PopulateResult(False, failed_step="map the FDT")
+                try:
+                    self.panic(f"(model) {e}")
+                except KernelPanic:
+                    self.panicked = True
+                    return self
             except MemblockPanic as e:
                 # before the console exists: nothing reaches it, and panic= is
                 # not parsed yet, so the machine halts
