@@ -197,6 +197,38 @@ def decode_chosen(blob: bytes) -> tuple[int, int, int, int] | None:
     return out[0], out[1], out[2], out[3]
 
 
+def decode_dt_memory(blob: bytes) -> list[tuple[int, int]]:
+    """The RAM a device tree claims, as ``early_init_dt_scan_memory`` reads
+    it (drivers/of/fdt.c): every node whose ``device_type`` is ``memory``,
+    its ``linux,usable-memory`` or ``reg`` cut into (base, size) entries of
+    the root's #address-cells + #size-cells (defaults 2 and 1, each value
+    the low 64 bits of its cells), zero sizes skipped."""
+    root = _fdt.parse(blob, "device tree")
+    acp, scp = root.props.get("#address-cells"), root.props.get("#size-cells")
+    ac = struct.unpack(">I", acp[:4])[0] if acp and len(acp) >= 4 else 2
+    sc = struct.unpack(">I", scp[:4])[0] if scp and len(scp) >= 4 else 1
+
+    def cells(b: bytes) -> int:
+        v = 0
+        for i in range(len(b) // 4):
+            v = ((v << 32) | struct.unpack_from(">I", b, 4 * i)[0]) & ((1 << 64) - 1)
+        return v
+    out: list[tuple[int, int]] = []
+    for node in root.children:
+        if node.props.get("device_type", b"").split(b"\0")[0] != b"memory":
+            continue
+        reg = node.props.get("linux,usable-memory") or node.props.get("reg") or b""
+        n = len(reg) // 4
+        i = 0
+        while ac + sc and n - i >= ac + sc:
+            base = cells(reg[4 * i:4 * (i + ac)])
+            size = cells(reg[4 * (i + ac):4 * (i + ac + sc)])
+            i += ac + sc
+            if size:
+                out.append((base, size))
+    return out
+
+
 # --------------------------------------------------------------------------
 # vmalloc preservation
 

@@ -224,6 +224,8 @@ class ArchLayout:
     early_exception: bool
     #: a read of an unbacked physical address aborts (QEMU arm64 virt) instead of reading zeros
     unbacked_read_aborts: bool = False
+    #: RAM is what the boot DT's memory nodes claim (arm64), not the firmware's map
+    ram_from_boot_dt: bool = False
 
     def phys_offset(self, ram_start: int) -> int:
         a = self.phys_offset_align
@@ -251,7 +253,7 @@ ARCH_LAYOUTS = {
     # PAGE_OFFSET -(1 << 48); VMEMMAP_START = -1 GiB - VMEMMAP_SIZE (memory.h:33-51)
     "arm64": ArchLayout("arm64", 0xFFFF000000000000, 0xFFFFFDFFC0000000, 1 << 30,
                         "Unable to handle kernel paging request at virtual address {v:016x}",
-                        "Kernel panic - not syncing: Oops: Fatal exception", False, False, True),
+                        "Kernel panic - not syncing: Oops: Fatal exception", False, False, True, True),
 }
 
 #: SPARSEMEM section size on x86-64 and arm64 (4 KiB pages): the memmap

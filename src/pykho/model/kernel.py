@@ -103,6 +103,8 @@ class Kernel(MemoryInit, OutgoingKHO, Kexec):
         self.kho_in_fdt_phys = 0
         self.kho_in_scratch_phys = 0
         self.populate: PopulateResult | None = None
+        #: the RAM the boot device tree claims (arm64: its memory nodes), when known
+        self.boot_memory: list[tuple[int, int]] | None = None
         #: the scratch array the handover names, or the machine's RAM, is not
         #: known (the verdict without iomem): whether the early boot fits in
         #: scratch is not judged
@@ -312,6 +314,22 @@ class Kernel(MemoryInit, OutgoingKHO, Kexec):
                 self.kho_in_fdt = self.populate.fdt_blob
                 self.kho_in_fdt_phys = kho_data.fdt_addr
                 self.kho_in_scratch_phys = kho_data.scratch_addr
+        lay = ARCH_LAYOUTS[self.arch]
+        if lay.ram_from_boot_dt and lay.unbacked_read_aborts and self.boot_memory is not None:
+            # memblock.memory is what the DT claims; memblock allocates top-down
+            # from its highest end (below the linear map's reach): claimed RAM
+            # that nothing backs makes the first early allocation (paging_init's
+            # page tables, in setup_arch) abort before any console
+            backed = IntervalSet((s_, e_) for s_, e_, _ in self.m.ram)
+            claimed = [(b, min(b + n, 1 << 47)) for b, n in self.boot_memory if b < 1 << 47]
+            top = max((e_ for _, e_ in claimed), default=None)
+            if top is None or not backed.overlaps(top - PAGE_SIZE, top):
+                try:
+                    self.panic("(model) the device tree claims RAM nothing backs: an early memblock "
+                               f"allocation below 0x{top or 0:x} aborts")
+                except KernelPanic:
+                    self.panicked = True
+                    return self
         # e820__memblock_setup: resizing allowed, but a new region array must
         # come from memblock below 1 MiB, which holds no scratch yet: in
         # scratch-only mode it cannot grow, and the RAM that needed it is left

@@ -21,7 +21,7 @@ from ..findings import Finding, severity_of
 from ..handover import Handover
 from ..memory import CowMemory, LayeredMemory, NotCaptured, SparseMemory, StrictCowMemory
 from ..profiles import PAGE_SIZE
-from .incoming import retrieve_subtree
+from .incoming import ARCH_LAYOUTS, retrieve_subtree
 from .kernel import Kernel
 from .kexec import Segment
 from .machine import Machine
@@ -172,6 +172,11 @@ def _boot(ho: Handover, tgt: P.Profile, mem: Any, fdt_phys: int, fdt_len: int, s
     kd: structs.KhoData | None = structs.KhoData(fdt_phys, fdt_len, scratch_phys, scratch_len)
     if boot_data is not None:
         kd = k.handover_from_boot_data(boot_data)
+        if ARCH_LAYOUTS[arch].ram_from_boot_dt:
+            try:
+                k.boot_memory = structs.decode_dt_memory(boot_data)
+            except KhoDecodeError:
+                k.boot_memory = None
     try:
         k.boot(kd, image)
     except NotCaptured as e:
