@@ -190,9 +190,10 @@ def run_case(name: str, tmp_path: Path, **opts) -> dict:
     summary = a.run_chain(out, a.Arm64Options(hook=hook, luo=True, stall_timeout=45, **opts))
     real = a.observe(out, summary)
     pred = got.get("pred")
-    agree, diffs = (camp.compare(real, pred) if pred else (False, ["no prediction: the stop never came"]))
+    agree, diffs = (a.compare(real, pred) if pred else (False, ["no prediction: the stop never came"]))
     rec = records.record(kernel=summary["kernel_name"], next_kernel=summary["kernel_name"], arch="arm64",
-                         source="crafted-arm64", case=name, change=what, real=camp.summarise(real),
+                         source="crafted-arm64", case=name + ("+numa" if opts.get("numa") else ""),
+                         change=what, real=camp.summarise(real),
                          predicted=camp.summarise(pred) if pred else None, agree=agree,
                          note="; ".join(diffs))
     (tmp_path / f"{name}.json").write_text(json.dumps(rec, indent=1) + "\n")
@@ -239,3 +240,16 @@ def test_arm64_agrees_with_pykho(case, arm64_build, tmp_path):
     res = run_case(case, tmp_path)
     assert res["pred"] is not None, res["summary"]
     assert res["agree"], "\n".join(res["diffs"])
+
+
+def test_arm64_round_trip_two_numa_nodes(arm64_build, tmp_path):
+    """QEMU virt with two 512 MiB NUMA nodes (the DT's numa-node-id): boot 2
+    restores everything and pykho predicts its lines and reservations."""
+    res = run_case("unmodified", tmp_path, numa=True)
+    s, real = res["summary"], res["real"]
+    assert s["completed"], s
+    dmesg = (res["capture"] / "stage2" / "dmesg.txt").read_text()
+    assert "NUMA: " in dmesg or "node 1" in dmesg.lower(), "the guest did not see two NUMA nodes"
+    assert "test_kho: KHO restore succeeded" in real["lines"]
+    assert res["pred"]["reserved"] == real["reserved"]
+    assert res["agree"], res["diffs"]
