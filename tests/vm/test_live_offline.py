@@ -69,3 +69,26 @@ def test_mem_live_defaults(monkeypatch):
     c = argparse.Namespace(mem="raw:/x", path=None, iomem=None)
     _common.default_paths(c)
     assert c.builtin and c.path.endswith("debugfs/kho/out")
+
+
+def test_live_in_is_not_read_from_the_kernel_that_consumed_it(tmp_path):
+    """in/ with the memory of the kernel that received it (``--mem live`` after
+    the jump): the map was walked at boot and its pages reused, so pykho says
+    so and reports the debugfs copies; no read reaches memory."""
+    from pykho.cli._common import DEFAULT_HANDOVER
+    from pykho.handover import load
+    from pykho.reports.validate import validate
+    src = Path(DEFAULT_HANDOVER) / "debugfs" / "kho" / "out"
+    shutil.copytree(src, tmp_path / "in")
+
+    class Live:
+        live = True
+        name = "live kernel (/proc/kcore)"
+
+        def __getattr__(self, what):
+            raise AssertionError(f"memory touched: {what}")
+    ho = load(str(tmp_path / "in"), Live())
+    assert ho.direction == "in" and ho.mem is None
+    rep = validate(ho)
+    codes = [f["code"] for f in rep["findings"]]
+    assert "live-in-consumed" in codes and "no-memory" not in codes, codes
