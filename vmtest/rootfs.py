@@ -171,9 +171,26 @@ PYTHONPATH=/mnt/pykho/src${PYTHONPATH:+:$PYTHONPATH} exec python3 -c \
 """
 
 KEXEC_MARKED = """#!/bin/sh
-# kexec-tools' kexec; before 'kexec -e' the marker the vmtest host splits the
-# serial log at, and the kernel's last words on the console
-case " $* " in *" -e "*) echo "@@KHO-KEXEC stage=${VMTEST_STAGE:-?}"; dmesg -n 8 ;; esac
+# kexec-tools' kexec for contrib/kexec-preflight in the vmtest guest.  Before
+# 'kexec -e' it prints what the wrapper said so far (its output goes to
+# files: a text block open across the jump would swallow the next boot's
+# first marker) and the marker the host splits the serial log at, then lets
+# the kernel's last words reach the console.
+case " $* " in
+*" -e "*)
+    s=${VMTEST_STAGE:-0}
+    {
+        for n in live_preflight live_preflight_stderr; do
+            f=/tmp/.$n
+            echo "@@KHO-TEXT-BEGIN stage=$s name=$n"
+            cat "$f" 2>/dev/null
+            echo "@@KHO-TEXT-RC stage=$s name=$n rc=0"
+            echo "@@KHO-TEXT-END stage=$s name=$n"
+        done
+        echo "@@KHO-KEXEC stage=$s"
+    } > /dev/console
+    dmesg -n 8 ;;
+esac
 exec kexec "$@"
 """
 

@@ -48,6 +48,8 @@ live_setup() {
 	mount --bind /tmp $LIVE_ROOT/tmp
 	mount --bind / $LIVE_ROOT/mnt
 	note live_root=$_dev
+	# the interpreter's start with pykho's CLI imported, alone (TCG is slow at it)
+	live_run live_startup kho --version
 	text live_versions chroot $LIVE_ROOT sh -c 'python3 --version; python3 -c "import drgn, numpy, libfdt; print(\"drgn\", drgn.__version__, \"numpy\", numpy.__version__)"; /mnt/pykho/bin/kho --version'
 }
 
@@ -98,11 +100,25 @@ live_after() {
 }
 
 # live_kexec KERNEL INITRD CMDLINE: the kexec through the wrapper; returns
-# only when the wrapper refused (or the kexec failed)
+# only when the wrapper refused (or the kexec failed).  Its output goes to
+# files that kexec-marked prints right before 'kexec -e' (a go), or that are
+# printed here (a no-go)
 live_kexec() {
 	_tgt=$(lparam vmtest_live_target "")
 	_rel=${1#/}
-	live_run live_preflight env KEXEC=/mnt/pykho/bin/kexec-marked \
-		kexec-preflight -e ${_tgt:+--target $_tgt} --cmdline "$3" "/mnt/$_rel" --initrd="$2"
+	_t0=$(centis)
+	chroot $LIVE_ROOT env PATH=/mnt/pykho/bin:/usr/sbin:/usr/bin:/sbin:/bin VMTEST_STAGE=$STAGE \
+		KEXEC=/mnt/pykho/bin/kexec-marked \
+		kexec-preflight -e ${_tgt:+--target $_tgt} --cmdline "$3" "/mnt/$_rel" --initrd="$2" \
+		> /tmp/.live_preflight 2> /tmp/.live_preflight_stderr
+	_rc=$?
+	_t1=$(centis)
+	for _n in live_preflight live_preflight_stderr; do
+		echo "@@KHO-TEXT-BEGIN stage=$STAGE name=$_n"
+		cat /tmp/.$_n
+		echo "@@KHO-TEXT-RC stage=$STAGE name=$_n rc=$_rc"
+		echo "@@KHO-TEXT-END stage=$STAGE name=$_n"
+	done
+	note "live_preflight_ms=$(( (_t1 - _t0) * 10 ))"
 	text live_kexec_loaded cat /sys/kernel/kexec_loaded
 }
