@@ -5,7 +5,8 @@
 #   * adds Debian's unstable suite (sid) and trixie-backports to apt, each
 #     pinned so that nothing but linux-source-7.* can ever come from it
 #     (priority -1 for everything else);
-#   * installs QEMU, busybox-static and the kernel build tools from the
+#   * installs QEMU, busybox-static, the kernel build tools and mmdebstrap
+#     (the live guest's Debian root, vmtest/rootfs.py) from the
 #     machine's own release;
 #   * downloads the kernel sources the builds use and unpacks each into
 #     $VMTEST_CACHE/src-<debian version>/:
@@ -123,7 +124,8 @@ fi
 # ------------------------------------------------------------------- packages
 pkgs=(qemu-system-x86 busybox-static
       gcc make libc6-dev flex bison bc libelf-dev libssl-dev
-      cpio xz-utils zstd gzip python3)
+      cpio xz-utils zstd gzip python3
+      mmdebstrap e2fsprogs)   # the live guest's Debian root (vmtest/rootfs.py)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
