@@ -15,6 +15,7 @@ t0=$(date +%s)
 bash "$here/setup.sh"
 t1=$(date +%s)
 bash "$here/build.sh" >/dev/null
+python3 -m vmtest.rootfs >/dev/null     # the live guest's Debian root (cached)
 t2=$(date +%s)
 rc=0
 "$py" -m pytest -m vm -v -p no:cacheprovider tests/vm "$@" || rc=$?

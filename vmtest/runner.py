@@ -72,6 +72,12 @@ class Options:
     # stage-1 initramfs then carries every boot's image as /kernel.N (see
     # chain_initramfs); the breakpoints follow the kernel that runs
     kernels: dict = dataclasses.field(default_factory=dict)    # dict[int, str | Build]
+    # a disk image attached read-only as virtio-blk (the live guest's Debian
+    # root, vmtest/rootfs.py); None: no disk
+    disk: str | None = None
+    # a gzip cpio appended to boot 1's initramfs (its files replace the cached
+    # initramfs' ones: vmtest.rootfs.live_initrd_extra); b"": nothing
+    initrd_extra: bytes = b""
 
     def cmdline(self, stage: int = 1) -> str:
         """The kernel command line of boot ``stage`` (as built, before any padding)."""
@@ -135,7 +141,8 @@ def qemu_argv(qemu: str, opts: Options, build: Build, serial: Path, qmp_sock: Pa
             "-qmp", f"unix:{qmp_sock},server,nowait",
             "-gdb", f"tcp:127.0.0.1:{port}",
             "-kernel", str(build.bzimage), "-initrd", str(initrd or build.initramfs),
-            "-append", cmdline]
+            "-append", cmdline] + (
+            ["-drive", f"file={opts.disk},if=virtio,format=raw,readonly=on,cache=unsafe"] if opts.disk else [])
 
 
 def _shell_line(argv: list[str]) -> str:
@@ -263,6 +270,10 @@ def _run_chain_once(out: Path, opts: Options, build: Build | None) -> dict:
     boot_lines = opts.boot_cmdlines()    # {} unless boots have their own lines
     cmdline = boot_lines.get(1) or opts.cmdline()
     initrd = chain_initramfs(builds, work / "initramfs-chain.cpio.gz") if multi else None
+    if opts.initrd_extra:
+        base = (initrd or build.initramfs).read_bytes()
+        initrd = work / "initramfs-extra.cpio.gz"
+        initrd.write_bytes(base + opts.initrd_extra)
     argv = qemu_argv(qemu, opts, build, serial, qmp_sock, port, cmdline, initrd)
     (out / "qemu-cmdline.txt").write_text(_shell_line(argv) + "\n")
     rlog(f"kernel {build.release} from {build.dir}")

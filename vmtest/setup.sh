@@ -5,7 +5,8 @@
 #   * adds Debian's unstable suite (sid) and trixie-backports to apt, each
 #     pinned so that nothing but linux-source-7.* can ever come from it
 #     (priority -1 for everything else);
-#   * installs QEMU, busybox-static and the kernel build tools from the
+#   * installs QEMU, busybox-static, the kernel build tools and mmdebstrap
+#     (the live guest's Debian root, vmtest/rootfs.py) from the
 #     machine's own release, and for the arm64 kernel the cross compiler
 #     (gcc-aarch64-linux-gnu), qemu-system-arm and, with arm64 added as a
 #     foreign dpkg architecture, busybox-static:arm64 (downloaded, not
@@ -133,7 +134,8 @@ fi
 pkgs=(qemu-system-x86 busybox-static
       gcc make libc6-dev flex bison bc libelf-dev libssl-dev
       cpio xz-utils zstd gzip python3
-      gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-system-arm)
+      mmdebstrap e2fsprogs    # the live guest's Debian root (vmtest/rootfs.py)
+      gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-system-arm)   # the arm64 kernel and guest
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

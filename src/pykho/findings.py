@@ -54,6 +54,8 @@ CODES: dict[str, tuple[str, str]] = {
     "sources-disagree": (WARNING, "the debugfs copy and memory say different things; the verdict follows what "
                                   "the kernel reads"),
     "no-memory": (INFO, "no --mem: the map and the sub-blobs were not checked"),
+    "live-in-consumed": (INFO, "in/ read on the kernel that received it: its map was consumed at boot, memory is "
+                               "not read"),
     # --- the map decoder's structural problems
     "radix-pointer-outside": (WARNING, "a radix entry points outside the memory given"),
     "radix-unaligned-node": (WARNING, "a radix entry points at an unaligned address"),

@@ -423,6 +423,17 @@ def load(path: str | None, mem: Any = None, fdt_phys: int | None = None,
                         "sub-trees added later grew it in place")
             ho.quirks.append(cut)
 
+    if mem is not None and ho.direction == "in" and getattr(mem, "live", False):
+        # the running kernel is the one that received this handover: it walked
+        # the map at boot and reserved only the blocks it lists, so the map's
+        # own nodes, and what the clients restored and released since, are its
+        # free memory now; the debugfs copies are what arrived
+        ho.quirks.append(Quirk(
+            "live-in-consumed",
+            f"{path} was received by the running kernel, which walked its preserved-memory map at boot "
+            "(kho_memory_init) and has reused the map's own pages since: the copies in debugfs are reported, "
+            f"{getattr(mem, 'name', 'memory')} is not read"))
+        ho.mem = mem = None
     if mem is not None:
         _locate_in_memory(ho, mem, fdt_phys, iomem)
     if cut is not None:

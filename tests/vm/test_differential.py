@@ -343,7 +343,7 @@ def test_random_cases_agree(vm_build, tmp_path):
     must agree with the real kernel or be a documented nondeterminism
     (vmtest.campaign.NONDETERMINISM).  Every case is recorded."""
     n = int(os.environ.get("PYKHO_RANDOM_CASES", "10"))
-    jobs = int(os.environ.get("PYKHO_RANDOM_JOBS", "1"))
+    jobs = int(os.environ.get("PYKHO_RANDOM_JOBS", str(min(2, os.cpu_count() or 1))))
     lines: list[str] = []
     s = camp.run_campaign(commit_seed(), n, jobs, tmp_path, log=lines.append)
     assert s["cases"] == n

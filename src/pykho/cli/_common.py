@@ -19,8 +19,9 @@ from typing import Any, NoReturn
 
 from ..errors import UsageError
 
-__all__ = ["DEFAULT_HANDOVER", "ArgError", "Parser", "default_paths", "open_mem", "hex_int", "whole", "number",
-           "bitmap_bits", "profile_arg", "dump_json", "read_iomem", "add_input_args", "add_json_args", "BUILTIN_NOTE",
+__all__ = ["DEFAULT_HANDOVER", "LIVE_DEBUGFS", "ArgError", "Parser", "default_paths", "live_paths", "open_mem",
+           "hex_int", "whole", "number", "bitmap_bits", "profile_arg", "dump_json", "read_iomem", "add_input_args",
+           "add_json_args", "BUILTIN_NOTE",
            "eprint", "writable_file"]
 
 DEFAULT_HANDOVER = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "linux-7.2-luo")
@@ -44,8 +45,26 @@ class Parser(argparse.ArgumentParser):
                        if " " in self.prog else f"{message} (kho --help lists the commands)")
 
 
+#: the running kernel's outgoing handover (with --mem live)
+LIVE_DEBUGFS = "/sys/kernel/debug/kho/out"
+
+
+def live_paths(args: argparse.Namespace) -> None:
+    """``--mem live``: no PATH is the running kernel's outgoing handover
+    (:data:`LIVE_DEBUGFS`), and no ``--iomem`` is /proc/iomem (as root: its
+    addresses are zeros for anyone else)."""
+    if getattr(args, "mem", None) != "live":
+        return
+    if getattr(args, "path", None) is None:
+        args.path = LIVE_DEBUGFS
+    if hasattr(args, "iomem") and args.iomem is None and os.geteuid() == 0 and os.path.exists("/proc/iomem"):
+        args.iomem = "/proc/iomem"
+
+
 def default_paths(args: argparse.Namespace) -> None:
-    """No PATH: the bundled real Linux 7.2.13 handover."""
+    """No PATH: the bundled real Linux 7.2.13 handover (with ``--mem live``:
+    the running kernel's, :func:`live_paths`)."""
+    live_paths(args)
     if getattr(args, "path", None) is None:
         args.path = os.path.join(DEFAULT_HANDOVER, "debugfs", "kho", "out")
         if args.mem is None:

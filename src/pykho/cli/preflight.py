@@ -14,12 +14,9 @@ import os
 import sys
 
 from ..errors import UsageError
-from ._common import add_input_args, dump_json, open_mem, profile_arg, read_iomem
+from ._common import LIVE_DEBUGFS, add_input_args, dump_json, live_paths, open_mem, profile_arg, read_iomem
 
 __all__ = ["add_parser", "run", "write_textfile"]
-
-LIVE_DEBUGFS = "/sys/kernel/debug/kho/out"
-
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("preflight", help="go / no-go before a kexec: will the next kernel take this handover?",
@@ -79,9 +76,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         tgt = profile_arg(args.target, "--target")
         assert tgt is not None
+    if args.path is None:
+        args.path, args.mem = LIVE_DEBUGFS, args.mem or "live"
+    live_paths(args)
     path, mem = args.path, args.mem
-    if path is None:
-        path, mem = LIVE_DEBUGFS, mem or "live"
     iomem = read_iomem(args.iomem)
     ho = load(path, open_mem(mem), args.fdt_phys, iomem=iomem)
     rep = doubted(ho, validate(ho, tgt, iomem, cmdline=args.cmdline))

@@ -146,7 +146,14 @@ class _KernelReads:
         self.k = k
 
     def read(self, phys: int, length: int, what: str = "") -> bytes:
-        return self.k.read_preserved(phys, length, what or "luo block")
+        return bytes(self.k.read_preserved(phys, length, what or "luo block"))
+
+    def contains(self, phys: int, size: int = 1) -> bool:
+        """The kernel checks nothing before it reads: a fault is the read's own (an oops)."""
+        return True
+
+    def ranges(self) -> list[tuple[int, int]]:
+        return []               # the kernel knows no extent of what it may read
 
     def read_u64(self, phys: int, what: str = "") -> int:
         return int.from_bytes(self.read(phys, 8, what), "little")

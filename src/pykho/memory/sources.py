@@ -365,6 +365,8 @@ class DrgnMemory(PhysMemory):
             raise UsageError(f"{vmcore or '/proc/kcore'}: drgn cannot open it: {e}") from None
         self.prog = prog
         self._drgn = drgn
+        #: the running kernel's own memory (not a dump of a past moment)
+        self.live = vmcore is None
         self.name = f"vmcore {vmcore}" if vmcore else "live kernel (/proc/kcore)"
         self._ranges = self._find_ranges(vmcore)
         self._starts_cache = None

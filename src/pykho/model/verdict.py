@@ -32,6 +32,8 @@ GiB = 1 << 30
 #: where the verdict puts the root FDT / scratch array when only files are given
 _FDT_PLACEHOLDER = 0x1000
 _SCRATCH_PLACEHOLDER = 0x2000000000
+#: kexec_file_load's slot for the scratch array: the top 64 KiB of the first area
+_ARRAY_SLOT = 0x10000
 
 
 def _finding(code: str, message: str, where: str = "") -> dict[str, Any]:
@@ -97,7 +99,13 @@ def predict(ho: Handover, tgt: P.Profile, cmdline: str = "kho=on", iomem: list[t
         # the segment during the jump): from debugfs
         arr = structs.encode_scratch(ho.scratch) or bytes(16)
         top = SparseMemory([(0, 1 << 52)])
-        scratch_phys = scratch_phys if scratch_phys is not None else _SCRATCH_PLACEHOLDER
+        if scratch_phys is None:
+            # no kexec segment staged yet (a live kernel before kexec_file_load):
+            # the array goes where the load will put it, the 64 KiB slot at the
+            # top of the first area (RAM the next kernel reads; the placeholder
+            # is outside RAM, where the model's kernel would read zeros)
+            scratch_phys = next((a.end - _ARRAY_SLOT for a in ho.scratch if a.size >= _ARRAY_SLOT),
+                                _SCRATCH_PLACEHOLDER)
         scratch_len = len(arr) if scratch_len is None else scratch_len
         top.write(scratch_phys, arr.ljust(scratch_len, b"\0")[:scratch_len])
         mem = LayeredMemory(mem, top, scratch_phys, scratch_len)

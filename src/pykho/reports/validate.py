@@ -110,7 +110,7 @@ def validate(ho: Handover, target: P.Profile | None = None, iomem: list[tuple[in
             if "error" in dec and dec.get("code") != "blob-missing":
                 add("subblob-" + dec.get("code", "decode"), f"sub-blob {st.name!r}: {dec['error']}",
                     st.phys if st.phys else "")
-    if root is not None and ho.mem is None:
+    if root is not None and ho.mem is None and not any(q.code == "live-in-consumed" for q in ho.quirks):
         add("no-memory", "no --mem given: the preserved memory map and the sub-blobs were not checked")
 
     # ---- the verdict: the target kernel's model run on the same bytes
