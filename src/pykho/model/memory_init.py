@@ -28,8 +28,9 @@ from .machine import (
     ARCH_LOW_ADDRESS_LIMIT,
     PAGE_SIZE,
     IntervalSet,
+    RunBatch,
+    block_run_arrays,
     block_runs,
-    merge_runs,
 )
 from .state import KernelState
 
@@ -126,7 +127,13 @@ class MemoryInit(KernelState):
             physs = physs[:bad_i]
         if self.reserved_log is not None:
             self.reserved_log.extend((p, order) for p in bits.tolist(physs))
-        self._leaf_runs.setdefault(order, []).extend(block_runs(order, physs))
+        batch = self._leaf_runs.get(order)
+        if batch is None:
+            batch = self._leaf_runs[order] = RunBatch()
+        if hasattr(physs, "dtype"):
+            batch.add_arrays(*block_run_arrays(order, physs))
+        else:
+            batch.extend(block_runs(order, physs))
         if bad_i is not None:
             assert bad_at is not None
             head = bad_at[0]
@@ -153,7 +160,10 @@ class MemoryInit(KernelState):
             sec += 1
         if self.reserved_log is not None:
             self.reserved_log.extend((p, order) for p in range(first, end, size))
-        self._leaf_runs.setdefault(order, []).append((first, end))
+        batch = self._leaf_runs.get(order)
+        if batch is None:
+            batch = self._leaf_runs[order] = RunBatch()
+        batch.append((first, end))
 
     def _first_without_memmap(self, order: int, physs: Any) -> tuple[int | None, tuple[int, int] | None]:
         """(index of the first block with a pfn that has no struct page,
@@ -176,10 +186,14 @@ class MemoryInit(KernelState):
 
     def _commit_reserved(self) -> None:
         """memblock_reserve and page state for everything the walk reserved."""
-        for order, runs in getattr(self, "_leaf_runs", {}).items():
-            runs = merge_runs(sorted(runs))
-            self.memblock.reserved.update(runs)
-            self.pages.reserve_preserved_runs(order, runs)
+        for order, batch in getattr(self, "_leaf_runs", {}).items():
+            runs = batch.merged()
+            if isinstance(runs, list):
+                self.memblock.reserved.update(runs)
+                self.pages.reserve_preserved_runs(order, runs)
+            else:
+                self.memblock.reserved.update_arrays(*runs)
+                self.pages.reserve_preserved_arrays(order, *runs)
         self._leaf_runs = {}
 
     def _check_scratch_overlap(self, meta_pages: list[tuple[int, str]]) -> None:
@@ -276,6 +290,13 @@ class MemoryInit(KernelState):
     def memblock_free_all(self) -> None:
         self.memblock.scratch_only = False
         for rs, re_, _ in self.m.ram:
+            if self.memblock.reserved.big and self.memblock.reserved._fits() and 0 <= rs <= re_ <= 1 << 62:
+                # millions of separate reservations: the gaps as arrays, freed in one pass
+                gs, ge = self.memblock.reserved.complement_arrays(rs, re_)
+                gs, ge = (gs + (PAGE_SIZE - 1)) & ~(PAGE_SIZE - 1), ge & ~(PAGE_SIZE - 1)
+                keep = ge > gs
+                self.pages.free_many(gs[keep], ge[keep], "memblock_free_all")
+                continue
             for s, e in self.memblock.reserved.complement(rs, re_):
                 s, e = (s + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1), e & ~(PAGE_SIZE - 1)
                 if e > s:
