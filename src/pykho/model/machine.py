@@ -53,27 +53,30 @@ def _clamp(x: int) -> int:
     return x if -_I64 <= x <= _I64 else (_I64 if x > 0 else -_I64)
 
 
-def merge_arrays(s: Any, e: Any) -> tuple[Any, Any]:
+def merge_arrays(s: Any, e: Any, presorted: bool = False) -> tuple[Any, Any]:
     """Sorted, disjoint, non-touching (start, end) arrays from any runs
     (unsorted, overlapping, touching, empty ones dropped): ``merge_runs``
-    vectorised."""
+    vectorised.  ``presorted``: sorted by start, non-empty, and the caller's
+    own (returned as they are when nothing joins)."""
     import numpy as np
     s = np.asarray(s, dtype=np.int64)
     e = np.asarray(e, dtype=np.int64)
-    keep = e > s
-    if not keep.all():
-        s, e = s[keep], e[keep]
+    if not presorted:
+        keep = e > s
+        if not keep.all():
+            s, e = s[keep], e[keep]
+        del keep
     n = len(s)
     if n == 0:
         return s, e
-    if n > 1 and not bool((s[1:] >= s[:-1]).all()):
+    if not presorted and n > 1 and not bool((s[1:] >= s[:-1]).all()):
         order = np.argsort(s, kind="stable")
         s, e = s[order], e[order]
         del order
     cm = np.maximum.accumulate(e)
     brk = np.flatnonzero(s[1:] > cm[:-1])
     if len(brk) == n - 1:
-        return s.copy(), cm   # nothing to join (cm == e here); never the caller's array
+        return (s if presorted else s.copy()), cm   # nothing to join (cm == e here)
     first = np.concatenate(([0], brk + 1))
     last = np.concatenate((brk, [n - 1]))
     return s[first], cm[last]
@@ -318,9 +321,11 @@ class IntervalSet:
         self.starts = [a for a, _ in merged]
         self.ends = [b for _, b in merged]
 
-    def update_arrays(self, starts: Any, ends: Any) -> None:
+    def update_arrays(self, starts: Any, ends: Any, merged: bool = False, own: bool = False) -> None:
         """``update`` from arrays of starts and ends (int64 or uint64 below
-        2^63, any order; touching and overlapping ones joined)."""
+        2^63, any order; touching and overlapping ones joined).  ``merged``:
+        the arrays are sorted, disjoint and non-touching already; ``own``:
+        the set may keep them (the caller drops them)."""
         import numpy as np
         if not len(starts):
             return
@@ -329,9 +334,20 @@ class IntervalSet:
             return
         s = np.asarray(starts).astype(np.int64, copy=False)
         e = np.asarray(ends).astype(np.int64, copy=False)
-        if len(self):
-            ss, se = self._arrays()
-            s, e = np.concatenate((ss, s)), np.concatenate((se, e))
+        if not len(self):
+            if merged:
+                self._set(s if own else s.copy(), e if own else e.copy())
+            else:
+                self._set(*merge_arrays(s, e))
+            return
+        ss, se = self._arrays()
+        if merged and len(ss) < _BIG <= len(s):
+            # a few intervals into many sorted ones: inserted in place of a sort
+            at = s.searchsorted(ss)
+            s, e = np.insert(s, at, ss), np.insert(e, at, se)
+            self._set(*merge_arrays(s, e, presorted=True))
+            return
+        s, e = np.concatenate((ss, s)), np.concatenate((se, e))
         self._set(*merge_arrays(s, e))
 
     def subtract_arrays(self, starts: Any, ends: Any) -> None:
@@ -417,35 +433,79 @@ def block_run_arrays(order: int, physs: Any) -> tuple[Any, Any]:
 
 
 class RunBatch:
-    """Runs of one order gathered leaf by leaf (tuples or numpy arrays),
-    merged once at the end."""
+    """Runs of one order gathered leaf by leaf (tuples or numpy arrays, in
+    the walk's order), joined where one touches the one before it as they
+    come; merged once at the end, by a sort only when they did not come
+    ascending."""
 
     def __init__(self) -> None:
-        self.tuples: list[tuple[int, int]] = []
+        self.tuples: list[tuple[int, int]] = []       # not yet in ``arrays``
         self.arrays: list[tuple[Any, Any]] = []
-        self.n = 0
+        self.ascending = True
+        self.last_end: int | None = None
+
+    def _joins(self, s: int) -> bool:
+        """Whether a run starting at ``s`` extends the last one (else it is
+        noted whether the runs still come ascending)."""
+        if self.last_end is None:
+            return False
+        if self.ascending and s == self.last_end:
+            return True
+        if s < self.last_end:
+            self.ascending = False
+        return False
 
     def extend(self, runs: list[tuple[int, int]]) -> None:
-        self.tuples.extend(runs)
-        self.n += len(runs)
+        for r in runs:
+            self.append(r)
 
     def append(self, run: tuple[int, int]) -> None:
-        self.tuples.append(run)
-        self.n += 1
+        s, e = run
+        if self._joins(s):
+            if self.tuples:
+                self.tuples[-1] = (self.tuples[-1][0], e)
+            else:
+                self.arrays[-1][1][-1] = e
+        else:
+            self.tuples.append((s, e))
+        if self.ascending:
+            self.last_end = e
+
+    def _flush(self) -> None:
+        if self.tuples:
+            import numpy as np
+            self.arrays.append((np.array([s for s, _ in self.tuples], dtype=np.int64),
+                                np.array([e for _, e in self.tuples], dtype=np.int64)))
+            self.tuples = []
 
     def add_arrays(self, starts: Any, ends: Any) -> None:
-        self.arrays.append((starts, ends))
-        self.n += len(starts)
+        """Runs of one leaf: ascending, disjoint, non-touching, this batch's own."""
+        if not len(starts):
+            return
+        self._flush()
+        if self._joins(int(starts[0])):
+            self.arrays[-1][1][-1] = ends[0]
+            starts, ends = starts[1:], ends[1:]
+        if len(starts):
+            self.arrays.append((starts, ends))
+        if self.ascending:
+            self.last_end = int(self.arrays[-1][1][-1])
 
     def merged(self) -> Any:
         """A list of merged runs, or (starts, ends) arrays when there are
         many (numpy was imported for them anyway)."""
-        if not self.arrays and self.n < _BIG:
+        if not self.arrays:
             return merge_runs(sorted(self.tuples))
         import numpy as np
-        ss = [s for s, _ in self.arrays] + [np.array([s for s, _ in self.tuples], dtype=np.int64)]
-        es = [e for _, e in self.arrays] + [np.array([e for _, e in self.tuples], dtype=np.int64)]
-        s, e = merge_arrays(np.concatenate(ss), np.concatenate(es))
+        self._flush()
+        if len(self.arrays) == 1:
+            s, e = self.arrays[0]
+        else:
+            s = np.concatenate([a for a, _ in self.arrays])
+            e = np.concatenate([b for _, b in self.arrays])
+        self.arrays = []
+        if not self.ascending:
+            s, e = merge_arrays(s, e)
         if len(s) < _BIG:
             return list(zip(s.tolist(), e.tolist()))
         return s, e
@@ -476,7 +536,7 @@ class PreservedBlocks:
     def add_run_arrays(self, order: int, starts: Any, ends: Any) -> None:
         if not len(starts):
             return
-        self._sets.setdefault(order, IntervalSet()).update_arrays(starts, ends)
+        self._sets.setdefault(order, IntervalSet()).update_arrays(starts, ends, merged=True, own=True)
         self._recount()
 
     def __setitem__(self, phys: int, order: int) -> None:
@@ -555,6 +615,67 @@ class PreservedBlocks:
     def runs(self) -> list[tuple[int, int]]:
         """Every reserved byte range, all orders together, coalesced."""
         return merge_runs(sorted(r for iv in self._sets.values() for r in iv))
+
+
+class PreservedSpans:
+    """The byte ranges reserved from the map and not restored: the union of
+    :class:`PreservedBlocks`' runs of every order, less what was removed
+    since (restored blocks), answered from those runs and never a copy of
+    them.  Its changes mirror the blocks': ``add``/``update`` after the
+    blocks were added, ``remove`` on restore."""
+
+    def __init__(self, blocks: PreservedBlocks) -> None:
+        self.blocks = blocks
+        #: removed since, less what was added again
+        self.cut = IntervalSet()
+
+    def overlaps(self, s: int, e: int) -> list[tuple[int, int]]:
+        pieces: list[tuple[int, int]] = []
+        sets = 0
+        for iv in self.blocks._sets.values():
+            got = iv.overlaps(s, e)
+            if got:
+                pieces.extend(got)
+                sets += 1
+        if sets > 1:
+            pieces = merge_runs(sorted(pieces))
+        if pieces and len(self.cut):
+            pieces = _subtract(pieces, self.cut)
+        return pieces
+
+    def overlapping(self, starts: Any, ends: Any) -> Any:
+        """Indices of sorted ranges that may meet the set (every one that
+        does; with restored ranges, also ones only they cover)."""
+        import numpy as np
+        hit = np.zeros(0, dtype=np.int64)
+        for iv in self.blocks._sets.values():
+            hit = np.union1d(hit, iv.overlapping(starts, ends))
+        return hit
+
+    def add(self, s: int, e: int) -> None:
+        self.cut.remove(s, e)
+
+    def update(self, runs: list[tuple[int, int]]) -> None:
+        if len(self.cut):
+            for s, e in runs:
+                self.cut.remove(s, e)
+
+    def update_arrays(self, starts: Any, ends: Any) -> None:
+        if len(self.cut):
+            self.cut.subtract_arrays(starts, ends)
+
+    def remove(self, s: int, e: int) -> None:
+        self.cut.add(s, e)
+
+    def __iter__(self):
+        every = merge_runs(sorted(r for iv in self.blocks._sets.values() for r in iv))
+        return iter(_subtract(every, self.cut) if len(self.cut) else every)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def total(self) -> int:
+        return sum(e - s for s, e in self)
 
 
 @dataclass
@@ -750,7 +871,7 @@ class PageAllocator:
     def __init__(self, kernel_name: str, violations: list):
         self.free_set = IntervalSet()
         self.preserved = PreservedBlocks()            # phys -> order, reserved from the map, not yet restored
-        self.preserved_set = IntervalSet()
+        self.preserved_set = PreservedSpans(self.preserved)
         self.restored: set[int] = set()
         self.restored_set = IntervalSet()
         self.violations = violations

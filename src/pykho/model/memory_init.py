@@ -31,6 +31,7 @@ from .machine import (
     RunBatch,
     block_run_arrays,
     block_runs,
+    merge_arrays,
 )
 from .state import KernelState
 
@@ -186,14 +187,22 @@ class MemoryInit(KernelState):
 
     def _commit_reserved(self) -> None:
         """memblock_reserve and page state for everything the walk reserved."""
+        many = []
         for order, batch in getattr(self, "_leaf_runs", {}).items():
             runs = batch.merged()
             if isinstance(runs, list):
                 self.memblock.reserved.update(runs)
                 self.pages.reserve_preserved_runs(order, runs)
             else:
-                self.memblock.reserved.update_arrays(*runs)
                 self.pages.reserve_preserved_arrays(order, *runs)
+                many.append(runs)
+        if len(many) == 1:
+            self.memblock.reserved.update_arrays(*many[0], merged=True)
+        elif many:
+            import numpy as np
+            union = merge_arrays(np.concatenate([s for s, _ in many]), np.concatenate([e for _, e in many]))
+            del many
+            self.memblock.reserved.update_arrays(*union, merged=True, own=True)
         self._leaf_runs = {}
 
     def _check_scratch_overlap(self, meta_pages: list[tuple[int, str]]) -> None:
