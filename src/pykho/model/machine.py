@@ -57,29 +57,70 @@ def merge_arrays(s: Any, e: Any, presorted: bool = False) -> tuple[Any, Any]:
     """Sorted, disjoint, non-touching (start, end) arrays from any runs
     (unsorted, overlapping, touching, empty ones dropped): ``merge_runs``
     vectorised.  ``presorted``: sorted by start, non-empty, and the caller's
-    own (returned as they are when nothing joins)."""
+    own (``e`` is overwritten; returned as they are when nothing joins).
+    Temporaries are masks of a byte a run besides one array at a time."""
     import numpy as np
     s = np.asarray(s, dtype=np.int64)
     e = np.asarray(e, dtype=np.int64)
+    own = presorted
     if not presorted:
         keep = e > s
         if not keep.all():
-            s, e = s[keep], e[keep]
+            s, e, own = s[keep], e[keep], True
         del keep
     n = len(s)
     if n == 0:
         return s, e
     if not presorted and n > 1 and not bool((s[1:] >= s[:-1]).all()):
         order = np.argsort(s, kind="stable")
-        s, e = s[order], e[order]
+        s = s[order]
+        e = e[order]
+        own = True
         del order
-    cm = np.maximum.accumulate(e)
-    brk = np.flatnonzero(s[1:] > cm[:-1])
-    if len(brk) == n - 1:
-        return (s if presorted else s.copy()), cm   # nothing to join (cm == e here)
-    first = np.concatenate(([0], brk + 1))
-    last = np.concatenate((brk, [n - 1]))
-    return s[first], cm[last]
+    cm = np.maximum.accumulate(e, out=e if own else None)
+    del e
+    join = s[1:] <= cm[:-1]
+    if not join.any():
+        return (s if own else s.copy()), cm          # nothing to join (cm == e here)
+    keep = np.empty(n, dtype=bool)
+    keep[0] = True
+    np.logical_not(join, out=keep[1:])
+    del join
+    if not own:
+        s = s[keep]
+        keep[:-1] = keep[1:]
+        keep[-1] = True                              # the last run of each group
+        return s, cm[keep]
+    s = _compact(s, keep)
+    keep[:-1] = keep[1:]
+    keep[-1] = True
+    return s, _compact(cm, keep)
+
+
+def _compact(a: Any, keep: Any, step: int = 1 << 20) -> Any:
+    """``a[keep]`` written over the front of ``a`` itself, a chunk at a time
+    (no second array the size of ``a``); a view of that front."""
+    w = 0
+    for c in range(0, len(a), step):
+        got = a[c:c + step][keep[c:c + step]]
+        a[w:w + len(got)] = got
+        w += len(got)
+    return a[:w]
+
+
+def union_sorted(a_s: Any, a_e: Any, b_s: Any, b_e: Any) -> tuple[Any, Any]:
+    """The union of two sets of sorted, disjoint, non-touching runs (int64
+    arrays, left as they are): the smaller inserted into the larger, no sort."""
+    import numpy as np
+    if len(a_s) < len(b_s):
+        a_s, a_e, b_s, b_e = b_s, b_e, a_s, a_e
+    if not len(b_s):
+        return a_s.copy(), a_e.copy()
+    at = a_s.searchsorted(b_s)
+    s = np.insert(a_s, at, b_s)
+    e = np.insert(a_e, at, b_e)
+    del at
+    return merge_arrays(s, e, presorted=True)
 
 
 class IntervalSet:
@@ -192,16 +233,29 @@ class IntervalSet:
         return i >= 0 and self.ends[i] >= e
 
     def overlapping(self, starts: Any, ends: Any) -> Any:
-        """Indices of the intervals of sorted arrays ``starts``/``ends`` that
-        meet the set (vectorised ``overlaps(s, e) != []``)."""
+        """Indices of the intervals of sorted, disjoint arrays ``starts``/
+        ``ends`` that meet the set (vectorised ``overlaps(s, e) != []``)."""
         import numpy as np
         if not len(self) or not len(starts):
             return np.zeros(0, dtype=np.int64)
         ss, se = self._arrays()
-        i = se.searchsorted(starts, "right")
-        hit = i < len(ss)
-        hit[hit] = ss[i[hit]] < ends[hit]
-        return np.flatnonzero(hit)
+        if len(ss) < len(starts):
+            # few intervals here: the queries each of them meets
+            lo = ends.searchsorted(ss, "right")
+            cnt = starts.searchsorted(se, "left") - lo
+            np.maximum(cnt, 0, out=cnt)
+            total = int(cnt.sum())
+            if not total:
+                return np.zeros(0, dtype=np.int64)
+            return np.unique(np.repeat(lo - (np.cumsum(cnt) - cnt), cnt) + np.arange(total))
+        out = []
+        step = 1 << 20                     # a million queries at a time: bounded temporaries
+        for c in range(0, len(starts), step):
+            i = se.searchsorted(starts[c:c + step], "right")
+            hit = i < len(ss)
+            hit[hit] = ss[i[hit]] < ends[c:c + step][hit]
+            out.append(np.flatnonzero(hit) + c)
+        return np.concatenate(out)
 
     def gaps_desc(self, lo: int, hi: int):
         """The parts of [lo, hi) not in the set, highest first, lazily."""
@@ -266,6 +320,8 @@ class IntervalSet:
         ge = np.concatenate((self.starts[i:j], np.array([hi], dtype=np.int64)))
         np.minimum(ge, hi, out=ge)
         keep = gs < ge
+        if keep.all():
+            return gs, ge
         return gs[keep], ge[keep]
 
     # ------------------------------------------------------------ changes
@@ -341,11 +397,9 @@ class IntervalSet:
                 self._set(*merge_arrays(s, e))
             return
         ss, se = self._arrays()
-        if merged and len(ss) < _BIG <= len(s):
-            # a few intervals into many sorted ones: inserted in place of a sort
-            at = s.searchsorted(ss)
-            s, e = np.insert(s, at, ss), np.insert(e, at, se)
-            self._set(*merge_arrays(s, e, presorted=True))
+        if merged:
+            # two sorted sets: the smaller inserted into the larger, no sort
+            self._set(*union_sorted(ss, se, s, e))
             return
         s, e = np.concatenate((ss, s)), np.concatenate((se, e))
         self._set(*merge_arrays(s, e))
@@ -443,6 +497,7 @@ class RunBatch:
         self.arrays: list[tuple[Any, Any]] = []
         self.ascending = True
         self.last_end: int | None = None
+        self.gathered = 0
 
     def _joins(self, s: int) -> bool:
         """Whether a run starting at ``s`` extends the last one (else it is
@@ -478,11 +533,20 @@ class RunBatch:
                                 np.array([e for _, e in self.tuples], dtype=np.int64)))
             self.tuples = []
 
+    #: leaves' arrays joined into one every so many (few, large arrays: no heap of small ones left behind)
+    GATHER = 256
+
     def add_arrays(self, starts: Any, ends: Any) -> None:
         """Runs of one leaf: ascending, disjoint, non-touching, this batch's own."""
         if not len(starts):
             return
         self._flush()
+        if len(self.arrays) - self.gathered >= self.GATHER:
+            import numpy as np
+            part = self.arrays[self.gathered:]
+            del self.arrays[self.gathered:]
+            self.arrays.append((np.concatenate([a for a, _ in part]), np.concatenate([b for _, b in part])))
+            self.gathered = len(self.arrays)
         if self._joins(int(starts[0])):
             self.arrays[-1][1][-1] = ends[0]
             starts, ends = starts[1:], ends[1:]
@@ -905,7 +969,7 @@ class PageAllocator:
                 self._v("double-free", a, b, f"{why}: pages already free in the buddy allocator")
             for a, b in self.preserved_set.overlaps(s, e):
                 self._v("preserved-freed-before-restore", a, b, f"{why}: preserved pages freed before restore")
-        self.free_set.update_arrays(starts, ends)
+        self.free_set.update_arrays(starts, ends, merged=bool((starts[1:] > ends[:-1]).all()))
 
     def alloc(self, size: int, high_first: bool = False, within: IntervalSet | None = None,
               avoid: IntervalSet | None = None, align: int = PAGE_SIZE) -> int:

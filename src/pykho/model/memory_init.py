@@ -31,7 +31,7 @@ from .machine import (
     RunBatch,
     block_run_arrays,
     block_runs,
-    merge_arrays,
+    union_sorted,
 )
 from .state import KernelState
 
@@ -196,13 +196,12 @@ class MemoryInit(KernelState):
             else:
                 self.pages.reserve_preserved_arrays(order, *runs)
                 many.append(runs)
-        if len(many) == 1:
-            self.memblock.reserved.update_arrays(*many[0], merged=True)
-        elif many:
-            import numpy as np
-            union = merge_arrays(np.concatenate([s for s, _ in many]), np.concatenate([e for _, e in many]))
-            del many
-            self.memblock.reserved.update_arrays(*union, merged=True, own=True)
+        if many:
+            # memblock_reserve of them all: one union of the orders' sorted runs
+            union = many.pop(0)
+            while many:
+                union = union_sorted(*union, *many.pop(0))
+            self.memblock.reserved.update_arrays(*union, merged=True)
         self._leaf_runs = {}
 
     def _check_scratch_overlap(self, meta_pages: list[tuple[int, str]]) -> None:
@@ -302,9 +301,14 @@ class MemoryInit(KernelState):
             if self.memblock.reserved.big and self.memblock.reserved._fits() and 0 <= rs <= re_ <= 1 << 62:
                 # millions of separate reservations: the gaps as arrays, freed in one pass
                 gs, ge = self.memblock.reserved.complement_arrays(rs, re_)
-                gs, ge = (gs + (PAGE_SIZE - 1)) & ~(PAGE_SIZE - 1), ge & ~(PAGE_SIZE - 1)
+                gs += PAGE_SIZE - 1
+                gs &= ~(PAGE_SIZE - 1)
+                ge &= ~(PAGE_SIZE - 1)
                 keep = ge > gs
-                self.pages.free_many(gs[keep], ge[keep], "memblock_free_all")
+                if not keep.all():
+                    gs, ge = gs[keep], ge[keep]
+                del keep
+                self.pages.free_many(gs, ge, "memblock_free_all")
                 continue
             for s, e in self.memblock.reserved.complement(rs, re_):
                 s, e = (s + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1), e & ~(PAGE_SIZE - 1)
