@@ -1034,7 +1034,7 @@ class PageAllocator:
         return _subtract(_subtract([(s, e)], self.preserved_set), self.restored_set)
 
 
-def _subtract(ranges, iv: IntervalSet):
+def _subtract(ranges, iv: IntervalSet | PreservedSpans):
     out = []
     for s, e in ranges:
         cur = s

@@ -201,7 +201,8 @@ class MemoryInit(KernelState):
             union = many.pop(0)
             while many:
                 union = union_sorted(*union, *many.pop(0))
-            self.memblock.reserved.update_arrays(*union, merged=True)
+            u_s, u_e = union
+            self.memblock.reserved.update_arrays(u_s, u_e, merged=True)
         self._leaf_runs = {}
 
     def _check_scratch_overlap(self, meta_pages: list[tuple[int, str]]) -> None:
