@@ -299,8 +299,8 @@ class MemoryInit(KernelState):
     def memblock_free_all(self) -> None:
         self.memblock.scratch_only = False
         for rs, re_, _ in self.m.ram:
-            if self.memblock.reserved.big and self.memblock.reserved._fits() and 0 <= rs <= re_ <= 1 << 62:
-                # millions of separate reservations: the gaps as arrays, freed in one pass
+            if len(self.memblock.reserved) >= 64 and self.memblock.reserved._fits() and 0 <= rs <= re_ <= 1 << 62:
+                # many separate reservations: the gaps as arrays, freed in one pass
                 gs, ge = self.memblock.reserved.complement_arrays(rs, re_)
                 gs += PAGE_SIZE - 1
                 gs &= ~(PAGE_SIZE - 1)
