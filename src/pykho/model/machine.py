@@ -108,6 +108,16 @@ def _compact(a: Any, keep: Any, step: int = 1 << 20) -> Any:
     return a[:w]
 
 
+def _unique(a: Any) -> Any:
+    """Sorted distinct values of an int64 array (``np.unique`` without the
+    import of ``numpy.ma`` it costs on first use)."""
+    import numpy as np
+    if len(a) < 2:
+        return a
+    a = np.sort(a)
+    return a[np.concatenate(([True], a[1:] != a[:-1]))]
+
+
 def union_sorted(a_s: Any, a_e: Any, b_s: Any, b_e: Any) -> tuple[Any, Any]:
     """The union of two sets of sorted, disjoint, non-touching runs (int64
     arrays, left as they are): the smaller inserted into the larger, no sort."""
@@ -247,7 +257,7 @@ class IntervalSet:
             total = int(cnt.sum())
             if not total:
                 return np.zeros(0, dtype=np.int64)
-            return np.unique(np.repeat(lo - (np.cumsum(cnt) - cnt), cnt) + np.arange(total))
+            return _unique(np.repeat(lo - (np.cumsum(cnt) - cnt), cnt) + np.arange(total))
         out = []
         step = 1 << 20                     # a million queries at a time: bounded temporaries
         for c in range(0, len(starts), step):
@@ -422,7 +432,7 @@ class IntervalSet:
         be = np.asarray(ends).astype(np.int64, copy=False)
         # every boundary of either set, and the pieces between them that lie
         # in this set and not in the other one
-        pts = np.unique(np.concatenate((ss, se, bs, be)))
+        pts = _unique(np.concatenate((ss, se, bs, be)))
         mid_lo, mid_hi = pts[:-1], pts[1:]
         ia = ss.searchsorted(mid_lo, "right") - 1
         in_a = (ia >= 0) & (mid_lo < se[np.maximum(ia, 0)])
@@ -713,7 +723,7 @@ class PreservedSpans:
         import numpy as np
         hit = np.zeros(0, dtype=np.int64)
         for iv in self.blocks._sets.values():
-            hit = np.union1d(hit, iv.overlapping(starts, ends))
+            hit = _unique(np.concatenate((hit, iv.overlapping(starts, ends))))
         return hit
 
     def add(self, s: int, e: int) -> None:
@@ -962,7 +972,8 @@ class PageAllocator:
             for s, e in zip(np.asarray(starts).tolist(), np.asarray(ends).tolist()):
                 self.free(s, e, why)
             return
-        hit = np.union1d(self.free_set.overlapping(starts, ends), self.preserved_set.overlapping(starts, ends))
+        hit = _unique(np.concatenate((self.free_set.overlapping(starts, ends),
+                                      self.preserved_set.overlapping(starts, ends))))
         for k in hit.tolist():
             s, e = int(starts[k]), int(ends[k])
             for a, b in self.free_set.overlaps(s, e):
