@@ -120,7 +120,7 @@ def test_free_many_records_what_single_frees_record():
         pa = PageAllocator("k", v)
         for s, e in _runs(random.Random(4), 40):
             pa.free_set.add(s, e)
-        for s, e in _runs(random.Random(5), 40):
+        for s, _e in _runs(random.Random(5), 40):
             pa.reserve_preserved(s, 0)
         if batched:
             pa.free_many(ps, pe, "test")
