@@ -249,7 +249,7 @@ class IntervalSet:
         if not len(self) or not len(starts):
             return np.zeros(0, dtype=np.int64)
         ss, se = self._arrays()
-        if len(ss) < len(starts):
+        if 8 * len(ss) < len(starts):
             # few intervals here: the queries each of them meets
             lo = ends.searchsorted(ss, "right")
             cnt = starts.searchsorted(se, "left") - lo
@@ -333,6 +333,33 @@ class IntervalSet:
         if keep.all():
             return gs, ge
         return gs[keep], ge[keep]
+
+    def complement_buffers(self, lo: int, hi: int, room: int) -> tuple[Any, Any, int]:
+        """``complement_arrays`` of a big set written after ``room`` free
+        slots: (starts, ends, offset), the pieces at [offset:]; offset is 0
+        (no room) when empty pieces had to be dropped."""
+        import numpy as np
+        i, j = self._span(lo, hi)
+        n = j - i + 1
+        bs = np.empty(room + n, dtype=np.int64)
+        be = np.empty(room + n, dtype=np.int64)
+        gs, ge = bs[room:], be[room:]
+        gs[0] = lo
+        gs[1:] = self.ends[i:j]
+        np.maximum(gs, lo, out=gs)
+        ge[:-1] = self.starts[i:j]
+        ge[-1] = hi
+        np.minimum(ge, hi, out=ge)
+        keep = gs < ge
+        if keep.all():
+            return bs, be, room
+        if len(keep) > 2 and keep[1:-1].all():
+            # only the pieces at lo and at hi can be empty: cut them off the views
+            a, b = (0 if keep[0] else 1), (len(bs) if keep[-1] else len(bs) - 1)
+            if a == 0:
+                return bs[:b], be[:b], room
+            return bs[1:b], be[1:b], room     # the free slots in front now end where the empty piece was
+        return gs[keep], ge[keep], 0
 
     # ------------------------------------------------------------ changes
     def add(self, s: int, e: int):
@@ -964,9 +991,12 @@ class PageAllocator:
             self._v("preserved-freed-before-restore", a, b, f"{why}: preserved pages freed before restore")
         self.free_set.add(s, e)
 
-    def free_many(self, starts: Any, ends: Any, why: str) -> None:
+    def free_many(self, starts: Any, ends: Any, why: str, room: tuple[Any, Any] | None = None) -> None:
         """``free`` of every range of sorted, disjoint arrays, in order: the
-        same violations, found by one vectorised pass, and one merge."""
+        same violations, found by one vectorised pass, and one merge.
+        ``room``: arrays whose tails are ``starts`` and ``ends``, with a slot
+        in front for each interval of a small free set (the free set then
+        becomes them, no copy of the ranges)."""
         import numpy as np
         if len(starts) < 8 or not bool((starts[1:] >= ends[:-1]).all()):
             for s, e in zip(np.asarray(starts).tolist(), np.asarray(ends).tolist()):
@@ -980,7 +1010,16 @@ class PageAllocator:
                 self._v("double-free", a, b, f"{why}: pages already free in the buddy allocator")
             for a, b in self.preserved_set.overlaps(s, e):
                 self._v("preserved-freed-before-restore", a, b, f"{why}: preserved pages freed before restore")
-        self.free_set.update_arrays(starts, ends, merged=bool((starts[1:] > ends[:-1]).all()))
+        strict = bool((starts[1:] > ends[:-1]).all())
+        fs = self.free_set
+        if room is not None and strict and not fs.big and fs._fits() and len(room[0]) - len(starts) == len(fs) \
+                and (not len(fs) or fs.ends[-1] < int(starts[0])):
+            k = len(fs)
+            room[0][:k] = fs.starts
+            room[1][:k] = fs.ends
+            fs._set(room[0], room[1])
+            return
+        fs.update_arrays(starts, ends, merged=strict)
 
     def alloc(self, size: int, high_first: bool = False, within: IntervalSet | None = None,
               avoid: IntervalSet | None = None, align: int = PAGE_SIZE) -> int:

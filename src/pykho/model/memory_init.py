@@ -301,15 +301,19 @@ class MemoryInit(KernelState):
         for rs, re_, _ in self.m.ram:
             if len(self.memblock.reserved) >= 64 and self.memblock.reserved._fits() and 0 <= rs <= re_ <= 1 << 62:
                 # many separate reservations: the gaps as arrays, freed in one pass
-                gs, ge = self.memblock.reserved.complement_arrays(rs, re_)
+                free = self.pages.free_set
+                room = 0 if free.big else len(free)     # the free set's own intervals go in front, no copy
+                bs, be, off = self.memblock.reserved.complement_buffers(rs, re_, room)
+                gs, ge = bs[off:], be[off:]
                 gs += PAGE_SIZE - 1
                 gs &= ~(PAGE_SIZE - 1)
                 ge &= ~(PAGE_SIZE - 1)
                 keep = ge > gs
+                whole = off == room and bool(keep.all())     # the pieces still the buffers' tails
                 if not keep.all():
                     gs, ge = gs[keep], ge[keep]
                 del keep
-                self.pages.free_many(gs, ge, "memblock_free_all")
+                self.pages.free_many(gs, ge, "memblock_free_all", room=(bs, be) if whole else None)
                 continue
             for s, e in self.memblock.reserved.complement(rs, re_):
                 s, e = (s + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1), e & ~(PAGE_SIZE - 1)
