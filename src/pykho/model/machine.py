@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..memory import SparseMemory
 
@@ -43,86 +44,268 @@ class FaultSite:
         return False
 
 
+_BIG = 4096
+#: values numpy int64 arrays can hold with room for comparisons (set bounds above it stay in lists)
+_I64 = (1 << 63) - 1
+
+
+def _clamp(x: int) -> int:
+    return x if -_I64 <= x <= _I64 else (_I64 if x > 0 else -_I64)
+
+
+def merge_arrays(s: Any, e: Any, presorted: bool = False) -> tuple[Any, Any]:
+    """Sorted, disjoint, non-touching (start, end) arrays from any runs
+    (unsorted, overlapping, touching, empty ones dropped): ``merge_runs``
+    vectorised.  ``presorted``: sorted by start, non-empty, and the caller's
+    own (``e`` is overwritten; returned as they are when nothing joins).
+    Temporaries are masks of a byte a run besides one array at a time."""
+    import numpy as np
+    s = np.asarray(s, dtype=np.int64)
+    e = np.asarray(e, dtype=np.int64)
+    own = presorted
+    if not presorted:
+        keep = e > s
+        if not keep.all():
+            s, e, own = s[keep], e[keep], True
+        del keep
+    n = len(s)
+    if n == 0:
+        return s, e
+    if not presorted and n > 1 and not bool((s[1:] >= s[:-1]).all()):
+        order = np.argsort(s, kind="stable")
+        s = s[order]
+        e = e[order]
+        own = True
+        del order
+    cm = np.maximum.accumulate(e, out=e if own else None)
+    del e
+    join = s[1:] <= cm[:-1]
+    if not join.any():
+        return (s if own else s.copy()), cm          # nothing to join (cm == e here)
+    keep = np.empty(n, dtype=bool)
+    keep[0] = True
+    np.logical_not(join, out=keep[1:])
+    del join
+    if not own:
+        s = s[keep]
+        keep[:-1] = keep[1:]
+        keep[-1] = True                              # the last run of each group
+        return s, cm[keep]
+    s = _compact(s, keep)
+    keep[:-1] = keep[1:]
+    keep[-1] = True
+    return s, _compact(cm, keep)
+
+
+def _compact(a: Any, keep: Any, step: int = 1 << 20) -> Any:
+    """``a[keep]`` written over the front of ``a`` itself, a chunk at a time
+    (no second array the size of ``a``); a view of that front."""
+    w = 0
+    for c in range(0, len(a), step):
+        got = a[c:c + step][keep[c:c + step]]
+        a[w:w + len(got)] = got
+        w += len(got)
+    return a[:w]
+
+
+def _unique(a: Any) -> Any:
+    """Sorted distinct values of an int64 array (``np.unique`` without the
+    import of ``numpy.ma`` it costs on first use)."""
+    import numpy as np
+    if len(a) < 2:
+        return a
+    a = np.sort(a)
+    return a[np.concatenate(([True], a[1:] != a[:-1]))]
+
+
+def union_sorted(a_s: Any, a_e: Any, b_s: Any, b_e: Any) -> tuple[Any, Any]:
+    """The union of two sets of sorted, disjoint, non-touching runs (int64
+    arrays, left as they are): the smaller inserted into the larger, no sort."""
+    import numpy as np
+    if len(a_s) < len(b_s):
+        a_s, a_e, b_s, b_e = b_s, b_e, a_s, a_e
+    if not len(b_s):
+        return a_s.copy(), a_e.copy()
+    at = a_s.searchsorted(b_s)
+    s = np.insert(a_s, at, b_s)
+    e = np.insert(a_e, at, b_e)
+    del at
+    return merge_arrays(s, e, presorted=True)
+
+
 class IntervalSet:
-    """Disjoint half-open intervals, merged on insert."""
+    """Disjoint, non-touching half-open intervals, merged on insert.
+
+    Small sets keep Python lists; a bulk operation (``update_arrays``,
+    ``subtract_arrays``) leaving ``_BIG`` intervals or more keeps numpy int64
+    arrays instead, so that a map with millions of separate runs costs 16
+    bytes a run and vectorised passes, never a Python object per run.  Both
+    forms answer every method alike."""
 
     def __init__(self, items=()):
-        self.starts: list[int] = []
-        self.ends: list[int] = []
+        self.starts: Any = []
+        self.ends: Any = []
         for s, e in items:
             self.add(s, e)
 
+    # ------------------------------------------------------------ storage
+    @property
+    def big(self) -> bool:
+        return not isinstance(self.starts, list)
+
+    def _set(self, s: Any, e: Any) -> None:
+        """Store merged arrays: lists below ``_BIG`` intervals."""
+        if len(s) < _BIG:
+            self.starts, self.ends = s.tolist(), e.tolist()
+        else:
+            self.starts, self.ends = s, e
+
+    def _arrays(self) -> tuple[Any, Any]:
+        import numpy as np
+        if self.big:
+            return self.starts, self.ends
+        return np.array(self.starts, dtype=np.int64), np.array(self.ends, dtype=np.int64)
+
+    def _fits(self) -> bool:
+        """Whether every bound fits the arrays (it does unless the set holds
+        addresses near 2^63, which only corrupted input gives)."""
+        return self.big or not self.ends or (self.ends[-1] <= _I64 and self.starts[0] >= -_I64)
+
+    def _to_lists(self) -> None:
+        if self.big:
+            self.starts, self.ends = self.starts.tolist(), self.ends.tolist()
+
+    def _bl(self, seq: Any, x: int) -> int:
+        if isinstance(seq, list):
+            return bisect.bisect_left(seq, x)
+        return int(seq.searchsorted(_clamp(x), "left"))
+
+    def _br(self, seq: Any, x: int) -> int:
+        if isinstance(seq, list):
+            return bisect.bisect_right(seq, x)
+        return int(seq.searchsorted(_clamp(x), "right"))
+
+    def _splice(self, i: int, j: int, ns: list[int], ne: list[int]) -> None:
+        """Replace intervals [i, j) by ``ns``/``ne``."""
+        if not self.big:
+            self.starts[i:j] = ns
+            self.ends[i:j] = ne
+            return
+        if any(not -_I64 <= v <= _I64 for v in ns + ne):
+            self._to_lists()
+            self._splice(i, j, ns, ne)
+            return
+        if j - i == len(ns):                      # same count: in place (the arrays are this set's own)
+            self.starts[i:j] = ns
+            self.ends[i:j] = ne
+            return
+        import numpy as np
+        self.starts = np.concatenate((self.starts[:i], np.array(ns, dtype=np.int64), self.starts[j:]))
+        self.ends = np.concatenate((self.ends[:i], np.array(ne, dtype=np.int64), self.ends[j:]))
+
+    def at(self, i: int) -> tuple[int, int]:
+        return int(self.starts[i]), int(self.ends[i])
+
+    def find(self, x: int) -> int:
+        """Index of the interval holding ``x``, or -1."""
+        i = self._br(self.starts, x) - 1
+        return i if i >= 0 and x < self.ends[i] else -1
+
+    # ------------------------------------------------------------ queries
     def __iter__(self):
+        if self.big:
+            return iter(zip(self.starts.tolist(), self.ends.tolist()))
         return iter(zip(self.starts, self.ends))
 
     def __len__(self):
         return len(self.starts)
 
     def total(self) -> int:
+        if self.big:
+            return int((self.ends - self.starts).sum())
         return sum(e - s for s, e in self)
+
+    def _span(self, s: int, e: int) -> tuple[int, int]:
+        """Indices [i, j) of the intervals meeting [s, e)."""
+        return self._br(self.ends, s), self._bl(self.starts, e)
 
     def overlaps(self, s: int, e: int) -> list[tuple[int, int]]:
         """The parts of [s, e) already in the set."""
-        out = []
-        i = bisect.bisect_right(self.ends, s)
-        while i < len(self.starts) and self.starts[i] < e:
-            out.append((max(s, self.starts[i]), min(e, self.ends[i])))
-            i += 1
-        return out
+        i, j = self._span(s, e)
+        if i >= j:
+            return []
+        if self.big:
+            return [(max(s, a), min(e, b)) for a, b in zip(self.starts[i:j].tolist(), self.ends[i:j].tolist())]
+        return [(max(s, self.starts[k]), min(e, self.ends[k])) for k in range(i, j)]
 
     def contains(self, s: int, e: int) -> bool:
-        i = bisect.bisect_right(self.starts, s) - 1
+        i = self._br(self.starts, s) - 1
         return i >= 0 and self.ends[i] >= e
 
-    def add(self, s: int, e: int):
-        if e <= s:
-            return
-        i = bisect.bisect_left(self.ends, s)
-        j = i
-        while j < len(self.starts) and self.starts[j] <= e:
-            s = min(s, self.starts[j])
-            e = max(e, self.ends[j])
-            j += 1
-        self.starts[i:j] = [s]
-        self.ends[i:j] = [e]
+    def overlapping(self, starts: Any, ends: Any) -> Any:
+        """Indices of the intervals of sorted, disjoint arrays ``starts``/
+        ``ends`` that meet the set (vectorised ``overlaps(s, e) != []``)."""
+        import numpy as np
+        if not len(self) or not len(starts):
+            return np.zeros(0, dtype=np.int64)
+        ss, se = self._arrays()
+        if 8 * len(ss) < len(starts):
+            # few intervals here: the queries each of them meets
+            lo = ends.searchsorted(ss, "right")
+            cnt = starts.searchsorted(se, "left") - lo
+            np.maximum(cnt, 0, out=cnt)
+            total = int(cnt.sum())
+            if not total:
+                return np.zeros(0, dtype=np.int64)
+            return _unique(np.repeat(lo - (np.cumsum(cnt) - cnt), cnt) + np.arange(total))
+        out = []
+        step = 1 << 20                     # a million queries at a time: bounded temporaries
+        for c in range(0, len(starts), step):
+            i = se.searchsorted(starts[c:c + step], "right")
+            hit = i < len(ss)
+            hit[hit] = ss[i[hit]] < ends[c:c + step][hit]
+            out.append(np.flatnonzero(hit) + c)
+        return np.concatenate(out)
 
-    def remove(self, s: int, e: int):
-        if e <= s:
-            return
-        i = bisect.bisect_right(self.ends, s)
-        new_s, new_e = [], []
-        j = i
-        while j < len(self.starts) and self.starts[j] < e:
-            if self.starts[j] < s:
-                new_s.append(self.starts[j])
-                new_e.append(s)
-            if self.ends[j] > e:
-                new_s.append(e)
-                new_e.append(self.ends[j])
-            j += 1
-        self.starts[i:j] = new_s
-        self.ends[i:j] = new_e
+    def gaps_desc(self, lo: int, hi: int):
+        """The parts of [lo, hi) not in the set, highest first, lazily."""
+        i, j = self._span(lo, hi)
+        top = hi
+        for k in range(j - 1, i - 1, -1):
+            a, b = max(lo, int(self.starts[k])), min(hi, int(self.ends[k]))
+            if b < top:
+                yield b, top
+            top = min(top, a)
+        if top > lo:
+            yield lo, top
 
-    def copy(self) -> IntervalSet:
-        c = IntervalSet()
-        c.starts, c.ends = list(self.starts), list(self.ends)
-        return c
-
-    def update(self, runs: list[tuple[int, int]]) -> None:
-        """Add many intervals at once (sorted or not): one merge, not one
-        list insertion per interval."""
-        if not runs:
+    def fitting(self, size: int, reverse: bool = False, chunk: int = 4096):
+        """Every interval at least ``size`` long, in order (or reversed),
+        lazily: a big set is filtered a chunk of intervals at a time."""
+        n = len(self)
+        if not self.big:
+            idx = range(n - 1, -1, -1) if reverse else range(n)
+            for k in idx:
+                s, e = self.starts[k], self.ends[k]
+                if e - s >= size:
+                    yield s, e
             return
-        if len(runs) < 8:
-            for s, e in runs:
-                self.add(s, e)
-            return
-        merged = merge_runs(sorted(list(zip(self.starts, self.ends)) + [r for r in runs if r[1] > r[0]]))
-        self.starts = [a for a, _ in merged]
-        self.ends = [b for _, b in merged]
+        import numpy as np
+        bounds = range(n, 0, -chunk) if reverse else range(0, n, chunk)
+        for b in bounds:
+            lo, hi = (max(b - chunk, 0), b) if reverse else (b, min(b + chunk, n))
+            s, e = self.starts[lo:hi], self.ends[lo:hi]
+            ok = np.flatnonzero(e - s >= size)
+            if reverse:
+                ok = ok[::-1]
+            for k in ok.tolist():
+                yield int(s[k]), int(e[k])
 
     def complement(self, lo: int, hi: int) -> list[tuple[int, int]]:
         """The parts of [lo, hi) not in the set."""
+        if self.big:
+            gs, ge = self.complement_arrays(lo, hi)
+            return list(zip(gs.tolist(), ge.tolist()))
         out = []
         at = lo
         i = bisect.bisect_right(self.ends, lo)
@@ -134,6 +317,156 @@ class IntervalSet:
         if at < hi:
             out.append((at, hi))
         return out
+
+    def complement_arrays(self, lo: int, hi: int) -> tuple[Any, Any]:
+        """``complement`` as two int64 arrays (``lo``/``hi`` within int64)."""
+        import numpy as np
+        if not self.big:
+            c = self.complement(lo, hi)
+            return np.array([a for a, _ in c], dtype=np.int64), np.array([b for _, b in c], dtype=np.int64)
+        i, j = self._span(lo, hi)
+        gs = np.concatenate((np.array([lo], dtype=np.int64), self.ends[i:j]))
+        np.maximum(gs, lo, out=gs)
+        ge = np.concatenate((self.starts[i:j], np.array([hi], dtype=np.int64)))
+        np.minimum(ge, hi, out=ge)
+        keep = gs < ge
+        if keep.all():
+            return gs, ge
+        return gs[keep], ge[keep]
+
+    def complement_buffers(self, lo: int, hi: int, room: int) -> tuple[Any, Any, int]:
+        """``complement_arrays`` of a big set written after ``room`` free
+        slots: (starts, ends, offset), the pieces at [offset:]; offset is 0
+        (no room) when empty pieces had to be dropped."""
+        import numpy as np
+        i, j = self._span(lo, hi)
+        n = j - i + 1
+        bs = np.empty(room + n, dtype=np.int64)
+        be = np.empty(room + n, dtype=np.int64)
+        gs, ge = bs[room:], be[room:]
+        gs[0] = lo
+        gs[1:] = self.ends[i:j]
+        np.maximum(gs, lo, out=gs)
+        ge[:-1] = self.starts[i:j]
+        ge[-1] = hi
+        np.minimum(ge, hi, out=ge)
+        keep = gs < ge
+        if keep.all():
+            return bs, be, room
+        if len(keep) > 2 and keep[1:-1].all():
+            # only the pieces at lo and at hi can be empty: cut them off the views
+            a, b = (0 if keep[0] else 1), (len(bs) if keep[-1] else len(bs) - 1)
+            if a == 0:
+                return bs[:b], be[:b], room
+            return bs[1:b], be[1:b], room     # the free slots in front now end where the empty piece was
+        return gs[keep], ge[keep], 0
+
+    # ------------------------------------------------------------ changes
+    def add(self, s: int, e: int):
+        if e <= s:
+            return
+        i, j = self._bl(self.ends, s), self._br(self.starts, e)
+        if i < j:
+            s = min(s, int(self.starts[i]))
+            e = max(e, int(self.ends[j - 1]))
+        self._splice(i, j, [s], [e])
+
+    def remove(self, s: int, e: int):
+        if e <= s:
+            return
+        i, j = self._span(s, e)
+        if i >= j:
+            return
+        ns, ne = [], []
+        a, b = int(self.starts[i]), int(self.ends[j - 1])
+        if a < s:
+            ns.append(a)
+            ne.append(s)
+        if b > e:
+            ns.append(e)
+            ne.append(b)
+        self._splice(i, j, ns, ne)
+
+    def copy(self) -> IntervalSet:
+        c = IntervalSet()
+        if self.big:
+            c.starts, c.ends = self.starts.copy(), self.ends.copy()
+        else:
+            c.starts, c.ends = list(self.starts), list(self.ends)
+        return c
+
+    def update(self, runs: list[tuple[int, int]]) -> None:
+        """Add many intervals at once (sorted or not): one merge, not one
+        list insertion per interval."""
+        if not runs:
+            return
+        if len(runs) < 8:
+            for s, e in runs:
+                self.add(s, e)
+            return
+        if self.big or len(runs) >= _BIG:
+            lo, hi = min(s for s, _ in runs), max(e for _, e in runs)
+            if -_I64 <= lo and hi <= _I64 and self._fits():
+                self.update_arrays([s for s, _ in runs], [e for _, e in runs])
+                return
+            self._to_lists()
+        merged = merge_runs(sorted(list(zip(self.starts, self.ends)) + [r for r in runs if r[1] > r[0]]))
+        self.starts = [a for a, _ in merged]
+        self.ends = [b for _, b in merged]
+
+    def update_arrays(self, starts: Any, ends: Any, merged: bool = False, own: bool = False) -> None:
+        """``update`` from arrays of starts and ends (int64 or uint64 below
+        2^63, any order; touching and overlapping ones joined).  ``merged``:
+        the arrays are sorted, disjoint and non-touching already; ``own``:
+        the set may keep them (the caller drops them)."""
+        import numpy as np
+        if not len(starts):
+            return
+        if not self._fits():
+            self.update(list(zip(np.asarray(starts).tolist(), np.asarray(ends).tolist())))
+            return
+        s = np.asarray(starts).astype(np.int64, copy=False)
+        e = np.asarray(ends).astype(np.int64, copy=False)
+        if not len(self):
+            if merged:
+                self._set(s if own else s.copy(), e if own else e.copy())
+            else:
+                self._set(*merge_arrays(s, e))
+            return
+        ss, se = self._arrays()
+        if merged:
+            # two sorted sets: the smaller inserted into the larger, no sort
+            self._set(*union_sorted(ss, se, s, e))
+            return
+        s, e = np.concatenate((ss, s)), np.concatenate((se, e))
+        self._set(*merge_arrays(s, e))
+
+    def subtract_arrays(self, starts: Any, ends: Any) -> None:
+        """``remove`` of every interval of sorted, disjoint arrays (one pass)."""
+        import numpy as np
+        if not len(self) or not len(starts):
+            return
+        if not self.big and len(starts) < 8:
+            for s, e in zip(np.asarray(starts).tolist(), np.asarray(ends).tolist()):
+                self.remove(s, e)
+            return
+        if not self._fits():
+            for s, e in zip(np.asarray(starts).tolist(), np.asarray(ends).tolist()):
+                self.remove(s, e)
+            return
+        ss, se = self._arrays()
+        bs = np.asarray(starts).astype(np.int64, copy=False)
+        be = np.asarray(ends).astype(np.int64, copy=False)
+        # every boundary of either set, and the pieces between them that lie
+        # in this set and not in the other one
+        pts = _unique(np.concatenate((ss, se, bs, be)))
+        mid_lo, mid_hi = pts[:-1], pts[1:]
+        ia = ss.searchsorted(mid_lo, "right") - 1
+        in_a = (ia >= 0) & (mid_lo < se[np.maximum(ia, 0)])
+        ib = bs.searchsorted(mid_lo, "right") - 1
+        in_b = (ib >= 0) & (mid_lo < be[np.maximum(ib, 0)])
+        keep = in_a & ~in_b
+        self._set(*merge_arrays(mid_lo[keep], mid_hi[keep]))
 
 
 def merge_runs(runs) -> list[tuple[int, int]]:
@@ -174,27 +507,138 @@ def block_runs(order: int, physs) -> list[tuple[int, int]]:
     return out
 
 
-class PreservedBlocks:
-    """The blocks a kernel reserved from the map and not yet restored, kept
-    as runs of equal-order blocks per order: memory O(runs), not O(blocks)
-    (a fully preserved 1 TiB is one run).  Behaves like a ``phys -> order``
-    mapping for lookups; iterating yields every block (small maps only)."""
+def block_run_arrays(order: int, physs: Any) -> tuple[Any, Any]:
+    """``block_runs`` of a numpy array of blocks, as (starts, ends) int64
+    arrays: no Python object per run."""
+    import numpy as np
+    size = PAGE_SIZE << order
+    a = np.asarray(physs).astype(np.int64, copy=False)
+    if len(a) == 0:
+        return a[:0], a[:0]
+    if int(a[-1]) - int(a[0]) == (len(a) - 1) * size:
+        return a[:1].copy(), a[-1:] + size
+    brk = np.flatnonzero(a[1:] != a[:-1] + size)
+    first = np.concatenate(([0], brk + 1))
+    last = np.concatenate((brk, [len(a) - 1]))
+    return a[first], a[last] + size
+
+
+class RunBatch:
+    """Runs of one order gathered leaf by leaf (tuples or numpy arrays, in
+    the walk's order), joined where one touches the one before it as they
+    come; merged once at the end, by a sort only when they did not come
+    ascending."""
 
     def __init__(self) -> None:
-        #: order -> sorted list of (start, end) runs of blocks of that order
-        self._runs: dict[int, list[tuple[int, int]]] = {}
-        self._starts: dict[int, list[int]] = {}
+        self.tuples: list[tuple[int, int]] = []       # not yet in ``arrays``
+        self.arrays: list[tuple[Any, Any]] = []
+        self.ascending = True
+        self.last_end: int | None = None
+        self.gathered = 0
+
+    def _joins(self, s: int) -> bool:
+        """Whether a run starting at ``s`` extends the last one (else it is
+        noted whether the runs still come ascending)."""
+        if self.last_end is None:
+            return False
+        if self.ascending and s == self.last_end:
+            return True
+        if s < self.last_end:
+            self.ascending = False
+        return False
+
+    def extend(self, runs: list[tuple[int, int]]) -> None:
+        for r in runs:
+            self.append(r)
+
+    def append(self, run: tuple[int, int]) -> None:
+        s, e = run
+        if self._joins(s):
+            if self.tuples:
+                self.tuples[-1] = (self.tuples[-1][0], e)
+            else:
+                self.arrays[-1][1][-1] = e
+        else:
+            self.tuples.append((s, e))
+        if self.ascending:
+            self.last_end = e
+
+    def _flush(self) -> None:
+        if self.tuples:
+            import numpy as np
+            self.arrays.append((np.array([s for s, _ in self.tuples], dtype=np.int64),
+                                np.array([e for _, e in self.tuples], dtype=np.int64)))
+            self.tuples = []
+
+    #: leaves' arrays joined into one every so many (few, large arrays: no heap of small ones left behind)
+    GATHER = 256
+
+    def add_arrays(self, starts: Any, ends: Any) -> None:
+        """Runs of one leaf: ascending, disjoint, non-touching, this batch's own."""
+        if not len(starts):
+            return
+        self._flush()
+        if len(self.arrays) - self.gathered >= self.GATHER:
+            import numpy as np
+            part = self.arrays[self.gathered:]
+            del self.arrays[self.gathered:]
+            self.arrays.append((np.concatenate([a for a, _ in part]), np.concatenate([b for _, b in part])))
+            self.gathered = len(self.arrays)
+        if self._joins(int(starts[0])):
+            self.arrays[-1][1][-1] = ends[0]
+            starts, ends = starts[1:], ends[1:]
+        if len(starts):
+            self.arrays.append((starts, ends))
+        if self.ascending:
+            self.last_end = int(self.arrays[-1][1][-1])
+
+    def merged(self) -> Any:
+        """A list of merged runs, or (starts, ends) arrays when there are
+        many (numpy was imported for them anyway)."""
+        if not self.arrays:
+            return merge_runs(sorted(self.tuples))
+        import numpy as np
+        self._flush()
+        if len(self.arrays) == 1:
+            s, e = self.arrays[0]
+        else:
+            s = np.concatenate([a for a, _ in self.arrays])
+            e = np.concatenate([b for _, b in self.arrays])
+        self.arrays = []
+        if not self.ascending:
+            s, e = merge_arrays(s, e)
+        if len(s) < _BIG:
+            return list(zip(s.tolist(), e.tolist()))
+        return s, e
+
+
+class PreservedBlocks:
+    """The blocks a kernel reserved from the map and not yet restored, kept
+    as runs of equal-order blocks per order (an :class:`IntervalSet` each):
+    memory O(runs), not O(blocks) (a fully preserved 1 TiB is one run).
+    Behaves like a ``phys -> order`` mapping for lookups; iterating yields
+    every block (small maps only)."""
+
+    def __init__(self) -> None:
+        #: order -> runs of blocks of that order (in the order orders were first added)
+        self._sets: dict[int, IntervalSet] = {}
         self.removed: set[int] = set()
         self._count = 0
+
+    def _recount(self) -> None:
+        self._count = sum(iv.total() // (PAGE_SIZE << o) for o, iv in self._sets.items()) - len(self.removed)
 
     def add_runs(self, order: int, runs: list[tuple[int, int]]) -> None:
         if not runs:
             return
-        cur = self._runs.get(order, [])
-        self._runs[order] = merge_runs(sorted(cur + runs)) if cur else merge_runs(runs)
-        self._starts[order] = [a for a, _ in self._runs[order]]
-        self._count = sum((e - s) // (PAGE_SIZE << o) for o, rs in self._runs.items() for s, e in rs) - \
-            len(self.removed)
+        self._sets.setdefault(order, IntervalSet()).update(runs)
+        self._recount()
+
+    def add_run_arrays(self, order: int, starts: Any, ends: Any) -> None:
+        if not len(starts):
+            return
+        self._sets.setdefault(order, IntervalSet()).update_arrays(starts, ends, merged=True, own=True)
+        self._recount()
 
     def __setitem__(self, phys: int, order: int) -> None:
         self.removed.discard(phys)
@@ -203,12 +647,10 @@ class PreservedBlocks:
     def get(self, phys: int, default: int | None = None) -> int | None:
         if phys in self.removed:
             return default
-        for order, starts in self._starts.items():
-            i = bisect.bisect_right(starts, phys) - 1
-            if i >= 0:
-                s, e = self._runs[order][i]
-                if phys < e and (phys - s) % (PAGE_SIZE << order) == 0:
-                    return order
+        for order, iv in self._sets.items():
+            i = iv.find(phys)
+            if i >= 0 and (phys - int(iv.starts[i])) % (PAGE_SIZE << order) == 0:
+                return order
         return default
 
     def __getitem__(self, phys: int) -> int:
@@ -232,9 +674,9 @@ class PreservedBlocks:
         return self._count
 
     def items(self):
-        for order, rs in sorted(self._runs.items()):
+        for order, iv in sorted(self._sets.items()):
             size = PAGE_SIZE << order
-            for s, e in rs:
+            for s, e in iv:
                 for p in range(s, e, size):
                     if p not in self.removed:
                         yield p, order
@@ -244,23 +686,22 @@ class PreservedBlocks:
 
     def block_at(self, addr: int) -> tuple[int, int] | None:
         """(phys, order) of the reserved block holding ``addr``."""
-        for order, starts in self._starts.items():
-            i = bisect.bisect_right(starts, addr) - 1
+        for order, iv in self._sets.items():
+            i = iv.find(addr)
             if i >= 0:
-                s, e = self._runs[order][i]
-                if addr < e:
-                    size = PAGE_SIZE << order
-                    return s + (addr - s) // size * size, order
+                s = int(iv.starts[i])
+                size = PAGE_SIZE << order
+                return s + (addr - s) // size * size, order
         return None
 
     def next_block(self, addr: int, end: int) -> int | None:
         """The first reserved block start in ``[addr, end)``, if any."""
         best = None
-        for order, starts in self._starts.items():
+        for order, iv in self._sets.items():
             size = PAGE_SIZE << order
-            i = max(bisect.bisect_right(starts, addr) - 1, 0)
-            while i < len(starts):
-                s, e = self._runs[order][i]
+            i = max(iv._br(iv.starts, addr) - 1, 0)
+            while i < len(iv):
+                s, e = iv.at(i)
                 if s >= end:
                     break
                 p = max(s, s + (max(addr - s, 0) + size - 1) // size * size)
@@ -274,7 +715,68 @@ class PreservedBlocks:
 
     def runs(self) -> list[tuple[int, int]]:
         """Every reserved byte range, all orders together, coalesced."""
-        return merge_runs(sorted(r for rs in self._runs.values() for r in rs))
+        return merge_runs(sorted(r for iv in self._sets.values() for r in iv))
+
+
+class PreservedSpans:
+    """The byte ranges reserved from the map and not restored: the union of
+    :class:`PreservedBlocks`' runs of every order, less what was removed
+    since (restored blocks), answered from those runs and never a copy of
+    them.  Its changes mirror the blocks': ``add``/``update`` after the
+    blocks were added, ``remove`` on restore."""
+
+    def __init__(self, blocks: PreservedBlocks) -> None:
+        self.blocks = blocks
+        #: removed since, less what was added again
+        self.cut = IntervalSet()
+
+    def overlaps(self, s: int, e: int) -> list[tuple[int, int]]:
+        pieces: list[tuple[int, int]] = []
+        sets = 0
+        for iv in self.blocks._sets.values():
+            got = iv.overlaps(s, e)
+            if got:
+                pieces.extend(got)
+                sets += 1
+        if sets > 1:
+            pieces = merge_runs(sorted(pieces))
+        if pieces and len(self.cut):
+            pieces = _subtract(pieces, self.cut)
+        return pieces
+
+    def overlapping(self, starts: Any, ends: Any) -> Any:
+        """Indices of sorted ranges that may meet the set (every one that
+        does; with restored ranges, also ones only they cover)."""
+        import numpy as np
+        hit = np.zeros(0, dtype=np.int64)
+        for iv in self.blocks._sets.values():
+            hit = _unique(np.concatenate((hit, iv.overlapping(starts, ends))))
+        return hit
+
+    def add(self, s: int, e: int) -> None:
+        self.cut.remove(s, e)
+
+    def update(self, runs: list[tuple[int, int]]) -> None:
+        if len(self.cut):
+            for s, e in runs:
+                self.cut.remove(s, e)
+
+    def update_arrays(self, starts: Any, ends: Any) -> None:
+        if len(self.cut):
+            self.cut.subtract_arrays(starts, ends)
+
+    def remove(self, s: int, e: int) -> None:
+        self.cut.add(s, e)
+
+    def __iter__(self):
+        every = merge_runs(sorted(r for iv in self.blocks._sets.values() for r in iv))
+        return iter(_subtract(every, self.cut) if len(self.cut) else every)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def total(self) -> int:
+        return sum(e - s for s, e in self)
 
 
 @dataclass
@@ -437,7 +939,7 @@ class Memblock:
                 hi = min(hi, self.limit)
             if hi <= lo:
                 continue
-            for a, b in reversed(_subtract([(lo, hi)], self.reserved)):
+            for a, b in self.reserved.gaps_desc(lo, hi):
                 cand = (b - size) & ~(align - 1)
                 if cand >= a and cand > 0:
                     if size:
@@ -470,7 +972,7 @@ class PageAllocator:
     def __init__(self, kernel_name: str, violations: list):
         self.free_set = IntervalSet()
         self.preserved = PreservedBlocks()            # phys -> order, reserved from the map, not yet restored
-        self.preserved_set = IntervalSet()
+        self.preserved_set = PreservedSpans(self.preserved)
         self.restored: set[int] = set()
         self.restored_set = IntervalSet()
         self.violations = violations
@@ -489,14 +991,42 @@ class PageAllocator:
             self._v("preserved-freed-before-restore", a, b, f"{why}: preserved pages freed before restore")
         self.free_set.add(s, e)
 
+    def free_many(self, starts: Any, ends: Any, why: str, room: tuple[Any, Any] | None = None) -> None:
+        """``free`` of every range of sorted, disjoint arrays, in order: the
+        same violations, found by one vectorised pass, and one merge.
+        ``room``: arrays whose tails are ``starts`` and ``ends``, with a slot
+        in front for each interval of a small free set (the free set then
+        becomes them, no copy of the ranges)."""
+        import numpy as np
+        if len(starts) < 8 or not bool((starts[1:] >= ends[:-1]).all()):
+            for s, e in zip(np.asarray(starts).tolist(), np.asarray(ends).tolist()):
+                self.free(s, e, why)
+            return
+        hit = _unique(np.concatenate((self.free_set.overlapping(starts, ends),
+                                      self.preserved_set.overlapping(starts, ends))))
+        for k in hit.tolist():
+            s, e = int(starts[k]), int(ends[k])
+            for a, b in self.free_set.overlaps(s, e):
+                self._v("double-free", a, b, f"{why}: pages already free in the buddy allocator")
+            for a, b in self.preserved_set.overlaps(s, e):
+                self._v("preserved-freed-before-restore", a, b, f"{why}: preserved pages freed before restore")
+        strict = bool((starts[1:] > ends[:-1]).all())
+        fs = self.free_set
+        if room is not None and strict and not fs.big and fs._fits() and len(room[0]) - len(starts) == len(fs) \
+                and (not len(fs) or fs.ends[-1] < int(starts[0])):
+            k = len(fs)
+            room[0][:k] = fs.starts
+            room[1][:k] = fs.ends
+            fs._set(room[0], room[1])
+            return
+        fs.update_arrays(starts, ends, merged=strict)
+
     def alloc(self, size: int, high_first: bool = False, within: IntervalSet | None = None,
               avoid: IntervalSet | None = None, align: int = PAGE_SIZE) -> int:
         if self.faults.fail():
             return 0
-        items = list(self.free_set)
-        if high_first:
-            items.reverse()
-        for s, e in items:
+        # an interval shorter than ``size`` cannot hold it, whatever ``within`` and ``avoid`` leave
+        for s, e in self.free_set.fitting(size, reverse=high_first):
             cands = [(s, e)]
             if within is not None:
                 cands = within.overlaps(s, e)
@@ -532,6 +1062,13 @@ class PageAllocator:
             for s, e in runs:
                 self.free_set.remove(s, e)
 
+    def reserve_preserved_arrays(self, order: int, starts: Any, ends: Any) -> None:
+        """``reserve_preserved_runs`` from merged (starts, ends) arrays."""
+        self.preserved.add_run_arrays(order, starts, ends)
+        self.preserved_set.update_arrays(starts, ends)
+        if len(self.free_set):
+            self.free_set.subtract_arrays(starts, ends)
+
     def restore(self, phys: int) -> int | None:
         order = self.preserved.pop(phys, None)
         if order is None:
@@ -547,7 +1084,7 @@ class PageAllocator:
         return _subtract(_subtract([(s, e)], self.preserved_set), self.restored_set)
 
 
-def _subtract(ranges, iv: IntervalSet):
+def _subtract(ranges, iv: IntervalSet | PreservedSpans):
     out = []
     for s, e in ranges:
         cur = s

@@ -28,8 +28,10 @@ from .machine import (
     ARCH_LOW_ADDRESS_LIMIT,
     PAGE_SIZE,
     IntervalSet,
+    RunBatch,
+    block_run_arrays,
     block_runs,
-    merge_runs,
+    union_sorted,
 )
 from .state import KernelState
 
@@ -133,7 +135,13 @@ class MemoryInit(KernelState):
             physs = physs[:bad_i + 1] if below else physs[:bad_i]
         if self.reserved_log is not None:
             self.reserved_log.extend((p, order) for p in bits.tolist(physs))
-        self._leaf_runs.setdefault(order, []).extend(block_runs(order, physs))
+        batch = self._leaf_runs.get(order)
+        if batch is None:
+            batch = self._leaf_runs[order] = RunBatch()
+        if hasattr(physs, "dtype"):
+            batch.add_arrays(*block_run_arrays(order, physs))
+        else:
+            batch.extend(block_runs(order, physs))
         if bad_i is not None:
             assert bad_at is not None
             head = bad_at[0]
@@ -160,7 +168,10 @@ class MemoryInit(KernelState):
             sec += 1
         if self.reserved_log is not None:
             self.reserved_log.extend((p, order) for p in range(first, end, size))
-        self._leaf_runs.setdefault(order, []).append((first, end))
+        batch = self._leaf_runs.get(order)
+        if batch is None:
+            batch = self._leaf_runs[order] = RunBatch()
+        batch.append((first, end))
 
     def _first_without_memmap(self, order: int, physs: Any) -> tuple[int | None, tuple[int, int] | None]:
         """(index of the first block with a pfn that has no struct page,
@@ -183,10 +194,22 @@ class MemoryInit(KernelState):
 
     def _commit_reserved(self) -> None:
         """memblock_reserve and page state for everything the walk reserved."""
-        for order, runs in getattr(self, "_leaf_runs", {}).items():
-            runs = merge_runs(sorted(runs))
-            self.memblock.reserved.update(runs)
-            self.pages.reserve_preserved_runs(order, runs)
+        many = []
+        for order, batch in getattr(self, "_leaf_runs", {}).items():
+            runs = batch.merged()
+            if isinstance(runs, list):
+                self.memblock.reserved.update(runs)
+                self.pages.reserve_preserved_runs(order, runs)
+            else:
+                self.pages.reserve_preserved_arrays(order, *runs)
+                many.append(runs)
+        if many:
+            # memblock_reserve of them all: one union of the orders' sorted runs
+            union = many.pop(0)
+            while many:
+                union = union_sorted(*union, *many.pop(0))
+            u_s, u_e = union
+            self.memblock.reserved.update_arrays(u_s, u_e, merged=True)
         self._leaf_runs = {}
 
     def _check_scratch_overlap(self, meta_pages: list[tuple[int, str]]) -> None:
@@ -283,6 +306,22 @@ class MemoryInit(KernelState):
     def memblock_free_all(self) -> None:
         self.memblock.scratch_only = False
         for rs, re_, _ in self.m.ram:
+            if len(self.memblock.reserved) >= 64 and self.memblock.reserved._fits() and 0 <= rs <= re_ <= 1 << 62:
+                # many separate reservations: the gaps as arrays, freed in one pass
+                free = self.pages.free_set
+                room = 0 if free.big else len(free)     # the free set's own intervals go in front, no copy
+                bs, be, off = self.memblock.reserved.complement_buffers(rs, re_, room)
+                gs, ge = bs[off:], be[off:]
+                gs += PAGE_SIZE - 1
+                gs &= ~(PAGE_SIZE - 1)
+                ge &= ~(PAGE_SIZE - 1)
+                keep = ge > gs
+                whole = off == room and bool(keep.all())     # the pieces still the buffers' tails
+                if not keep.all():
+                    gs, ge = gs[keep], ge[keep]
+                del keep
+                self.pages.free_many(gs, ge, "memblock_free_all", room=(bs, be) if whole else None)
+                continue
             for s, e in self.memblock.reserved.complement(rs, re_):
                 s, e = (s + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1), e & ~(PAGE_SIZE - 1)
                 if e > s:

@@ -55,8 +55,8 @@ class OutgoingKHO(KernelState):
         if p:
             self.m.mem.zero(p, size)
         elif self.is_kho_boot() and self.step == "initcalls" and \
-                sum(e - s for s, e in self.pages.free_set) - sum(b - a for s, e in self.pages.free_set
-                                                                  for a, b in scratch.overlaps(s, e)) < size:
+                self.pages.free_set.total() - sum(b - a for s, e in scratch
+                                                  for a, b in self.pages.free_set.overlaps(s, e)) < size:
             self.panic("System is deadlocked on memory")
         return p
 

@@ -16,7 +16,7 @@ from ..abi import chunks as _chunks
 from ..abi import radix, structs
 from ..abi import root as _root
 from ..clients import Client
-from .machine import IntervalSet, Machine, Memblock, PageAllocator, Violation
+from .machine import IntervalSet, Machine, Memblock, PageAllocator, RunBatch, Violation
 
 __all__ = ["KernelState"]
 
@@ -59,7 +59,7 @@ class KernelState:
     scratch_cfg: tuple[Any, ...]
     scratch_phys: int
     _memmap: Any
-    _leaf_runs: dict[int, list[tuple[int, int]]]
+    _leaf_runs: dict[int, RunBatch]
     _slab: list[int] | None
     _scratch_key: tuple[structs.KhoScratch, ...] | None
     _scratch_iv: IntervalSet
