@@ -134,13 +134,18 @@ def campaign_main(argv: list[str]) -> int:
     p.add_argument("--jobs", type=int, default=1, help="QEMU instances at a time")
     p.add_argument("--out", help="folder for the captures of disagreeing cases (default: a temporary one)")
     p.add_argument("--merge", action="store_true", help="fold the staged records into docs/real-kernel.json after")
+    p.add_argument("--kernel", help="the kernel of both boots, from build.sh's table (default: the default build)")
+    p.add_argument("--memory", default="1G", help="guest RAM (4G: RAM above the PCI hole too)")
+    p.add_argument("--numa-nodes", type=int, default=1, help="NUMA nodes of the guest")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     a = p.parse_args(argv)
-    if find_build() is None:
-        print("no kernel build found: run vmtest/setup.sh (root) and vmtest/build.sh", file=sys.stderr)
+    build = find_build(kernel=a.kernel) if a.kernel else find_build()
+    if build is None:
+        print("no kernel build found: run vmtest/setup.sh (root) and vmtest/build.sh"
+              + (f" --kernel {a.kernel}" if a.kernel else ""), file=sys.stderr)
         return 2
-    s = campaign.run_campaign(a.seed, a.cases, a.jobs, Path(a.out) if a.out else None, start=a.start,
-                              log=lambda m: print(m, flush=True))
+    s = campaign.run_campaign(a.seed, a.cases, a.jobs, Path(a.out) if a.out else None, build=build, start=a.start,
+                              log=lambda m: print(m, flush=True), memory=a.memory, numa_nodes=a.numa_nodes)
     if a.merge:
         s["records"] = records.merge()
     print(json.dumps(s) if a.json else
