@@ -372,6 +372,9 @@ class Kernel(MemoryInit, OutgoingKHO, Kexec):
             except KernelOops as e:
                 self._oops(e)
                 return self
+            # start_kernel's parse_args next: what reads the handover there
+            # (reserve_mem=) still sees memory that only scratch allocations touched
+            self.set_step("early params")
         try:
             for c in self.clients:
                 c.early_param()      # parse_args: reserve_mem= reads its FDT from the handover
