@@ -409,6 +409,14 @@ def test_lead_on_the_real_kernel(name, vm_build, tmp_path):
     res = camp.run_case(LEADS[name], tmp_path)
     res["out"] = tmp_path
     assert res["pred"] is not None, res["diffs"]
+    from vmtest import coldboot
+    if name == "scratch-area-no-ram" and coldboot.build_has_numa(res["summary"]["build_dir"]):
+        # NUMA=y: no node covers the phantom area (its nid stays NUMA_NO_NODE)
+        # and boot 2 dies in early memory init (7.3.4 on 4 GiB: NULL pointer
+        # dereference in mm_core_init_early); the model has no such fault yet
+        # (docs/REAL-KERNEL.md, "a scratch area outside RAM on a NUMA kernel")
+        assert res["real"]["fate"] in ("died", "panic") and not res["agree"], res["real"]
+        pytest.xfail("model gap: a scratch area outside every NUMA node kills boot 2 on a NUMA=y kernel")
     assert res["agree"] or res["nondeterminism"], "\n".join(res["diffs"])
     CHECKS[name](res)
 
