@@ -73,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--test-kho-max-mem", default="1048576", help="test_kho.max_mem ('' for the default 8 MiB)")
     p.add_argument("--append", default="", help="extra kernel command line words")
     p.add_argument("--timeout", type=float, default=600, help="seconds for the whole chain")
+    p.add_argument("--memory", default="1G", help="guest RAM (QEMU -m: 1G, 4G; from 3.5G up, RAM above "
+                                                  "3 GiB sits above the PCI hole, from 4 GiB)")
+    p.add_argument("--numa-nodes", type=int, default=1,
+                   help="NUMA nodes of the guest (the RAM and vCPUs split evenly; ACPI SRAT)")
     p.add_argument("--stall-timeout", type=float, default=90,
                    help="give up when the guest runs but prints nothing for this long")
     p.add_argument("--stall-retries", type=int, default=0, help="boot the chain again this often if it hangs")
@@ -98,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     opts = Options(boots=a.boots, luo=not a.no_luo, reserve_mem=a.reserve_mem or None,
                    test_kho_max_mem=int(a.test_kho_max_mem, 0) if a.test_kho_max_mem else None,
                    append=a.append, timeout=a.timeout, stall_timeout=a.stall_timeout,
+                   memory=a.memory, numa_nodes=a.numa_nodes,
                    earlyprintk=a.earlyprintk, stall_retries=a.stall_retries, keep=a.keep, keep_full_ram=a.keep_full_ram,
                    writes=[parse_inject_arg(s) for s in a.inject],
                    hook=command_hook(a.inject_cmd) if a.inject_cmd else None,
@@ -129,13 +134,18 @@ def campaign_main(argv: list[str]) -> int:
     p.add_argument("--jobs", type=int, default=1, help="QEMU instances at a time")
     p.add_argument("--out", help="folder for the captures of disagreeing cases (default: a temporary one)")
     p.add_argument("--merge", action="store_true", help="fold the staged records into docs/real-kernel.json after")
+    p.add_argument("--kernel", help="the kernel of both boots, from build.sh's table (default: the default build)")
+    p.add_argument("--memory", default="1G", help="guest RAM (4G: RAM above the PCI hole too)")
+    p.add_argument("--numa-nodes", type=int, default=1, help="NUMA nodes of the guest")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     a = p.parse_args(argv)
-    if find_build() is None:
-        print("no kernel build found: run vmtest/setup.sh (root) and vmtest/build.sh", file=sys.stderr)
+    build = find_build(kernel=a.kernel) if a.kernel else find_build()
+    if build is None:
+        print("no kernel build found: run vmtest/setup.sh (root) and vmtest/build.sh"
+              + (f" --kernel {a.kernel}" if a.kernel else ""), file=sys.stderr)
         return 2
-    s = campaign.run_campaign(a.seed, a.cases, a.jobs, Path(a.out) if a.out else None, start=a.start,
-                              log=lambda m: print(m, flush=True))
+    s = campaign.run_campaign(a.seed, a.cases, a.jobs, Path(a.out) if a.out else None, build=build, start=a.start,
+                              log=lambda m: print(m, flush=True), memory=a.memory, numa_nodes=a.numa_nodes)
     if a.merge:
         s["records"] = records.merge()
     print(json.dumps(s) if a.json else

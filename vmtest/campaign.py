@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from . import records
+from .build import find_build
 from .inject import Write
 from .runner import Options, run_chain
 from .serial import MEMBLOCK_KHO
@@ -149,14 +150,15 @@ def observe(capture: Path, summary: dict, stage: int = 2) -> dict[str, Any]:
 
 def predict(ctx, jump: list[tuple[int, bytes]] = (), cmdline: str = "kho=on",
             kho_data: tuple[int, int, int, int] | None = None, scratch: bytes | None = None,
-            model: bool = False) -> dict[str, Any]:
+            model: bool = False, target: Any = None) -> dict[str, Any]:
     """pykho's verdict for the bytes boot 2 will find.
 
     ``jump``: (phys, bytes) written at machine_kexec.  ``kho_data``: the
     (fdt_addr, fdt_size, scratch_addr, scratch_size) boot 2 receives, when
     changed at its entry; ``scratch``: the scratch array bytes at their
     destination (after the kexec relocation), when changed.  ``cmdline``:
-    boot 2's own command line.  ``model=True`` keeps the raw report."""
+    boot 2's own command line.  ``model=True`` keeps the raw report.
+    ``target``: the profile of boot 2's kernel (default 7.2's, E)."""
     from pykho import profiles as P
     from pykho.handover import load
     from pykho.memory import CowMemory, RawImage
@@ -186,7 +188,8 @@ def predict(ctx, jump: list[tuple[int, bytes]] = (), cmdline: str = "kho=on",
         # the machine's System RAM, as boot 1 listed it (boot 2 has the same e820)
         iomem_txt = ctx.stage_dir / "iomem.txt"
         iomem = parse_iomem(iomem_txt.read_text()) if iomem_txt.exists() else None
-        rep = validate(ho, P.E, iomem=iomem or None, want_reserved=True, cmdline=cmdline)
+        rep = validate(ho, P.get_profile(target or P.E), iomem=iomem or None, want_reserved=True,
+                       cmdline=cmdline)
     v = rep["verdict"]
     viol = [x["kind"] for x in v.get("model_violations", [])]
     if any(x["kind"] == "panic" and x["step"] == "setup_arch" for x in v.get("model_violations", [])):
@@ -202,7 +205,8 @@ def predict(ctx, jump: list[tuple[int, bytes]] = (), cmdline: str = "kho=on",
     res = {"lines": [x for x in v["log"] if x.startswith(RELEVANT)], "reserved": v.get("reserved"),
            "oops": v.get("oops"), "fate": fate, "populate": v["populate"], "outcome": v.get("outcome"),
            "violations": sorted(set(viol)), "cmdline": cmdline, "debugfs": v.get("debugfs", {}),
-           "findings": sorted({f["code"] for f in rep["findings"] if f["severity"] == "error"})}
+           "findings": sorted({f["code"] for f in rep["findings"] if f["severity"] == "error"}),
+           "target": v.get("target"), "scratch_extension": v.get("scratch_extension", [])}
     if model:
         res["report"] = rep
     return res
@@ -386,6 +390,8 @@ class Case:
     keep: bool = False                  # keep the capture's ram/ (a check reads locate-stage1.json)
     source: str = "crafted"
     seed: int | None = None
+    memory: str = "1G"                  # the guest's RAM (4G: RAM above the PCI hole too)
+    numa_nodes: int = 1                 # its NUMA nodes
     desc: dict = dataclasses.field(default_factory=dict)      # what a random case changed (filled at the stop)
 
 
@@ -403,7 +409,28 @@ class Change:
 def options_for(case: Case, hook) -> Options:
     lines = {n: w for n, w in ((1, case.boot1), (2, case.boot2)) if w}
     return Options(boots=2, luo=case.luo, stall_retries=case.retries, hook=hook, earlyprintk=case.earlyprintk,
-                   stall_timeout=case.stall_timeout, cmdlines=lines, reserve_mem=case.reserve_mem)
+                   stall_timeout=case.stall_timeout, cmdlines=lines, reserve_mem=case.reserve_mem,
+                   memory=case.memory, numa_nodes=case.numa_nodes)
+
+
+def target_profile(build=None) -> Any:
+    """pykho's profile of the kernel a chain runs (its series, else its release)."""
+    from pykho import profiles as P
+    b = build or find_build()
+    for key in (getattr(b, "series", None), getattr(b, "release", None)):
+        try:
+            if key:
+                return P.get_profile(key)
+        except Exception:   # noqa: BLE001 - pykho's UsageError for an unknown name: try the next
+            continue
+    return P.E
+
+
+def guest_shape(case: Case) -> str:
+    """"" for the default guest (1 GiB, one node), else e.g. " (guest 4G, 2 NUMA nodes)"."""
+    if case.memory == "1G" and case.numa_nodes == 1:
+        return ""
+    return f" (guest {case.memory}" + (f", {case.numa_nodes} NUMA nodes)" if case.numa_nodes > 1 else ")")
 
 
 def boot2_cmdline(opts: Options) -> str:
@@ -431,6 +458,7 @@ def run_case(case: Case, out: Path, build=None, rec: bool = True, keep: bool = F
     seed)."""
     got: dict[str, Any] = {}
     t0 = time.time()
+    target = target_profile(build)
 
     def hook(ctx):
         if ctx.stage != 1:
@@ -439,7 +467,7 @@ def run_case(case: Case, out: Path, build=None, rec: bool = True, keep: bool = F
         got["change"] = ch
         cmd = boot2_cmdline(opts)
         try:
-            got["pred"] = predict(ctx, ch.jump, cmd, ch.kho_data, ch.scratch)
+            got["pred"] = predict(ctx, ch.jump, cmd, ch.kho_data, ch.scratch, target=target)
         except Exception:   # noqa: BLE001 - pykho failed on these bytes: the case disagrees
             got["pred_error"] = traceback.format_exc(limit=6)
         writes = [Write(p, d, stage=1, when="jump") for p, d in ch.jump]
@@ -478,7 +506,7 @@ def run_case(case: Case, out: Path, build=None, rec: bool = True, keep: bool = F
 
 def record_case(case: Case, res: dict[str, Any], summary: dict, note: str = "") -> dict:
     kernel = summary.get("kernel") or "?"
-    change = case.what + (f"; boot 2: {case.boot2}" if case.boot2 else "")
+    change = case.what + (f"; boot 2: {case.boot2}" if case.boot2 else "") + guest_shape(case)
     return records.record(kernel=kernel, next_kernel=kernel, arch="x86_64", source=case.source, case=case.name,
                           seed=case.seed, change=change,
                           real=summarise(res["real"]) if res.get("real") else {"exit": summary.get("exit")},
@@ -677,12 +705,19 @@ def case_seed(seed: int, i: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{i}".encode()).digest()[:6], "big")
 
 
-def run_one_random(cs: int, workdir: Path, build=None) -> dict[str, Any]:
-    case = random_case(cs)
+def run_one_random(cs: int, workdir: Path, build=None, shape: tuple[str, int] = ("1G", 1)) -> dict[str, Any]:
+    """One random case (``shape``: the guest's RAM and NUMA nodes)."""
+    def make() -> Case:
+        c = random_case(cs)
+        c.memory, c.numa_nodes = shape
+        if shape != ("1G", 1):       # its own record key: the same seed on the default guest is another case
+            c.name += f"-{shape[0].lower()}-{shape[1]}node"
+        return c
+    case = make()
     out = workdir / f"case-{cs}"
     res = run_case(case, out, build, rec=False)
     if not res["agree"] and tcg_hang(res):       # the same case again: its choices come from the seed
-        case = random_case(cs)
+        case = make()
         res = run_case(case, out, build, rec=False)
     case.what = f"{case.what}: {case.desc.get('what', '?')}"
     label = res["nondeterminism"]
@@ -774,15 +809,17 @@ NONDETERMINISM_TESTS: list[tuple[str, Any]] = [("unpreserved-page-reuse-timing",
 
 
 def run_campaign(seed: int, cases: int, jobs: int = 1, workdir: Path | None = None, build=None,
-                 start: int = 0, log=print) -> dict[str, Any]:
-    """Run ``cases`` random cases (indices ``start``..) ``jobs`` at a time."""
+                 start: int = 0, log=print, memory: str = "1G", numa_nodes: int = 1) -> dict[str, Any]:
+    """Run ``cases`` random cases (indices ``start``..) ``jobs`` at a time, on
+    ``build`` (default: the default kernel) in a guest of ``memory`` and
+    ``numa_nodes``."""
     workdir = Path(workdir or tempfile.mkdtemp(prefix="vmtest-campaign-"))
     workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     seeds = [case_seed(seed, i) for i in range(start, start + cases)]
     done: list[dict[str, Any]] = []
     with cf.ThreadPoolExecutor(max_workers=max(1, jobs)) as ex:
-        futs = {ex.submit(run_one_random, cs, workdir, build): cs for cs in seeds}
+        futs = {ex.submit(run_one_random, cs, workdir, build, (memory, numa_nodes)): cs for cs in seeds}
         for f in cf.as_completed(futs):
             cs = futs[f]
             try:

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 __all__ = ["FDT_MAGIC", "PAGE", "RAM_SIZE", "SETUP_KEXEC_KHO", "analyse_ram", "guest_ram_size",
-           "keep_full_ram", "parse_fdt", "pmemsave", "ram_tempfile", "ram_tmpdir", "read_sparse",
+           "keep_full_ram", "parse_fdt", "pmemsave", "qemu_ram_ranges", "ram_tempfile", "ram_tmpdir", "read_sparse",
            "scan_ram_file", "select_ranges", "walk_radix", "write_sparse"]
 
 PAGE = 4096
@@ -60,10 +60,10 @@ def guest_ram_size(mem: str) -> int:
 
 
 @contextlib.contextmanager
-def ram_tempfile(stage: int) -> Iterator[Path]:
-    """A temporary file for one full RAM dump (in /dev/shm when there is room,
-    $VMTEST_RAMTMP overrides), deleted when the block ends."""
-    fd, name = tempfile.mkstemp(prefix=f"vmtest-ram{stage}-", suffix=".bin", dir=ram_tmpdir(RAM_SIZE))
+def ram_tempfile(stage: int, size: int = RAM_SIZE) -> Iterator[Path]:
+    """A temporary file for one full RAM dump of ``size`` bytes (in /dev/shm
+    when there is room, $VMTEST_RAMTMP overrides), deleted when the block ends."""
+    fd, name = tempfile.mkstemp(prefix=f"vmtest-ram{stage}-", suffix=".bin", dir=ram_tmpdir(size))
     os.close(fd)         # an open descriptor would keep the 1 GiB file alive after its unlink
     full = Path(name)
     try:
@@ -72,10 +72,53 @@ def ram_tempfile(stage: int) -> Iterator[Path]:
         full.unlink(missing_ok=True)
 
 
+#: QEMU's pc machine (i440fx): guests of at least 3.5 GiB keep 3 GiB below
+#: 4 GiB (gigabyte-aligned split) and the rest from 4 GiB up, above the PCI hole
+PC_LOWMEM_SPLIT = 0xE0000000
+PC_LOWMEM_ALIGNED = 0xC0000000
+FOUR_GIB = 1 << 32
+
+
+def qemu_ram_ranges(size: int) -> list[tuple[int, int]]:
+    """Guest-physical ``(start, end)`` ranges of QEMU's pc RAM of ``size``
+    bytes: all of it from 0 below 3.5 GiB, else [0, 3 GiB) and
+    [4 GiB, 4 GiB + the rest) (seen in ``info mtree -f`` of QEMU 7.2)."""
+    if size < PC_LOWMEM_SPLIT:
+        return [(0, size)]
+    return [(0, PC_LOWMEM_ALIGNED), (FOUR_GIB, FOUR_GIB + size - PC_LOWMEM_ALIGNED)]
+
+
 def pmemsave(qmp, dest: Path, memory: str = "1G") -> None:
-    """Save guest-physical RAM [0, ``memory``) into ``dest`` through QMP (``qmp``: a
-    :class:`vmtest.qmp.Qmp`)."""
-    qmp.execute("pmemsave", val=0, size=guest_ram_size(memory), filename=str(dest))
+    """Save the guest's RAM of ``memory`` into ``dest`` through QMP (``qmp``: a
+    :class:`vmtest.qmp.Qmp`), file offset = physical address.  RAM above the
+    PCI hole is saved on its own and copied to its offset from the end down,
+    the part file shrinking as it goes (never two full copies at once); the
+    hole stays a hole of the file (reads as zeros, holds no memory)."""
+    ranges = qemu_ram_ranges(guest_ram_size(memory))
+    (lo, hi), rest = ranges[0], ranges[1:]
+    qmp.execute("pmemsave", val=lo, size=hi - lo, filename=str(dest))
+    for start, end in rest:
+        part = dest.with_name(dest.name + f".{start:x}")
+        try:
+            qmp.execute("pmemsave", val=start, size=end - start, filename=str(part))
+            _place_at(part, dest, start)
+        finally:
+            part.unlink(missing_ok=True)
+
+
+def _place_at(part: Path, dest: Path, offset: int, chunk: int = 64 << 20) -> None:
+    """Copy ``part`` into ``dest`` at ``offset``, last chunk first, cutting
+    ``part`` down after each chunk."""
+    n = part.stat().st_size
+    with open(part, "r+b") as src, open(dest, "r+b") as dst:
+        dst.truncate(offset + n)
+        while n > 0:
+            k = min(chunk, n)
+            n -= k
+            src.seek(n)
+            dst.seek(offset + n)
+            dst.write(src.read(k))
+            src.truncate(n)
 
 
 def keep_full_ram(full: Path, dest: Path) -> None:

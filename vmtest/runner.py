@@ -33,7 +33,7 @@ from .inject import COMMAND_LINE_SIZE, StopContext, apply_writes, entry_writes
 from .qmp import Qmp
 from .serial import split_serial
 
-__all__ = ["BASE_CMDLINE", "PAD_WORD", "Options", "qemu_argv", "qemu_binary", "run_chain"]
+__all__ = ["BASE_CMDLINE", "PAD_WORD", "Options", "numa_argv", "qemu_argv", "qemu_binary", "run_chain"]
 
 BASE_CMDLINE = "console=ttyS0 kho=on liveupdate=on panic=-1 memblock=debug log_buf_len=4M"
 #: padding word that makes every boot's command line as long as the longest one
@@ -54,6 +54,10 @@ class Options:
     base_cmdline: str = BASE_CMDLINE
     memory: str = "1G"
     smp: int = 2
+    # NUMA nodes of the guest: above 1, the RAM is split evenly into that many
+    # QEMU memory backends, one per node (-numa node,memdev=), and the vCPUs
+    # into as many sockets; the kernel learns the nodes from ACPI SRAT
+    numa_nodes: int = 1
     timeout: float = 600.0            # whole chain
     stall_timeout: float = 90.0       # guest running but the serial console silent this long: hung
     earlyprintk: bool = False         # earlyprintk=serial,ttyS0 (shows how far a dying kernel got)
@@ -135,7 +139,7 @@ def qemu_argv(qemu: str, opts: Options, build: Build, serial: Path, qmp_sock: Pa
               cmdline: str, initrd: Path | None = None) -> list[str]:
     """The QEMU command line: TCG, paused (-S), serial console into ``serial``,
     QMP on a unix socket, the gdbstub on 127.0.0.1:``port``, direct kernel boot."""
-    return [qemu, "-accel", "tcg", "-m", opts.memory, "-smp", str(opts.smp), "-no-reboot",
+    return [qemu, "-accel", "tcg", "-m", opts.memory, *numa_argv(opts), "-no-reboot",
             "-nodefaults", "-display", "none", "-S",
             "-serial", f"file:{serial}",
             "-qmp", f"unix:{qmp_sock},server,nowait",
@@ -143,6 +147,24 @@ def qemu_argv(qemu: str, opts: Options, build: Build, serial: Path, qmp_sock: Pa
             "-kernel", str(build.bzimage), "-initrd", str(initrd or build.initramfs),
             "-append", cmdline] + (
             ["-drive", f"file={opts.disk},if=virtio,format=raw,readonly=on,cache=unsafe"] if opts.disk else [])
+
+
+def numa_argv(opts: Options) -> list[str]:
+    """``-smp`` and, for a guest of several NUMA nodes, its memory backends,
+    nodes and the socket of each node's vCPUs."""
+    n = opts.numa_nodes
+    if n <= 1:
+        return ["-smp", str(opts.smp)]
+    size = capture.guest_ram_size(opts.memory)
+    if size % (n << 20) or opts.smp % n:
+        raise ValueError(f"{n} NUMA nodes need the RAM ({opts.memory}) in whole MiB per node and "
+                         f"the {opts.smp} vCPUs in as many sockets")
+    argv = ["-smp", f"{opts.smp},sockets={n},cores={opts.smp // n},threads=1"]
+    for i in range(n):
+        argv += ["-object", f"memory-backend-ram,id=ram{i},size={size // n >> 20}M",
+                 "-numa", f"node,nodeid={i},memdev=ram{i}"]
+    argv += [a for i in range(n) for a in ("-numa", f"cpu,node-id={i},socket-id={i}")]
+    return argv
 
 
 def _shell_line(argv: list[str]) -> str:
@@ -283,6 +305,7 @@ def _run_chain_once(out: Path, opts: Options, build: Build | None) -> dict:
     qemu_err = open(work / "qemu.stderr", "w+")
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=qemu_err, stderr=qemu_err)
     summary: dict = {"boots_requested": opts.boots, "cmdline": cmdline, "kernel": build.release,
+                     "memory": opts.memory, "numa_nodes": opts.numa_nodes,
                      "build_dir": str(build.dir), "machine_kexec": f"{build.machine_kexec:#x}",
                      "stops": [], "exit": None}
     if multi:
@@ -496,7 +519,7 @@ def _handle_stop(n: int, out: Path, qmp: Qmp, gdb: Gdb, opts: Options, rlog) -> 
     m = re.search(r"RIP=([0-9a-f]+)", regs)
     stop["rip"] = f"0x{m.group(1)}" if m else None
     split_serial(out / "serial.log", out)   # the stage's own dumps are complete by now
-    with capture.ram_tempfile(n) as full:
+    with capture.ram_tempfile(n, capture.guest_ram_size(opts.memory)) as full:
         t0 = time.time()
         capture.pmemsave(qmp, full, opts.memory)
         stop["pmemsave_s"] = round(time.time() - t0, 2)

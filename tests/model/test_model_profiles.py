@@ -204,3 +204,16 @@ def test_node_outside_ram_faults_before_any_reservation_on_7_3(ram):
                                  "Kernel panic - not syncing: Fatal exception"]
     assert e["reserved"], "7.2 reserves the blocks walked before the bad entry"
     assert f["reserved"] == []
+
+
+def test_7_3_revives_reserve_mem_after_its_early_walk():
+    """7.3's early walk (mm_core_init_early) runs before the boot parameters
+    are parsed: reserve_mem= still revives its region from the handover."""
+    from pykho.model.kernel import Kernel
+    from pykho.model.machine import Machine
+    for gen in ("E", "F"):
+        old = Kernel(Machine(ram=[(0x100000, 1 << 30, 0)]), gen, "kho=on reserve_mem=4M:4K:vmtest_rmem").boot()
+        assert old.kexec_file_load() == 0
+        new = old.kexec(gen, name="kernel 2")
+        assert "Revived memory reservation 'vmtest_rmem' from KHO" in new.log, (gen, new.log)
+

@@ -223,3 +223,45 @@ def test_entry_cmdline_rewrite(tmp_path):
                         "console=ttyS0")
     assert mem[0x6008] == 0xAB and stop["entry"]["scratch_addr"] == "0x6000"
     assert stop["injected"][0]["when"] == "entry" and stop["next_cmdline"]["written"] == "console=ttyS0"
+
+
+def test_numa_guest_shape():
+    """A two-node guest: one memory backend and one socket per node; the RAM
+    layout of QEMU's pc machine puts what is above 3 GiB of a 4 GiB guest
+    from 4 GiB up (the PCI hole below)."""
+    from vmtest import runner
+    assert runner.numa_argv(runner.Options()) == ["-smp", "2"]
+    argv = runner.numa_argv(runner.Options(memory="4G", numa_nodes=2))
+    assert argv[:2] == ["-smp", "2,sockets=2,cores=1,threads=1"]
+    assert "memory-backend-ram,id=ram1,size=2048M" in argv and "node,nodeid=1,memdev=ram1" in argv
+    assert "cpu,node-id=1,socket-id=1" in argv
+    with pytest.raises(ValueError):
+        runner.numa_argv(runner.Options(memory="4G", numa_nodes=3, smp=2))
+    assert capture.qemu_ram_ranges(1 << 30) == [(0, 1 << 30)]
+    assert capture.qemu_ram_ranges(0xDFF00000) == [(0, 0xDFF00000)]
+    assert capture.qemu_ram_ranges(4 << 30) == [(0, 3 << 30), (4 << 30, 5 << 30)]
+
+
+def test_ram_above_the_hole(tmp_path):
+    """pmemsave of a guest with RAM above 4 GiB: one file, offset = physical
+    address, the hole a hole, the part file gone."""
+    class FakeQmp:
+        def execute(self, cmd, val, size, filename):
+            assert cmd == "pmemsave"
+            # each byte of a page tells the page's physical address (scaled down)
+            with open(filename, "wb") as f:
+                for at in range(val, val + size, 1 << 20):
+                    f.write(bytes([(at >> 20) % 251]) * (1 << 20))
+    dest = tmp_path / "ram.bin"
+    real = capture.qemu_ram_ranges
+    capture.qemu_ram_ranges = lambda n: [(0, 8 << 20), (16 << 20, 20 << 20)]   # a small pc-like layout
+    try:
+        capture.pmemsave(FakeQmp(), dest, "12M")
+    finally:
+        capture.qemu_ram_ranges = real
+    data = dest.read_bytes()
+    assert len(data) == 20 << 20
+    for mib in (0, 7, 16, 19):
+        assert data[mib << 20] == mib % 251 and data[((mib + 1) << 20) - 1] == mib % 251
+    assert data[8 << 20:16 << 20] == bytes(8 << 20)
+    assert [p.name for p in tmp_path.iterdir()] == ["ram.bin"]

@@ -245,26 +245,31 @@ def _record(res, case: str, change: str, real, predicted, agree: bool, note: str
 
 def check_scratch_sizes(res):
     """Lead 8, on boot 1 (a cold boot): per-node scratch is the scale times
-    the node's kernel reservations counted after the array, lowmem and global
-    areas were allocated.  The model's kernel does not know the real early
-    reservations: every kern_reserved that gives the real lowmem size must
-    give a per-node size set holding the real one."""
+    the kernel reservations that carry the node's id.  With NUMA=n every
+    region is nid 0: the array, lowmem and global areas allocated just before
+    count too.  With NUMA=y only the reservations made before NUMA init
+    (tagged by numa_clear_kernel_node_hotplug) and the allocations that asked
+    for the node (the memmap) count.  pykho's kernel is given what boot 1's
+    log says was reserved before NUMA init (vmtest.coldboot); every total of
+    the other early reservations that gives the real lowmem size must give
+    the real per-node size."""
     from pykho import profiles as P
-    from pykho.memory.iomem import parse_iomem
     from pykho.model.kernel import Kernel
     from pykho.model.machine import Machine
-    sd1 = res["out"] / "stage1"
-    low, glob, node = (int(x, 16) for x in (sd1 / "scratch_len.txt").read_text().split())
-    ram = [(s, e, 0) for s, e in parse_iomem((sd1 / "iomem.txt").read_text())]
-    cmd = (sd1 / "cmdline.txt").read_text().strip()
+    from vmtest import coldboot
+    facts = coldboot.early_facts(res["out"] / "stage1")
+    numa = coldboot.build_has_numa(res["summary"]["build_dir"])
+    low, glob, node = facts["scratch_len"]
     got = set()
     for k in range(low // 2 - (8 << 20), low // 2 + (4 << 20), 1 << 18):
-        kern = Kernel(Machine(ram=ram), P.E, cmd, kern_reserved=k).boot()
+        kern = Kernel(Machine(ram=facts["ram"]), P.E, facts["cmdline"], kern_reserved=k, numa=numa,
+                      image_size=facts["image"][1], early_kern=tuple(facts["early_kern"])).boot()
         sizes = [a.size for a in kern.scratch]
         if sizes[0] == low:
             got.add(tuple(sizes))
-    agree = any(s == (low, glob, node) for s in got)
-    _record(res, "cold-boot-per-node-scratch", "boot 1 (cold, kho=on): the scratch sizes it reserves",
+    agree = bool(got) and all(s == (low, glob, node) for s in got)
+    _record(res, "cold-boot-per-node-scratch", "boot 1 (cold, kho=on) on a NUMA=%s kernel: the scratch sizes it "
+            "reserves" % ("y" if numa else "n"),
             {"scratch_len": [low, glob, node]}, {"sizes_for_the_same_lowmem": sorted(got)}, agree,
             "the old model gave per-node = lowmem on one node" if node != low else "")
     assert node != low, "the lead: per-node is not the global total's scale"
@@ -404,6 +409,14 @@ def test_lead_on_the_real_kernel(name, vm_build, tmp_path):
     res = camp.run_case(LEADS[name], tmp_path)
     res["out"] = tmp_path
     assert res["pred"] is not None, res["diffs"]
+    from vmtest import coldboot
+    if name == "scratch-area-no-ram" and coldboot.build_has_numa(res["summary"]["build_dir"]):
+        # NUMA=y: no node covers the phantom area (its nid stays NUMA_NO_NODE)
+        # and boot 2 dies in early memory init (7.3.4 on 4 GiB: NULL pointer
+        # dereference in mm_core_init_early); the model has no such fault yet
+        # (docs/REAL-KERNEL.md, "a scratch area outside RAM on a NUMA kernel")
+        assert res["real"]["fate"] in ("died", "panic") and not res["agree"], res["real"]
+        pytest.xfail("model gap: a scratch area outside every NUMA node kills boot 2 on a NUMA=y kernel")
     assert res["agree"] or res["nondeterminism"], "\n".join(res["diffs"])
     CHECKS[name](res)
 

@@ -69,7 +69,8 @@ class Kernel(MemoryInit, OutgoingKHO, Kexec):
                  seed: int = 1, kern_reserved: int = 52 * MiB, test_kho_max_mem: int = 1 * MiB,
                  faults: dict[str, Any] | None = None,
                  clients: tuple[str, ...] = _clients.DEFAULT_MODEL_CLIENTS,
-                 arch: str = "x86", kho_debug: bool = True):
+                 arch: str = "x86", kho_debug: bool = True, numa: bool = False,
+                 image_size: int | None = None, early_kern: tuple[tuple[int, int], ...] = ()):
         self.m = machine
         self.p = P.get_profile(profile)
         self.cmdline = cmdline
@@ -82,6 +83,15 @@ class Kernel(MemoryInit, OutgoingKHO, Kexec):
         self.arch = arch
         #: CONFIG_KEXEC_HANDOVER_DEBUG (on in the vmtest kernel)
         self.kho_debug = kho_debug
+        #: CONFIG_NUMA: the machine's nodes are the kernel's (N_MEMORY); without
+        #: it every memblock region is nid 0 (include/linux/memblock.h:378-381)
+        self.numa = numa
+        #: a cold boot's image reservation (default KERNEL_IMAGE_SIZE at 16 MiB)
+        #: and the other kernel reservations made before NUMA init, (base,
+        #: size) each (initrd, log buffer, early page tables: known from a
+        #: real boot's memblock=debug log, else none)
+        self.image_size = image_size or self.KERNEL_IMAGE_SIZE
+        self.early_kern = tuple(early_kern)
         self.violations: list[Violation] = violations if violations is not None else []
         self.oops: KernelOops | None = None          # the oops that ended the boot, if any
         self.panicked = False
@@ -261,7 +271,7 @@ class Kernel(MemoryInit, OutgoingKHO, Kexec):
     def spawn(self, profile: Any, cmdline: str, release: str | None, name: str, **kw: Any) -> Kernel:
         return Kernel(self.m, profile, cmdline, release, name, self.violations, seed=self.rng.randrange(1 << 30),
                       kern_reserved=self.kern_reserved, test_kho_max_mem=self.test_kho_max_mem, arch=self.arch,
-                      **kw)
+                      **{"numa": self.numa, **kw})
 
     # ------------------------------------------------------------------ log
     def set_step(self, step: str) -> None:
@@ -278,7 +288,7 @@ class Kernel(MemoryInit, OutgoingKHO, Kexec):
         if image is not None:
             self.memblock.reserve(image.addr, image.size, kern=True)
         else:
-            self.memblock.reserve(16 * MiB, self.KERNEL_IMAGE_SIZE, kern=True)
+            self.memblock.reserve(16 * MiB, self.image_size, kern=True)
         if kho_data is not None:
             # x86 setup_arch hands the data to kho_populate from parse_setup_data,
             # before e820__memblock_setup adds RAM and allows the region array to
@@ -337,7 +347,7 @@ class Kernel(MemoryInit, OutgoingKHO, Kexec):
         self.set_step("e820")
         self.memblock.can_resize = True
         self.memblock.grow_fails = self.memblock.scratch_only
-        missing = [(s, e) for s, e, nid in self.m.ram if self.memblock.add(s, e - s, nid)]
+        missing = [(s, e) for s, e, nid in self.m.ram if self.memblock.add(s, e - s, nid if self.numa else 0)]
         # x86 then marks the memory below 1 MiB as scratch for the real-mode
         # trampoline; when that marking cannot grow the array either, nothing
         # below 1 MiB is scratch and do_init_real_mode panics (7.2.13 with 62
@@ -366,8 +376,17 @@ class Kernel(MemoryInit, OutgoingKHO, Kexec):
                 self.printk("Malformed early option 'kho_scratch'")
             else:
                 self.scratch_cfg = cfg
+        # initmem_init (x86 setup_arch, after the early params): NUMA init
+        # tags the kernel reservations made so far with their node; the
+        # later ones have none and count for no node's scratch
+        for base, size in self.early_kern:
+            self.memblock.reserve(base, size, kern=True)
+        if self.numa:
+            self.memblock.kern_nid_known = False
         # early kernel allocations that count for the scratch scale
-        lump = self.kern_reserved - self.KERNEL_IMAGE_SIZE
+        lump = self.kern_reserved - self.image_size - sum(n for _, n in self.early_kern)
+        if self.numa and not self.memblock.scratch_only:
+            lump = max(0, lump - self._memmap_per_node())
         if self.memblock.scratch_only and not self.scratch_unknown:
             try:
                 self._early_allocs_from_scratch(lump)
@@ -376,6 +395,16 @@ class Kernel(MemoryInit, OutgoingKHO, Kexec):
                 return self
         else:
             self.memblock.alloc(lump, PAGE_SIZE, kern=True)
+        if self.p.early_tree_walk:
+            self.set_step("mm_core_init_early")
+            try:
+                self.kho_memory_init_early()
+            except KernelOops as e:
+                self._oops(e)
+                return self
+            # start_kernel's parse_args next: what reads the handover there
+            # (reserve_mem=) still sees memory that only scratch allocations touched
+            self.set_step("early params")
         try:
             for c in self.clients:
                 c.early_param()      # parse_args: reserve_mem= reads its FDT from the handover
@@ -417,6 +446,21 @@ class Kernel(MemoryInit, OutgoingKHO, Kexec):
         of one incoming area (may raise :class:`MemblockPanic`)."""
         self.memblock.add(addr, size)
         return self.memblock.mark_kho_scratch(addr, size)
+
+    def _memmap_per_node(self) -> int:
+        """sparse_init: each node's struct pages (2 MiB per 128 MiB section
+        with RAM) allocated on that node, so with NUMA=y they count for its
+        scratch (the rest of the early allocations ask for no node).  The
+        bytes allocated."""
+        done = 0
+        for n in self.m.nodes:
+            spans = merge_runs(sorted((s >> SECTION_SIZE_BITS, ((e - 1) >> SECTION_SIZE_BITS) + 1)
+                                      for s, e, nid in self.m.ram if e > s and nid == n))
+            for a, b in spans:      # one allocation per span (RAM can reach 2^52)
+                size = min((b - a) * 2 * MiB, 1 << 40)
+                if self.memblock.alloc(size, 2 * MiB, nid=n):
+                    done += size
+        return done
 
     def _early_allocs_from_scratch(self, lump: int) -> None:
         """A KHO boot's early allocations come from scratch alone (scratch-only

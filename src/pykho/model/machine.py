@@ -828,6 +828,14 @@ class Memblock:
         self.memory: list[Region] = []
         self.reserved = IntervalSet()
         self.reserved_kern = IntervalSet()
+        #: kernel reservations whose region has a node id: every one with
+        #: NUMA=n (all nid 0); with NUMA=y only those made before NUMA init,
+        #: which numa_clear_kernel_node_hotplug tags with their node
+        #: (mm/numa_memblks.c:355-361); a later memblock_reserve_kern passes
+        #: NUMA_NO_NODE (include/linux/memblock.h:138-141)
+        self.reserved_kern_nid = IntervalSet()
+        #: new kernel reservations still get a node id (False after NUMA init)
+        self.kern_nid_known = True
         self.noinit = IntervalSet()
         self.scratch_only = False
         self.faults = FaultSite()
@@ -912,14 +920,20 @@ class Memblock:
     def scratch_ranges(self) -> IntervalSet:
         return IntervalSet((r.base, r.end) for r in self.memory if r.flags & MEMBLOCK_KHO_SCRATCH)
 
-    def reserve(self, base, size, kern=False):
+    def reserve(self, base, size, kern=False, nid=None):
+        """``memblock_reserve`` (``kern``: ``memblock_reserve_kern``); ``nid``:
+        the node an allocation asked for, which its region keeps
+        (mm/memblock.c:1561-1562; the fallback to any node passes none)."""
         self.reserved.add(base, base + size)
         if kern:
             self.reserved_kern.add(base, base + size)
+            if self.kern_nid_known or nid is not None:
+                self.reserved_kern_nid.add(base, base + size)
 
     def free(self, base, size):
         self.reserved.remove(base, base + size)
         self.reserved_kern.remove(base, base + size)
+        self.reserved_kern_nid.remove(base, base + size)
 
     def alloc(self, size, align=PAGE_SIZE, start=0, end=None, nid=None, kern=True) -> int:
         """Top-down allocation; 0 on failure (as ``memblock_phys_alloc``).
@@ -943,15 +957,17 @@ class Memblock:
                 cand = (b - size) & ~(align - 1)
                 if cand >= a and cand > 0:
                     if size:
-                        self.reserve(cand, size, kern)
+                        self.reserve(cand, size, kern, nid)
                     return cand
         return 0
 
     def kern_size(self, limit=None, ranges=None) -> int:
         """``memblock_reserved_kern_size``: bytes of kernel reservations below
-        ``limit`` (inclusive), or inside ``ranges`` (one node's RAM)."""
+        ``limit`` (inclusive), or, for one node, those with a node id inside
+        ``ranges`` (that node's RAM; mm/memblock.c:1842-1844 matches the
+        region's nid)."""
         total = 0
-        for s, e in self.reserved_kern:
+        for s, e in (self.reserved_kern if ranges is None else self.reserved_kern_nid):
             if limit is not None:
                 e = min(e, limit + 1)
             if ranges is not None:

@@ -58,7 +58,14 @@ def _unique_sections(physs: Any) -> Any:
 class MemoryInit(KernelState):
     """``kho_memory_init``, scratch reservation, ``memblock_free_all``, restore."""
 
-    def kho_memory_init(self) -> None:
+    def kho_memory_init_early(self) -> None:
+        """7.3's ``mm_core_init_early``, right after setup_arch and before the
+        boot parameters (``__setup``: reserve_mem=) are parsed (init/main.c
+        of 7.3.4: 1009-1010 then 1026): the early walk of the incoming tree.
+        Runs once; nothing on a profile without the early walk."""
+        if getattr(self, "_early_walk_done", False):
+            return
+        self._early_walk_done = True
         if self.kho_in_scratch_phys and self.p.early_tree_walk and self.kho_in_fdt is not None:
             # 7.3: kho_memory_init_early walks the tree (and extends scratch)
             # before anything of it is reserved; a fault here reserves nothing
@@ -68,9 +75,15 @@ class MemoryInit(KernelState):
             except WalkBudgetExceeded as e:
                 self.violation("walk-amplified", self.kho_in_scratch_phys, self.kho_in_scratch_phys + 1,
                                f"the early map walk does not end in reasonable time: {e}")
+                self._early_walk_aborted = True
                 return
             self.printk(*early.lines)
             self.scratch_extension = early.extension
+
+    def kho_memory_init(self) -> None:
+        self.kho_memory_init_early()
+        if getattr(self, "_early_walk_aborted", False):
+            return
         if self.p.kdump_gate and is_kdump_kernel(self.cmdline):
             # 7.3: a kdump kernel does no KHO memory work at all, kho= or not
             self.kho_enable = False
@@ -253,7 +266,7 @@ class MemoryInit(KernelState):
         p = self.p
         align = p.scratch_align
         cfg = self.scratch_cfg
-        nodes = self.m.nodes
+        nodes = self.m.nodes if self.numa else [0]
         per: dict[int, int] = {}
         if cfg[0] == "scale":
             scale = cfg[1]
@@ -290,10 +303,11 @@ class MemoryInit(KernelState):
         areas.append(structs.KhoScratch(a, glob))
         for n in nodes:
             if cfg[0] == "scale":
-                # scratch_size_node: that node's kernel reservations now, the
-                # array and the areas just allocated included (7.2.13 on one
-                # node: per-node = 3 x lowmem, not 1 x)
-                node_ram = [(s_, e_) for s_, e_, nid in self.m.ram if nid == n]
+                # scratch_size_node: that node's kernel reservations now; with
+                # NUMA=n the array and the areas just allocated included (7.2.13
+                # on one node: per-node = 3 x lowmem, not 1 x), with NUMA=y only
+                # those made before NUMA init
+                node_ram = [(s_, e_) for s_, e_, nid in self.m.ram if nid == n or not self.numa]
                 per[n] = roundup(self.memblock.kern_size(ranges=node_ram) * cfg[1] // 100, align)
             a = self.memblock.alloc(per[n], align, nid=n)
             if not a:

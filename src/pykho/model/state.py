@@ -32,6 +32,7 @@ class KernelState:
     name: str
     arch: str
     kho_debug: bool
+    numa: bool
     violations: list[Violation]
     log: list[str]
     kern_reserved: int

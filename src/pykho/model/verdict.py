@@ -211,6 +211,9 @@ def _boot(ho: Handover, tgt: P.Profile, mem: Any, fdt_phys: int, fdt_len: int, s
         "model_violations": [x.as_dict() for x in k.violations], "consequences": []}
     if want_reserved:
         v["reserved"] = [list(b) for b in k.reserved_log or []]
+    ext = getattr(k, "scratch_extension", None)
+    if ext:             # 7.3: memory kho_memory_init_early made scratch besides the handed-over areas
+        v["scratch_extension"] = [[s, e] for s, e in ext]
     if missing is not None:
         v["populate"] = "accepted" if k.populate.accepted else "rejected"
         v["outcome"] = (f"populate accepts; predicting the rest of the boot needs memory at 0x{missing:x}"
