@@ -150,7 +150,7 @@ def observe(capture: Path, summary: dict, stage: int = 2) -> dict[str, Any]:
 
 def predict(ctx, jump: list[tuple[int, bytes]] = (), cmdline: str = "kho=on",
             kho_data: tuple[int, int, int, int] | None = None, scratch: bytes | None = None,
-            model: bool = False, target: Any = None) -> dict[str, Any]:
+            model: bool = False, target: Any = None, numa: bool = False) -> dict[str, Any]:
     """pykho's verdict for the bytes boot 2 will find.
 
     ``jump``: (phys, bytes) written at machine_kexec.  ``kho_data``: the
@@ -189,7 +189,7 @@ def predict(ctx, jump: list[tuple[int, bytes]] = (), cmdline: str = "kho=on",
         iomem_txt = ctx.stage_dir / "iomem.txt"
         iomem = parse_iomem(iomem_txt.read_text()) if iomem_txt.exists() else None
         rep = validate(ho, P.get_profile(target or P.E), iomem=iomem or None, want_reserved=True,
-                       cmdline=cmdline)
+                       cmdline=cmdline, numa=numa)
     v = rep["verdict"]
     viol = [x["kind"] for x in v.get("model_violations", [])]
     if any(x["kind"] == "panic" and x["step"] == "setup_arch" for x in v.get("model_violations", [])):
@@ -426,6 +426,14 @@ def target_profile(build=None) -> Any:
     return P.E
 
 
+def build_numa(build=None) -> bool:
+    """Whether the chain's kernel is built with CONFIG_NUMA (the model's
+    boot 2 then needs every memblock range on a node)."""
+    from .coldboot import build_has_numa
+    b = build or find_build()
+    return bool(b is not None and build_has_numa(b.dir))
+
+
 def guest_shape(case: Case) -> str:
     """"" for the default guest (1 GiB, one node), else e.g. " (guest 4G, 2 NUMA nodes)"."""
     if case.memory == "1G" and case.numa_nodes == 1:
@@ -459,6 +467,7 @@ def run_case(case: Case, out: Path, build=None, rec: bool = True, keep: bool = F
     got: dict[str, Any] = {}
     t0 = time.time()
     target = target_profile(build)
+    numa = build_numa(build)
 
     def hook(ctx):
         if ctx.stage != 1:
@@ -467,7 +476,7 @@ def run_case(case: Case, out: Path, build=None, rec: bool = True, keep: bool = F
         got["change"] = ch
         cmd = boot2_cmdline(opts)
         try:
-            got["pred"] = predict(ctx, ch.jump, cmd, ch.kho_data, ch.scratch, target=target)
+            got["pred"] = predict(ctx, ch.jump, cmd, ch.kho_data, ch.scratch, target=target, numa=numa)
         except Exception:   # noqa: BLE001 - pykho failed on these bytes: the case disagrees
             got["pred_error"] = traceback.format_exc(limit=6)
         writes = [Write(p, d, stage=1, when="jump") for p, d in ch.jump]

@@ -217,3 +217,31 @@ def test_7_3_revives_reserve_mem_after_its_early_walk():
         new = old.kexec(gen, name="kernel 2")
         assert "Revived memory reservation 'vmtest_rmem' from KHO" in new.log, (gen, new.log)
 
+
+
+@pytest.mark.parametrize("target", ["7.2", "7.3"])
+def test_numa_kernel_dies_on_a_scratch_area_no_node_covers(target):
+    """An inherited scratch area moved to 128 GiB (no RAM): kho_populate's
+    memblock_add keeps it, NUMA=n makes it nid 0 and boots; on a NUMA=y
+    kernel no node covers it and free_area_init (mm_core_init_early) faults
+    before any map reservation (7.2.13 and 7.3.4 in the random campaign,
+    seeds 205387516996838 and 98121751692616)."""
+    from pykho.abi import structs
+    from pykho.handover import load
+    from pykho.memory.iomem import parse_iomem
+    from pykho.memory.sources import open_source
+    from pykho.reports.validate import validate
+    out = {}
+    for numa in (False, True):
+        with open_source(A.mem) as mem:
+            ho = load(A.out, mem)
+            # area 2 (the scratch array is not in the capture yet: the model
+            # stages the debugfs values where kexec puts it)
+            ho.scratch[2] = structs.KhoScratch(128 << 30, ho.scratch[2].size)
+            iomem = parse_iomem(open(A.dir("stage1-iomem.txt")).read())
+            out[numa] = validate(ho, P.get_profile(target), iomem=iomem, want_reserved=True, numa=numa)["verdict"]
+    assert out[False]["reserved"] and not any(x.startswith("BUG: kernel NULL") for x in out[False]["log"])
+    v = out[True]
+    assert v["log"][-2:] == ["BUG: kernel NULL pointer dereference, address: 0000000000000098",
+                             "Kernel panic - not syncing: Fatal exception"], v["log"]
+    assert v["reserved"] == [] and not any(x.startswith("Revived memory reservation") for x in v["log"])

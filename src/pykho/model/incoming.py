@@ -226,6 +226,12 @@ class ArchLayout:
     unbacked_read_aborts: bool = False
     #: RAM is what the boot DT's memory nodes claim (arm64), not the firmware's map
     ram_from_boot_dt: bool = False
+    #: with NUMA=y, a memblock.memory range no node covers (an inherited
+    #: scratch area outside RAM) faults in free_area_init with this line
+    #: (x86-64, seen on 7.2.13 and 7.3.4); "" where not seen
+    unnoded_memory_fault: str = ""
+    #: without NUMA information the one dummy node spans [0, end of RAM) (x86 dummy_numa_init)
+    dummy_node_spans_holes: bool = False
 
     def phys_offset(self, ram_start: int) -> int:
         a = self.phys_offset_align
@@ -249,7 +255,9 @@ class ArchLayout:
 ARCH_LAYOUTS = {
     "x86": ArchLayout("x86", X86_64_PAGE_OFFSET, X86_64_VMEMMAP, 0,
                       "BUG: unable to handle page fault for address: {v:016x}",
-                      "Kernel panic - not syncing: Fatal exception", True, True),
+                      "Kernel panic - not syncing: Fatal exception", True, True,
+                      unnoded_memory_fault="BUG: kernel NULL pointer dereference, address: 0000000000000098",
+                      dummy_node_spans_holes=True),
     # PAGE_OFFSET -(1 << 48); VMEMMAP_START = -1 GiB - VMEMMAP_SIZE (memory.h:33-51)
     "arm64": ArchLayout("arm64", 0xFFFF000000000000, 0xFFFFFDFFC0000000, 1 << 30,
                         "Unable to handle kernel paging request at virtual address {v:016x}",

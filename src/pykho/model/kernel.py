@@ -86,6 +86,7 @@ class Kernel(MemoryInit, OutgoingKHO, Kexec):
         #: CONFIG_NUMA: the machine's nodes are the kernel's (N_MEMORY); without
         #: it every memblock region is nid 0 (include/linux/memblock.h:378-381)
         self.numa = numa
+        self.scratch_added: list[tuple[int, int]] = []     # kho_populate's memblock_add of each area
         #: a cold boot's image reservation (default KERNEL_IMAGE_SIZE at 16 MiB)
         #: and the other kernel reservations made before NUMA init, (base,
         #: size) each (initrd, log buffer, early page tables: known from a
@@ -395,6 +396,8 @@ class Kernel(MemoryInit, OutgoingKHO, Kexec):
                 return self
         else:
             self.memblock.alloc(lump, PAGE_SIZE, kern=True)
+        if self._unnoded_scratch():
+            return self
         if self.p.early_tree_walk:
             self.set_step("mm_core_init_early")
             try:
@@ -444,8 +447,36 @@ class Kernel(MemoryInit, OutgoingKHO, Kexec):
     def _add_scratch(self, addr: int, size: int) -> int:
         """kho_populate's ``memblock_add`` then ``memblock_mark_kho_scratch``
         of one incoming area (may raise :class:`MemblockPanic`)."""
+        self.scratch_added.append((addr, addr + size))
         self.memblock.add(addr, size)
         return self.memblock.mark_kho_scratch(addr, size)
+
+    def _unnoded_scratch(self) -> bool:
+        """free_area_init (mm_core_init_early) on a NUMA=y kernel: every
+        memblock.memory range must belong to a node.  NUMA init gives nodes to
+        RAM (ACPI SRAT ranges; without SRAT x86's one dummy node spans 0 to the
+        end of RAM); an inherited scratch area that kho_populate added where no
+        node reaches keeps none, and the node data looked up for it does not
+        exist: a NULL dereference, fatal this early (7.2.13 and 7.3.4 with a
+        scratch area moved to 128 GiB or the scratch array read 8 bytes off;
+        docs/KERNEL-FACTS.md §5).  True when the boot ends here."""
+        lay = ARCH_LAYOUTS[self.arch]
+        if not (self.numa and lay.unnoded_memory_fault and self.memblock.scratch_only and self.scratch_added):
+            return False
+        ram = [(s_, e_) for s_, e_, _ in self.m.ram if e_ > s_]
+        if lay.dummy_node_spans_holes and len({nid for _, _, nid in self.m.ram}) <= 1:
+            ram = [(0, max((e_ for _, e_ in ram), default=0))]
+        nodes = IntervalSet(ram)
+        outside = [(a, b) for a, b in self.scratch_added
+                   if b > a and sum(e_ - s_ for s_, e_ in nodes.overlaps(a, b)) < b - a]
+        if not outside:
+            return False
+        self.set_step("mm_core_init_early")
+        a, b = outside[0]
+        self.violation("oops", a, b, "scratch area outside every NUMA node: free_area_init finds no node data")
+        self.printk(lay.unnoded_memory_fault, lay.oops_panic)
+        self.panicked = True
+        return True
 
     def _memmap_per_node(self) -> int:
         """sparse_init: each node's struct pages (2 MiB per 128 MiB section

@@ -62,8 +62,12 @@ def _page_span(phys: int, size: int) -> tuple[int, int]:
 
 
 def predict(ho: Handover, tgt: P.Profile, cmdline: str = "kho=on", iomem: list[tuple[int, int]] | None = None,
-            want_reserved: bool = False, arch: str = "x86", boot_data: bytes | None = None) -> dict[str, Any]:
+            want_reserved: bool = False, arch: str = "x86", boot_data: bytes | None = None,
+            numa: bool = False) -> dict[str, Any]:
     """The target kernel's verdict on ``ho`` (see the module docstring).
+
+    ``numa``: the target kernel is built with CONFIG_NUMA (nodes from ACPI
+    SRAT or one dummy node; what its memblock ranges must belong to).
 
     ``arch``: the target's architecture (``x86``, ``arm64``).  ``boot_data``:
     on arm64, the device tree kexec_file_load wrote for the next kernel; the
@@ -113,7 +117,7 @@ def predict(ho: Handover, tgt: P.Profile, cmdline: str = "kho=on", iomem: list[t
     # kho_data.fdt_size as the kernel receives it, when the caller knows it
     fdt_len = getattr(ho, "fdt_size", None)
     return _boot(ho, tgt, mem, fdt_phys, PAGE_SIZE if fdt_len is None else fdt_len, scratch_phys, scratch_len,
-                 iomem, cmdline, want_reserved, strict, unknown_scratch, arch, boot_data)
+                 iomem, cmdline, want_reserved, strict, unknown_scratch, arch, boot_data, numa)
 
 
 def _head(tgt: P.Profile) -> dict[str, Any]:
@@ -130,7 +134,8 @@ def _rejected(v: dict[str, Any], failed_step: str | None) -> None:
 
 def _boot(ho: Handover, tgt: P.Profile, mem: Any, fdt_phys: int, fdt_len: int, scratch_phys: int, scratch_len: int,
           iomem: list[tuple[int, int]] | None, cmdline: str, want_reserved: bool, strict: bool,
-          unknown_scratch: bool = False, arch: str = "x86", boot_data: bytes | None = None) -> dict[str, Any]:
+          unknown_scratch: bool = False, arch: str = "x86", boot_data: bytes | None = None,
+          numa: bool = False) -> dict[str, Any]:
     """Boot the model's kernel of generation ``tgt`` on the captured memory.
     Clients whose data is not in the memory given are not run, and the
     verdict says so."""
@@ -162,7 +167,7 @@ def _boot(ho: Handover, tgt: P.Profile, mem: Any, fdt_phys: int, fdt_len: int, s
             notes[st.name] = f"not predicted: {why}"
             skip.add(plugin.model_name)
     names = tuple(n for n in _clients.DEFAULT_MODEL_CLIENTS if n not in skip)
-    k = Kernel(machine, tgt, cmdline, name="target kernel", clients=names, arch=arch)
+    k = Kernel(machine, tgt, cmdline, name="target kernel", clients=names, arch=arch, numa=numa)
     # whether the early boot fits in scratch is judged only on known RAM
     # (the memmap follows it): not on the guess made from a dump's extent
     k.scratch_unknown = unknown_scratch or not iomem

@@ -37,7 +37,7 @@ def _hex(v: Any) -> str:
 
 def validate(ho: Handover, target: P.Profile | None = None, iomem: list[tuple[int, int]] | None = None,
              want_blocks: bool = False, cmdline: str = "kho=on", want_reserved: bool = False,
-             arch: str = "x86", boot_data: bytes | None = None) -> dict[str, Any]:
+             arch: str = "x86", boot_data: bytes | None = None, numa: bool = False) -> dict[str, Any]:
     """Findings over the handover ``ho`` and the verdict of the ``target``
     kernel's model booted on it.  ``want_reserved`` adds ``verdict.reserved``:
     every ``(phys, order)`` the model's kernel memblock-reserved from the map,
@@ -119,7 +119,7 @@ def validate(ho: Handover, target: P.Profile | None = None, iomem: list[tuple[in
                           "outcome": "the root FDT file is cut short (debugfs quirk) and could not be completed: "
                                      "give --mem with memory captured at the jump"}
     else:
-        out["verdict"] = predict(ho, tgt, cmdline, iomem, want_reserved, arch, boot_data)
+        out["verdict"] = predict(ho, tgt, cmdline, iomem, want_reserved, arch, boot_data, numa)
         for c in out["verdict"].pop("consequences", []):
             F.append(Finding(c["severity"], c["code"], c["message"], c["where"]))
     if summary is not None:
