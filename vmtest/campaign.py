@@ -260,7 +260,10 @@ def compare(real: dict[str, Any], pred: dict[str, Any]) -> tuple[bool, list[str]
                      f"{len(pred['reserved'])} ({_digest(pred['reserved'])})")
     rf, pf = real["fate"], pred["fate"]
     if pf == "corruption":
-        ok = rf in ("corruption", "died") or (rf == "panic" and real["corruption_lines"])
+        # the first victim of the corrupted allocator may print bad-page dumps
+        # or fault at once (7.2.13 NUMA=y, debugfs=off: 331-3265 dumps in most
+        # runs, a fault at 0x1340 and Fatal exception with none in others)
+        ok = rf in ("corruption", "died") or (rf == "panic" and bool(real["corruption_lines"] or real["oops"]))
     elif pf == "silent-panic":
         ok = rf == "died"
     elif pf == "early-exception":
