@@ -422,6 +422,12 @@ def test_lead_on_the_real_kernel(name, vm_build, tmp_path):
         assert not res["pred"]["reserved"]
         return
     assert res["agree"] or res["nondeterminism"], "\n".join(res["diffs"])
+    if not res["agree"]:
+        # the run took another of the documented outcomes (vmtest.campaign.
+        # NONDETERMINISM: e.g. the reused root FDT page held a pointer this
+        # time): the lead's check holds for the outcome the model predicts
+        assert res["nondeterminism"] in camp.NONDETERMINISM
+        return
     CHECKS[name](res)
 
 
