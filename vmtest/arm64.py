@@ -43,6 +43,7 @@ from . import capture
 from .build import Build, log, read_env
 from .gdb import Gdb, GdbExited
 from .qmp import Qmp
+from .runner import end_qemu
 from .serial import split_serial
 
 __all__ = ["ARM64_KERNEL", "BASE_CMDLINE", "RAM_BASE", "Arm64Ctx", "Arm64Options", "analyse", "find_arm64_build",
@@ -400,20 +401,7 @@ def run_chain(out: str | os.PathLike, opts: Arm64Options | None = None, build: B
         summary["exit"] = f"error: {type(e).__name__}: {e}"
         rlog(summary["exit"])
     finally:
-        if gdb:
-            gdb.close()
-        if qmp:
-            qmp.close()
-        try:
-            proc.wait(timeout=10 if summary["exit"] == "qemu-exited" else 0.1)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        summary["qemu_rc"] = proc.returncode
-        qemu_err.seek(0)
-        summary["qemu_stderr"] = qemu_err.read()[-4000:]
-        qemu_err.close()
-        shutil.rmtree(work, ignore_errors=True)
+        end_qemu(summary, proc, gdb, qmp, qemu_err, work)
     stages = split_serial(serial, out) if serial.exists() else {}
     summary["stages"] = {str(k): {x: v[x] for x in ("started", "kexec", "end", "errors", "notes")}
                          for k, v in sorted(stages.items())}

@@ -31,9 +31,10 @@ from .gdb import REG_RIP, Gdb, GdbExited, arm
 from .gdb import reconnect as reconnect_gdb
 from .inject import COMMAND_LINE_SIZE, StopContext, apply_writes, entry_writes
 from .qmp import Qmp
+from .rootfs import cpio_newc
 from .serial import split_serial
 
-__all__ = ["BASE_CMDLINE", "PAD_WORD", "Options", "numa_argv", "qemu_argv", "qemu_binary", "run_chain"]
+__all__ = ["BASE_CMDLINE", "PAD_WORD", "Options", "end_qemu", "numa_argv", "qemu_argv", "qemu_binary", "run_chain"]
 
 BASE_CMDLINE = "console=ttyS0 kho=on liveupdate=on panic=-1 memblock=debug log_buf_len=4M"
 #: padding word that makes every boot's command line as long as the longest one
@@ -172,21 +173,23 @@ def _shell_line(argv: list[str]) -> str:
                     for a in argv)
 
 
-def _cpio_newc(files: dict[str, bytes]) -> bytes:
-    """A newc cpio archive of regular files (mode 0644, root), with its trailer."""
-    out = bytearray()
-
-    def entry(name: str, data: bytes, mode: int, ino: int) -> None:
-        nb = name.encode() + b"\0"
-        hdr = "070701" + "".join(f"{v:08x}" for v in (ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(nb), 0))
-        out.extend(hdr.encode() + nb)
-        out.extend(b"\0" * (-len(out) % 4))
-        out.extend(data)
-        out.extend(b"\0" * (-len(out) % 4))
-    for i, (name, data) in enumerate(sorted(files.items()), 1):
-        entry(name, data, 0o100644, 0x7000 + i)
-    entry("TRAILER!!!", b"", 0, 0)
-    return bytes(out)
+def end_qemu(summary: dict, proc: subprocess.Popen, gdb, qmp, qemu_err, work: Path) -> None:
+    """Close the gdbstub and QMP links, let QEMU exit (killed when it does
+    not), record its exit code and the tail of its stderr, drop the work folder."""
+    if gdb:
+        gdb.close()
+    if qmp:
+        qmp.close()
+    try:
+        proc.wait(timeout=10 if summary["exit"] == "qemu-exited" else 0.1)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    summary["qemu_rc"] = proc.returncode
+    qemu_err.seek(0)
+    summary["qemu_stderr"] = qemu_err.read()[-4000:]
+    qemu_err.close()
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def chain_initramfs(builds: dict[int, Build], dest: Path) -> Path:
@@ -197,8 +200,8 @@ def chain_initramfs(builds: dict[int, Build], dest: Path) -> Path:
     ``/kernel.<next stage>`` when it exists, else ``/kernel``, and hands its
     rootfs, these files included, to the next boot."""
     import gzip
-    extra = {f"kernel.{n}": b.bzimage.read_bytes() for n, b in sorted(builds.items()) if n >= 2}
-    data = builds[1].initramfs.read_bytes() + gzip.compress(_cpio_newc(extra), 6, mtime=0)
+    extra = {f"kernel.{n}": (b.bzimage.read_bytes(), 0o644) for n, b in sorted(builds.items()) if n >= 2}
+    data = builds[1].initramfs.read_bytes() + gzip.compress(cpio_newc(extra), 6, mtime=0)
     dest.write_bytes(data)
     return dest
 
@@ -464,20 +467,7 @@ def _run_chain_once(out: Path, opts: Options, build: Build | None) -> dict:
         summary["exit"] = f"error: {type(e).__name__}: {e}"
         rlog(summary["exit"])
     finally:
-        if gdb:
-            gdb.close()
-        if qmp:
-            qmp.close()
-        try:
-            proc.wait(timeout=10 if summary["exit"] == "qemu-exited" else 0.1)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        summary["qemu_rc"] = proc.returncode
-        qemu_err.seek(0)
-        summary["qemu_stderr"] = qemu_err.read()[-4000:]
-        qemu_err.close()
-        shutil.rmtree(work, ignore_errors=True)
+        end_qemu(summary, proc, gdb, qmp, qemu_err, work)
     stages = split_serial(serial, out)
     if boot_lines:
         summary["cmdlines"] = {str(n): x for n, x in boot_lines.items()}
