@@ -32,6 +32,7 @@ import json
 import mmap
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -52,7 +53,7 @@ DEFAULT_CASES = ["order0-64G", "memfd-64G", "order0-1T", "host-1T", "host-4T"]
 QUICK_CASES = ["order0-64G", "memfd-64G"]
 COMMANDS = ["c", "validate", "inspect", "map"]
 LABEL = {"c": "C walker", "validate": "validate -j", "inspect": "inspect -j", "map": "map --out svg",
-         "version": "kho --version"}
+         "version": "kho --version", "cycle": "simulate host-1T"}
 #: JSON larger than this is not parsed whole: its "summary" object is found by search
 PARSE_WHOLE = 64 * MiB
 
@@ -65,6 +66,8 @@ TARGETS: dict[tuple[str, str], list[tuple[str, float]]] = {
     ("order0-1T", "map"): [("wall", 10.0)],
     ("memfd-64G", "validate"): [("above_start", 3.0)],
     ("-", "version"): [("wall", 0.1)],
+    # item 4: the model's whole kexec cycle of a 1 TiB host preserving 512 GiB (kho simulate host-1T)
+    ("-", "cycle"): [("wall", 60.0), ("rss", 2 * GiB)],
 }
 for _c in ("host-1T", "host-4T"):
     for _k in ("validate", "inspect", "map"):
@@ -212,6 +215,13 @@ def row_for(case, cmd, results, c_best, version_best, exp, check=True):
                 if bad:
                     errs.append("error findings on a valid handover: " + ", ".join(sorted(set(bad))))
                 row["verdict_outcome"] = doc.get("verdict", {}).get("outcome")
+        elif cmd == "cycle" and not last.rc:
+            out = open(last.stdout_path).read()
+            if "INVARIANTS: no violation" not in out:
+                errs.append("the host cycle broke an invariant: " + " / ".join(out.splitlines()[-3:])[:200])
+            m = re.search(r"restored (\d+) of (\d+) pages", out)
+            if not m or m.group(1) != m.group(2):
+                errs.append("not every preserved page was restored: " + (m.group(0) if m else "no restore line"))
         elif cmd == "map" and not last.rc:
             svg = last.argv[-1]
             if not os.path.isfile(svg) or os.path.getsize(svg) == 0:
@@ -357,6 +367,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rss-cap-mib", type=int, default=8192, help="peak RSS before a command is killed (8192)")
     ap.add_argument("--kho", help="how to start kho (default: the kho script beside this Python, this tree's src/ "
                     "first on PYTHONPATH)")
+    ap.add_argument("--no-cycle", action="store_true", help="skip the model's host cycle (kho simulate host-1T)")
     ap.add_argument("--regen", action="store_true", help="regenerate the cases even when cached")
     ap.add_argument("--strict", action="store_true", help="exit 1 also when a target is missed or a command killed")
     a = ap.parse_args(argv)
@@ -399,6 +410,12 @@ def main(argv=None) -> int:
     version_best = vrow["wall_best_s"] if vrow["ok"] and not vrow["killed"] else None
     rows.append(vrow)
     say(f"  kho --version: {fmt_s(vrow['wall_best_s'])}")
+    if not a.no_cycle:
+        say("  kho simulate host-1T ...")
+        res = measure(kho + ["simulate", "host-1T"], 1, env, caps, tmp, "cycle")
+        crow = row_for("-", "cycle", res, None, None, None)
+        rows.append(crow)
+        say(f"    {fmt_s(crow['wall_best_s'])}, {crow['rss_peak_bytes'] >> 20} MiB: {crow['status'][:100]}")
     for case in names:
         say(f"{case}: generating ..." if not os.path.isfile(os.path.join(gen.case_dir(case), "case.json"))
             or a.regen else f"{case}: cached")

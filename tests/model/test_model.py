@@ -263,3 +263,21 @@ def test_handover_travels_in_boot_data_bytes():
     for name in ("roundtrip-E", "roundtrip-E-arm64"):
         res = simulate(name)
         assert res["violations"] == [] and res["kernels"][1]["is_kho_boot"], name
+
+
+def test_host_cycle_preserves_and_restores_half_a_terabyte():
+    """The built-in host-1T scenario: a 1 TiB host (NUMA=n) preserves 512 GiB
+    through kho_preserve_pages ranges plus a memfd folio by folio, kexecs,
+    and the next kernel restores every page.  Its 16 GiB memmap is part of
+    the early reservations boot 1 sizes scratch by, so the next kernel's
+    scratch holds that memmap (counted without it, the next kernel has
+    about 1 GiB of scratch and panics allocating its memmap)."""
+    r = simulate("host-1T")
+    h = r["host"]
+    assert r["violations"] == [], r["violations"][:3]
+    assert h["populate"] == "accepted" and h["kexec_file_load"] == 0
+    assert h["preserved_pages"] == (512 << 30) // 4096 + (1 << 30) // 4096
+    assert h["restored_pages"] == h["preserved_pages"]
+    memmap = (1 << 40) // (128 << 20) * (2 << 20)
+    assert h["scratch_bytes"] >= 2 * memmap, h["scratch_bytes"] >> 20
+    assert 0 < h["map_metadata_bytes"] < (1 << 20), h["map_metadata_bytes"]

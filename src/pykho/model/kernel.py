@@ -386,7 +386,9 @@ class Kernel(MemoryInit, OutgoingKHO, Kexec):
             self.memblock.kern_nid_known = False
         # early kernel allocations that count for the scratch scale
         lump = self.kern_reserved - self.image_size - sum(n for _, n in self.early_kern)
-        if self.numa and not self.memblock.scratch_only:
+        if not self.memblock.scratch_only:
+            # the memmap is part of the early reservations the scratch scales
+            # with, whatever the RAM size (16 GiB of it on a 1 TiB host)
             lump = max(0, lump - self._memmap_per_node())
         if self.memblock.scratch_only and not self.scratch_unknown:
             try:
@@ -479,14 +481,15 @@ class Kernel(MemoryInit, OutgoingKHO, Kexec):
         return True
 
     def _memmap_per_node(self) -> int:
-        """sparse_init: each node's struct pages (2 MiB per 128 MiB section
-        with RAM) allocated on that node, so with NUMA=y they count for its
-        scratch (the rest of the early allocations ask for no node).  The
-        bytes allocated."""
+        """sparse_init: the struct pages (2 MiB per 128 MiB section with RAM),
+        a kernel reservation the scratch sizes count.  With NUMA=y each
+        node's are allocated on that node, so they count for its scratch (the
+        rest of the early allocations ask for no node); with NUMA=n all of
+        memory is one node.  The bytes allocated."""
         done = 0
-        for n in self.m.nodes:
+        for n in (self.m.nodes if self.numa else [None]):
             spans = merge_runs(sorted((s >> SECTION_SIZE_BITS, ((e - 1) >> SECTION_SIZE_BITS) + 1)
-                                      for s, e, nid in self.m.ram if e > s and nid == n))
+                                      for s, e, nid in self.m.ram if e > s and (n is None or nid == n)))
             for a, b in spans:      # one allocation per span (RAM can reach 2^52)
                 size = min((b - a) * 2 * MiB, 1 << 40)
                 if self.memblock.alloc(size, 2 * MiB, nid=n):
