@@ -519,3 +519,41 @@ def test_decoders_without_numpy_give_the_same_results():
     assert on.pop("numpy") is True and off.pop("numpy") is False
     assert on == off
     assert len(on["radix"][0]) == 70011 and on["radix"][3]["overlaps"] == 5
+
+
+_LEAF_KIND = st.sampled_from(["empty", "full", "one run", "random"])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(_LEAF_KIND, st.integers(0, 32767), st.integers(1, 40000), st.integers(0, 2**32 - 1),
+                          st.integers(1, 2)), min_size=1, max_size=4),
+       st.integers(0, 9), st.integers(0, 1 << 20))
+def test_radix_leaf_runs_are_the_leaf_blocks(leaves, order, k0):
+    """The model's batched leaf reservation takes a group of leaves as runs
+    of memory straight from their bit edges: the blocks those runs cover,
+    in order, are exactly the leaves' set bits decoded one by one
+    (`radix_batch_phys`), runs are maximal (none touches the next, also
+    across neighbouring leaves) and ascending."""
+    np = pytest.importorskip("numpy")
+    from pykho.abi import bits
+    keys, pages, k = [], [], (k0 << 15) | (1 << (radix.KHO_ORDER_0_LOG2 - order))
+    for kind, at, n, seed, step in leaves:
+        keys.append(k)
+        k += step << 15
+        b = np.zeros(32768, np.uint8)
+        if kind == "full":
+            b[:] = 1
+        elif kind == "one run":
+            b[at:at + n] = 1
+        elif kind == "random":
+            b = (np.random.default_rng(seed).random(32768) < (seed % 97) / 97).astype(np.uint8)
+        pages.append(np.packbits(b, bitorder="little").tobytes())
+    shift = 12 + order
+    want = bits.radix_batch_phys(pages, keys, shift).astype(np.int64)
+    runs = bits.radix_batch_runs(pages, keys, shift)
+    assert runs is not None
+    s, e = runs
+    got = np.concatenate([np.arange(a, b, 1 << shift) for a, b in zip(s.tolist(), e.tolist())] or
+                         [np.zeros(0, np.int64)])
+    assert np.array_equal(got, want)
+    assert bool(np.all(e > s)) and bool(np.all(s[1:] > e[:-1]))

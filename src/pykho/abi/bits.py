@@ -31,10 +31,12 @@ if TYPE_CHECKING:
     U64s: TypeAlias = NDArray[np.uint64] | list[int]
     #: bit indices in ascending order: numpy with numpy, a list without
     BitIndices: TypeAlias = NDArray[np.int64] | list[int]
+    #: int64 values (phys of runs), numpy only
+    I64s: TypeAlias = NDArray[np.int64]
 
 __all__ = ["HAVE_NUMPY", "MASK64", "PAGE_SHIFT", "BlockSets", "MapSummary", "array", "batch_counts",
            "chunk_batch_phys", "count", "is_full", "length", "nonzero_u64", "offsets", "phys_of",
-           "radix_batch_phys", "set_bits", "tolist"]
+           "radix_batch_phys", "radix_batch_runs", "set_bits", "tolist"]
 
 MASK64 = (1 << 64) - 1
 if HAVE_NUMPY:
@@ -205,6 +207,66 @@ def radix_batch_phys(pages: Sequence[Buffer], keys: Sequence[int], shift: int,
         u = deltas[idx >> 15]
         u += idx.view(np.uint64)
     return np.left_shift(u, np.uint64(shift), out=u)
+
+
+def _bit_positions(words: NDArray[np.uint64], width: int) -> NDArray[np.int64]:
+    """Ascending positions of the set bits of rows of words (``width`` bits
+    a row), counted from the first row's bit 0; only non-zero words are
+    unpacked."""
+    flat = words.reshape(-1)
+    nz = np.flatnonzero(flat)
+    if not len(nz):
+        return nz
+    at = np.flatnonzero(np.unpackbits(np.ascontiguousarray(flat[nz]).view(np.uint8), bitorder="little"))
+    out: NDArray[np.int64] = nz[at >> 6]
+    out *= 64
+    out += at & 63
+    return out
+
+
+def radix_batch_runs(pages: Sequence[Buffer], keys: Sequence[int], shift: int
+                     ) -> tuple[NDArray[np.int64], NDArray[np.int64]] | None:
+    """The blocks of radix leaves ``pages`` (ascending key prefixes ``keys``,
+    one order, ``shift = 12 + order``) as maximal runs of memory: (starts,
+    ends) int64 phys arrays, ascending, disjoint and not touching, straight
+    from the bit edges (no array of every block).  The same memory as
+    :func:`radix_batch_phys` gives block by block.  None when the blocks
+    do not come ascending (keys that wrap past 2**64 once shifted): callers
+    take the block path then.  numpy only."""
+    n = len(pages)
+    w = np.frombuffer(_joined(pages), dtype="<u8").reshape(n, -1)
+    width = w.shape[1] * 64
+    # a run starts at a set bit whose lower neighbour (in the same leaf) is
+    # clear, and ends at one whose upper neighbour is clear: found word by
+    # word, with the neighbour bit carried across words
+    one = np.uint64(1)
+    top = np.uint64(63)
+    below = w << one
+    below[:, 1:] |= w[:, :-1] >> top
+    above = w >> one
+    above[:, :-1] |= w[:, 1:] << top
+    first_at = _bit_positions(w & ~below, width)
+    if not len(first_at):
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty
+    last_at = _bit_positions(w & ~above, width)
+    del below, above
+    keys_a = np.asarray(keys, dtype=np.uint64)
+    row_of = first_at // width
+    key = keys_a[row_of]
+    first = key | (first_at - row_of * width).astype(np.uint64)
+    last = key | (last_at - row_of * width).astype(np.uint64)
+    sh = np.uint64(shift)
+    starts = np.left_shift(first, sh).view(np.int64)
+    ends = np.left_shift(last, sh).view(np.int64) + (1 << shift)
+    if len(starts) > 1:
+        if not bool(np.all(starts[1:] >= ends[:-1])):
+            return None
+        keep = starts[1:] != ends[:-1]          # a run that goes on in the next leaf
+        if not keep.all():
+            starts = starts[np.concatenate(([True], keep))]
+            ends = ends[np.concatenate((keep, [True]))]
+    return starts, ends
 
 
 def chunk_batch_phys(bitmaps: Sequence[Buffer], starts: Sequence[int], nbits_log2: int, shift: int,

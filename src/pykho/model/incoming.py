@@ -10,10 +10,12 @@ what a real kernel will do: there is no second copy of the rules.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from .. import profiles as P
 from ..abi import bits, structs
 from ..abi import fdt as _fdt
+from ..abi.mem import page_bytes_of
 from ..errors import KhoDecodeError
 from ..handover import map_walker as walker
 
@@ -309,7 +311,19 @@ def memmap_present(ram: list[tuple[int, int]]):
         sec = phys >> SECTION_SIZE_BITS
         i = bisect.bisect_right(starts, sec) - 1
         return i >= 0 and sec < spans[i][1]
+    present.spans = merge_section_spans(spans)      # type: ignore[attr-defined]
     return present
+
+
+def merge_section_spans(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted section spans with the overlapping and touching ones joined."""
+    out: list[tuple[int, int]] = []
+    for a, b in spans:
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
 
 
 def first_pfn_without_memmap(phys: int, order: int, present) -> int | None:
@@ -331,7 +345,7 @@ def first_pfn_without_memmap(phys: int, order: int, present) -> int | None:
 
 
 def kernel_radix_walk(mem, root: int, on_leaf, budget: int = FAITHFUL_WALK_BUDGET, on_node=None,
-                      on_full_leaf=None):
+                      on_full_leaf=None, on_leaves=None):
     """``kho_radix_walk_tree`` as the kernel runs it, for the model's own
     boot (decoders use :class:`~pykho.abi.radix.RadixWalk`, which reports
     and skips what is hostile).  The kernel follows every non-zero entry
@@ -343,7 +357,11 @@ def kernel_radix_walk(mem, root: int, on_leaf, budget: int = FAITHFUL_WALK_BUDGE
     physs)`` is called per leaf in the kernel's order, with the leaf's
     blocks in ascending order (a numpy array when numpy is installed);
     ``on_full_leaf(order, first, count)``, when given, takes a leaf whose
-    every bit is set instead (no array of its 32768 blocks is built).  More than ``budget`` node
+    every bit is set instead (no array of its 32768 blocks is built).
+    ``on_leaves(order, keys, pages)``, when given, takes consecutive leaves
+    of one order at once (up to :data:`LEAF_GROUP`), still in the kernel's
+    order; it returns False to have them passed leaf by leaf instead (it
+    must then have reserved nothing of them).  More than ``budget`` node
     visits raise :class:`WalkBudgetExceeded` (the kernel would walk for a
     very long time)."""
     from ..abi import radix as R
@@ -351,11 +369,31 @@ def kernel_radix_walk(mem, root: int, on_leaf, budget: int = FAITHFUL_WALK_BUDGE
 
     decoder = R.RadixWalk(mem, root)
     visits = 0
+    fast = page_bytes_of(mem)
+    # leaves not yet handed over: (order, keys, pages, phys), one order
+    group: tuple[int, list[int], list[Any], list[int]] | None = None
 
-    def read(phys: int) -> bytes:
+    def flush() -> None:
+        nonlocal group
+        if group is None:
+            return
+        order, keys, pages, where = group
+        group = None
+        if on_leaves is not None and on_leaves(order, keys, pages):
+            return
+        for phys, page, key in zip(where, pages, keys):
+            for o, physs in decoder._leaf(phys, page, key):
+                on_leaf(o, physs)
+
+    def read(phys: int) -> Any:
+        if fast is not None and not phys & (PAGE_SIZE - 1):
+            page = fast(phys >> R.PAGE_SHIFT)       # the source's stored page, no copy
+            if page is not None:
+                return page
         try:
             return mem.read(phys, PAGE_SIZE, "radix node")
         except MemoryFault:
+            flush()             # the leaves before this node were reserved
             v = (X86_64_PAGE_OFFSET + phys) & ((1 << 64) - 1)
             raise KernelOops("__kho_radix_walk_tree", "read", phys, "radix node", (v, v + 8)) from None
 
@@ -364,30 +402,47 @@ def kernel_radix_walk(mem, root: int, on_leaf, budget: int = FAITHFUL_WALK_BUDGE
         phys, level, prefix = stack.pop()
         visits += 1
         if visits > budget:
+            flush()
             raise WalkBudgetExceeded(f"more than {budget} radix node visits")
         page = read(phys)
         if on_node is not None:
             on_node(phys, level)
         if level == 0:
-            if on_full_leaf is not None and prefix and bits.is_full(page):
-                order = R.KHO_ORDER_0_LOG2 + 1 - (prefix | (R.LEAF_BITS - 1)).bit_length()
-                if 0 <= order and R.KHO_ORDER_0_LOG2 - order >= R.KHO_BITMAP_SIZE_LOG2:
-                    first, o = R.decode_key(prefix)
-                    if o == order:
-                        on_full_leaf(order, first, R.LEAF_BITS)
-                        continue
+            order = R.KHO_ORDER_0_LOG2 + 1 - (prefix | (R.LEAF_BITS - 1)).bit_length()
+            whole = 0 <= order and R.KHO_ORDER_0_LOG2 - order >= R.KHO_BITMAP_SIZE_LOG2
+            if on_full_leaf is not None and prefix and whole and bits.is_full(page):
+                first, o = R.decode_key(prefix)
+                if o == order:
+                    flush()
+                    on_full_leaf(order, first, R.LEAF_BITS)
+                    continue
+            if on_leaves is not None and whole:
+                if group is not None and (group[0] != order or len(group[1]) >= LEAF_GROUP):
+                    flush()
+                if group is None:
+                    group = (order, [], [], [])
+                group[1].append(prefix)
+                group[2].append(page)
+                group[3].append(phys)
+                continue
+            flush()
             for order, physs in decoder._leaf(phys, page, prefix):
                 on_leaf(order, physs)
             continue
         shift = R.level_shift(level)
         for idx, child in reversed(bits.nonzero_u64(page)):
             stack.append((child, level - 1, prefix | (idx << shift)))
+    flush()
     return decoder.problems
+
+
+#: leaves :func:`kernel_radix_walk` hands to ``on_leaves`` at most at once (1 MiB of bitmaps)
+LEAF_GROUP = 256
 
 
 def kho_memory_walk(profile: P.Profile, mem, fdt_blob: bytes, preserve_bits: int | None = None,
                     want_blocks: bool = True, on_leaf=None, faithful: bool = False,
-                    on_full_leaf=None) -> MemoryInitResult:
+                    on_full_leaf=None, on_leaves=None) -> MemoryInitResult:
     """The map walk of an accepted handover (``kho_mem_deserialize`` /
     ``kho_mem_retrieve``): every block the kernel memblock-reserves, in its
     order.  ``on_leaf(order, physs)`` is called per leaf (or kho-v1 bitmap)
@@ -419,7 +474,8 @@ def kho_memory_walk(profile: P.Profile, mem, fdt_blob: bytes, preserve_bits: int
     if faithful and profile.map_format is P.MapFormat.RADIX:
         res.walked = True
         res.problems = kernel_radix_walk(mem, mm, cb, on_node=lambda p, lv: res.meta_pages.append(
-            (p, f"radix level {lv} node")), on_full_leaf=None if want_blocks else on_full_leaf)
+            (p, f"radix level {lv} node")), on_full_leaf=None if want_blocks else on_full_leaf,
+            on_leaves=None if want_blocks else on_leaves)
         return res
     w = walker(profile, mem, mm, preserve_bits=preserve_bits)
     res.walked = True

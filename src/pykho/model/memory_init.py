@@ -100,7 +100,8 @@ class MemoryInit(KernelState):
             self._leaf_runs = {}
             try:
                 walk = kho_memory_walk(self.p, self.m.mem, self.kho_in_fdt, on_leaf=self._reserve_leaf,
-                                       want_blocks=False, faithful=True, on_full_leaf=self._reserve_full_leaf)
+                                       want_blocks=False, faithful=True, on_full_leaf=self._reserve_full_leaf,
+                                       on_leaves=self._reserve_leaves)
             except WalkBudgetExceeded as e:
                 self._commit_reserved()
                 self.violation("walk-amplified", self.kho_in_scratch_phys, self.kho_in_scratch_phys + 1,
@@ -161,6 +162,37 @@ class MemoryInit(KernelState):
             v = (X86_64_VMEMMAP + (bad_at[1] >> 12) * STRUCT_PAGE_SIZE) & ((1 << 64) - 1)   # wraps, as the CPU does
             raise KernelOops("kho_preserved_memory_reserve", "write", bad_at[1],
                              f"struct page (block 0x{head:x} order {order})", (v, v + STRUCT_PAGE_SIZE))
+
+    def _reserve_leaves(self, order: int, keys: list[int], pages: list[Any]) -> bool:
+        """:meth:`_reserve_leaf` for consecutive leaves of one order at once,
+        as runs straight from their bitmaps, when every pfn they hold has its
+        struct page (the common case).  False, with nothing reserved, when
+        one has not (the leaf-by-leaf path then finds the block that faults)
+        or when the blocks are to be listed one by one."""
+        if self.reserved_log is not None or not bits.HAVE_NUMPY:
+            return False
+        runs = bits.radix_batch_runs(pages, keys, PAGE_SIZE.bit_length() - 1 + order)
+        if runs is None:
+            return False
+        starts, ends = runs
+        if not len(starts):
+            return True
+        spans = getattr(self._memmap, "spans", None)
+        if spans is None:
+            return False
+        import numpy as np
+        sec_lo = np.asarray([a for a, _ in spans], dtype=np.int64)
+        sec_hi = np.asarray([b for _, b in spans], dtype=np.int64)
+        first = starts >> SECTION_SIZE_BITS
+        last = (ends - 1) >> SECTION_SIZE_BITS
+        i = np.searchsorted(sec_lo, first, side="right") - 1
+        if bool((i < 0).any()) or not bool((last < sec_hi[np.maximum(i, 0)]).all()):
+            return False
+        batch = self._leaf_runs.get(order)
+        if batch is None:
+            batch = self._leaf_runs[order] = RunBatch()
+        batch.add_arrays(starts, ends)
+        return True
 
     def _reserve_full_leaf(self, order: int, first: int, count: int) -> None:
         """A leaf with every bit set: ``count`` consecutive blocks from
