@@ -417,6 +417,26 @@ class RadixWalk:
             if len(physs):
                 yield order, physs
 
+    def runs(self, group: int = 256) -> Iterator[tuple[int, int, bits.I64s, bits.I64s]]:
+        """The preserved memory as runs, leaf group by leaf group: ``(order,
+        blocks, starts, ends)`` with int64 arrays of phys (ascending in a
+        group), from the bitmaps' bit edges; the same memory and problems as
+        :meth:`leaves`.  A leaf that takes the block path (a key with no
+        single order, blocks that wrap) comes as one run per block.  numpy only."""
+        import numpy as np
+        for order, _, keys, pages, where in self._leaf_batches([group, group]):
+            got = None if order is None else bits.radix_batch_runs(pages, keys, PAGE_SHIFT + order)
+            if got is None:
+                for phys, page, key in zip(where, pages, keys):
+                    for o, physs in self._leaf(phys, page, key):
+                        a = np.asarray(physs, dtype=np.uint64).view(np.int64)
+                        if len(a):
+                            yield o, len(a), a, a + (1 << (PAGE_SHIFT + o))
+                continue
+            starts, ends = got
+            if len(starts) and order is not None:
+                yield order, int(((ends - starts) >> (PAGE_SHIFT + order)).sum()), starts, ends
+
     def summarize(self) -> bits.MapSummary:
         """Count what the walk visits, and check that no two blocks share memory.
 

@@ -20,11 +20,13 @@ object per block).
 
 from __future__ import annotations
 
+import bisect
 import os
 from dataclasses import dataclass, field
 from typing import Any
 from xml.sax.saxutils import escape
 
+from ..abi import bits
 from ..errors import UsageError
 from ..handover import Handover, detect_generation, map_walker
 
@@ -71,7 +73,6 @@ def collect(ho: Handover, iomem: list[tuple[int, int]] | None = None, max_runs: 
     block counts, metadata runs, blobs, the span.  Runs closer than a page
     are kept apart; beyond ``max_runs`` runs of one order, runs closer than
     what a pixel of the overview holds are joined (the picture is the same)."""
-    from ..model.machine import block_runs
     r = ho.tree
     prof, _ = detect_generation(ho)
     layers: dict[str, Any] = {
@@ -91,27 +92,10 @@ def collect(ho: Handover, iomem: list[tuple[int, int]] | None = None, max_runs: 
     counts: dict[int, int] = {}
     if ho.mem is not None and r.mem_map and prof is not None and ho.partial is None:
         w = map_walker(prof, ho.mem, r.mem_map)
-        quantum: dict[int, int] = {}
-        for order, physs in w.leaves():
-            if not len(physs):
-                continue
-            counts[order] = counts.get(order, 0) + len(physs)
-            lst = runs.setdefault(order, [])
-            q = quantum.get(order, 1)
-            for s, e in block_runs(order, physs):
-                if lst and 0 <= s - lst[-1][1] < q:
-                    lst[-1] = (lst[-1][0], max(e, lst[-1][1]))
-                else:
-                    lst.append((s, e))
-            if len(lst) > max_runs:
-                # more runs than a picture can tell apart: join the closest
-                q = max(q, PAGE)
-                while len(lst) > max_runs // 2:
-                    q *= 2
-                    lst = _merge(lst, q)
-                quantum[order] = q
-                runs[order] = lst
-                layers["coarsened"] = True
+        if hasattr(w, "runs") and bits.HAVE_NUMPY:
+            _collect_runs(w, runs, counts, max_runs, layers)
+        else:
+            _collect_blocks(w, runs, counts, max_runs, layers)
         nodes = getattr(w, "nodes", None)
         if nodes is not None:
             meta = [(n.phys, n.phys + PAGE) for n in nodes]
@@ -134,6 +118,70 @@ def collect(ho: Handover, iomem: list[tuple[int, int]] | None = None, max_runs: 
     hi = max([e for _, e in ram] + ends)
     layers["span"] = (lo & ~((1 << 20) - 1), hi)
     return layers
+
+
+def _collect_blocks(w: Any, runs: dict[int, list[tuple[int, int]]], counts: dict[int, int], max_runs: int,
+                    layers: dict[str, Any]) -> None:
+    """Runs per order from the walker's blocks, leaf by leaf (kho-v1 chunk
+    lists, or no numpy)."""
+    from ..model.machine import block_runs
+    quantum: dict[int, int] = {}
+    for order, physs in w.leaves():
+        if not len(physs):
+            continue
+        counts[order] = counts.get(order, 0) + len(physs)
+        lst = runs.setdefault(order, [])
+        q = quantum.get(order, 1)
+        for s, e in block_runs(order, physs):
+            if lst and 0 <= s - lst[-1][1] < q:
+                lst[-1] = (lst[-1][0], max(e, lst[-1][1]))
+            else:
+                lst.append((s, e))
+        if len(lst) > max_runs:
+            # more runs than a picture can tell apart: join the closest
+            q = max(q, PAGE)
+            while len(lst) > max_runs // 2:
+                q *= 2
+                lst = _merge(lst, q)
+            quantum[order] = q
+            runs[order] = lst
+            layers["coarsened"] = True
+
+
+def _join_arrays(s: Any, e: Any, q: int) -> tuple[Any, Any]:
+    """Sorted runs (arrays) with those closer than ``q`` bytes joined."""
+    import numpy as np
+    if len(s) < 2:
+        return s, e
+    reach = np.maximum.accumulate(e)
+    keep = s[1:] - reach[:-1] >= q
+    return s[np.concatenate(([True], keep))], reach[np.concatenate((keep, [True]))]
+
+
+def _collect_runs(w: Any, runs: dict[int, list[tuple[int, int]]], counts: dict[int, int], max_runs: int,
+                  layers: dict[str, Any]) -> None:
+    """Runs per order straight from a radix walk's leaf groups (arrays, no
+    object per block or run until the runs are few enough to draw)."""
+    import numpy as np
+    parts: dict[int, list[tuple[Any, Any]]] = {}
+    for order, n, starts, ends in w.runs():
+        counts[order] = counts.get(order, 0) + n
+        parts.setdefault(order, []).append((starts, ends))
+    for order, pl in parts.items():
+        s = np.concatenate([a for a, _ in pl])
+        e = np.concatenate([b for _, b in pl])
+        if len(s) > 1 and not bool(np.all(s[1:] >= s[:-1])):
+            ix = np.argsort(s, kind="stable")
+            s, e = s[ix], e[ix]
+        s, e = _join_arrays(s, e, 1)                  # touching runs are one
+        if len(s) > max_runs:
+            # more runs than a picture can tell apart: join the closest
+            q = PAGE
+            while len(s) > max_runs // 2:
+                q *= 2
+                s, e = _join_arrays(s, e, q)
+            layers["coarsened"] = True
+        runs[order] = list(zip(s.tolist(), e.tolist()))
 
 
 def map_title(ho: Handover, builtin: bool = False) -> str:
@@ -197,37 +245,72 @@ def _clip(runs: list[tuple[int, int]], s: int, e: int) -> list[tuple[int, int]]:
     return out
 
 
-def _items(layers: dict[str, Any]) -> list[tuple[int, int, str, str, str]]:
-    """Everything drawn, as (start, end, layer, colour, tip), bottom layer first."""
-    out: list[tuple[int, int, str, str, str]] = []
+@dataclass
+class _Layer:
+    """One thing drawn: disjoint runs sorted by start (``starts``/``ends``),
+    its colour and what its tooltips say."""
+    name: str
+    color: str
+    starts: list[int]
+    ends: list[int]
+    kind: str               # "scratch", "order", "meta", "blob"
+    label: str = ""         # scratch area or blob name
+    order: int = 0
+
+    def tip(self, s: int, e: int) -> str:
+        if self.kind == "scratch":
+            return f"scratch {self.label}: 0x{s:x}+{_size(e - s)}"
+        if self.kind == "order":
+            n = (e - s) >> (12 + self.order)
+            return f"preserved 0x{s:x}-0x{e:x} order {self.order}" + (f" ({n} blocks)" if n > 1 else "")
+        if self.kind == "meta":
+            return f"map metadata 0x{s:x}-0x{e:x} ({(e - s) // PAGE} pages)"
+        return f"{self.label} at 0x{s:x}"
+
+    def within(self, s: int, e: int) -> list[tuple[int, int]]:
+        """The runs meeting [s, e), unclipped."""
+        i = bisect.bisect_right(self.ends, s)
+        out = []
+        while i < len(self.starts) and self.starts[i] < e:
+            out.append((self.starts[i], self.ends[i]))
+            i += 1
+        return out
+
+
+def _items(layers: dict[str, Any]) -> list[_Layer]:
+    """Everything drawn, bottom layer first: one :class:`_Layer` per scratch
+    area, per order, for the metadata, per blob."""
+    out: list[_Layer] = []
     for i, (name, s, e) in enumerate(layers["scratch"]):
-        out.append((s, e, f"scratch{i}", SCRATCH_COLORS[i % len(SCRATCH_COLORS)],
-                    f"scratch {name}: 0x{s:x}+{_size(e - s)}"))
+        out.append(_Layer(f"scratch{i}", SCRATCH_COLORS[i % len(SCRATCH_COLORS)], [s], [e], "scratch", name))
     for o, rl in layers["runs"].items():
-        for s, e in rl:
-            n = (e - s) >> (12 + o)
-            out.append((s, e, f"order{o}", ORDER_COLORS[min(o, len(ORDER_COLORS) - 1)],
-                        f"preserved 0x{s:x}-0x{e:x} order {o}" + (f" ({n} blocks)" if n > 1 else "")))
-    for s, e in layers["meta"]:
-        out.append((s, e, "meta", META, f"map metadata 0x{s:x}-0x{e:x} ({(e - s) // PAGE} pages)"))
+        out.append(_Layer(f"order{o}", ORDER_COLORS[min(o, len(ORDER_COLORS) - 1)], [a for a, _ in rl],
+                          [b for _, b in rl], "order", order=o))
+    if layers["meta"]:
+        out.append(_Layer("meta", META, [a for a, _ in layers["meta"]], [b for _, b in layers["meta"]], "meta"))
     for name, s, e in layers["blobs"]:
-        out.append((s, e, "fdt" if name == "root FDT" else "blob", FDT if name == "root FDT" else BLOB,
-                    f"{name} at 0x{s:x}"))
+        fdt = name == "root FDT"
+        out.append(_Layer("fdt" if fdt else "blob", FDT if fdt else BLOB, [s], [e], "blob", name))
     return out
 
 
-def _band(layer: str, y: float, h: float) -> tuple[float, float]:
+def _band(layer: str, y: float, h: float, slot: tuple[int, int] = (0, 1)) -> tuple[float, float]:
     """Where in a strip a layer is drawn: scratch full height, blocks and
     metadata pages (never the same pages) in the middle, the root FDT and
-    sub-blobs (inside preserved blocks) along the bottom edge."""
+    sub-blobs (inside preserved blocks) along the bottom edge.  ``slot``
+    (k of n) gives each of n orders its own line of the middle band, so
+    that orders interleaved closer than a pixel all show."""
     if layer.startswith("scratch"):
         return y, h
-    if layer.startswith("order") or layer == "meta":
+    if layer.startswith("order"):
+        k, n = slot
+        return y + h * (0.2 + 0.6 * k / n), h * 0.6 / n
+    if layer == "meta":
         return y + h * 0.2, h * 0.6
     return y + h - max(3.0, h * 0.2), max(3.0, h * 0.2)
 
 
-def _signature(layers: dict[str, Any], items: list, s: int, e: int) -> str | None:
+def _signature(layers: dict[str, Any], items: list[_Layer], s: int, e: int) -> str | None:
     """What a strip [s, e) holds when it holds exactly one thing throughout
     (RAM only, one scratch area, one order), else None."""
     ram = _clip(layers["ram"], s, e)
@@ -236,20 +319,19 @@ def _signature(layers: dict[str, Any], items: list, s: int, e: int) -> str | Non
     if ram != [(s, e)]:
         return None
     covering = None
-    for a, b, layer, _, _ in items:
-        if b <= s or a >= e:
-            continue
-        if a <= s and b >= e and layer.startswith(("scratch", "order")):
-            if covering is None or layer.startswith("order"):
-                covering = layer
-            continue
-        return None
+    for lay in items:
+        for a, b in lay.within(s, e):
+            if a <= s and b >= e and lay.kind in ("scratch", "order"):
+                if covering is None or lay.kind == "order":
+                    covering = lay.name
+                continue
+            return None
     return covering or "ram"
 
 
 def _zoom_windows(layers: dict[str, Any], items: list, small: int, max_windows: int) -> list[tuple[int, int]]:
     """Windows (start, end) holding every object smaller than ``small`` bytes."""
-    objs = sorted((s, e) for s, e, _, _, _ in items if e - s < small)
+    objs = sorted((s, e) for lay in items for s, e in zip(lay.starts, lay.ends) if e - s < small)
     if not objs:
         return []
     gap = 16 * PAGE
@@ -263,6 +345,7 @@ def _zoom_windows(layers: dict[str, Any], items: list, small: int, max_windows: 
         if len(wins) <= max_windows:
             break
         gap *= 2
+        objs = wins         # windows joined at a wider gap are windows of windows
     out = []
     for s, e in wins:
         s0 = (s // PAGE) * PAGE
@@ -281,6 +364,8 @@ def layout(layers: dict[str, Any], title: str, width: int = 1200, max_rows: int 
     lo, hi = layers["span"]
     rows, per_row = _grid((lo, hi), max_rows)
     items = _items(layers)
+    orders = [lay.name for lay in items if lay.kind == "order"]
+    slots = {name: (k, len(orders)) for k, name in enumerate(orders)}
     nblocks = sum(layers["counts"].values())
     nbytes = sum(((e - s) for rl in layers["runs"].values() for s, e in rl))
     sc.text(10, 24, title, 15, weight="bold")
@@ -299,19 +384,30 @@ def layout(layers: dict[str, Any], title: str, width: int = 1200, max_rows: int 
         px = w / scale_n
         for a, b in _clip(layers["ram"], s, e):
             sc.rect(x0 + (a - scale_s) * px, y0, max(MIN_PX, (b - a) * px), h, RAM, f"System RAM 0x{a:x}-0x{b:x}")
-        for a, b, layer, col, tip in items:
-            if b <= s or a >= e:
-                continue
-            a2, b2 = max(a, s), min(b, e)
-            by, bh = _band(layer, y0, h)
-            xw = (b2 - a2) * px
-            if pages and (layer.startswith("order") or layer == "meta") and PAGE * px >= 4 and xw > 2:
-                xw -= 1          # a hairline between neighbouring pages at page scale
-            sc.rect(x0 + (a2 - scale_s) * px, by, max(MIN_PX, xw), bh, col, tip)
-            step = PAGE << int(layer[5:]) if layer.startswith("order") else PAGE
-            if pages and (layer.startswith("order") or layer == "meta") and step * px >= 6:
-                for q in range(a + (a2 - a) // step * step + step, b2, step):  # every block its own cell
-                    sc.rect(x0 + (q - scale_s) * px - 0.5, by, 1.0, bh, "#ffffff")
+        for lay in items:
+            by, bh = _band(lay.name, y0, h, slots.get(lay.name, (0, 1)))
+            paged = pages and lay.kind in ("order", "meta")
+            step = PAGE << lay.order if lay.kind == "order" else PAGE
+            # runs less than a pixel apart are one rectangle (a strip shows
+            # at most a rectangle per pixel of a layer, whatever the runs)
+            joined: list[list[int]] = []
+            for a, b in lay.within(s, e):
+                if joined and (a - joined[-1][1]) * px < 1:
+                    joined[-1][1] = max(b, joined[-1][1])
+                    joined[-1][2] += 1
+                else:
+                    joined.append([a, b, 1])
+            for a, b, n in joined:
+                a2, b2 = max(a, s), min(b, e)
+                xw = (b2 - a2) * px
+                if paged and PAGE * px >= 4 and xw > 2:
+                    xw -= 1          # a hairline between neighbouring pages at page scale
+                tip = lay.tip(a, b) if n == 1 else \
+                    f"{lay.name}: {n} runs 0x{a:x}-0x{b:x}, closer than a pixel at this scale"
+                sc.rect(x0 + (a2 - scale_s) * px, by, max(MIN_PX, xw), bh, lay.color, tip)
+                if paged and n == 1 and step * px >= 6:
+                    for q in range(a + (a2 - a) // step * step + step, b2, step):  # every block its own cell
+                        sc.rect(x0 + (q - scale_s) * px - 0.5, by, 1.0, bh, "#ffffff")
 
     r = 0
     while r < rows:
