@@ -405,3 +405,29 @@ def test_map_page_in_scratch_is_an_error():
     f = [x for x in rep["findings"] if x["code"] == "model-map-page-in-scratch"]
     assert f and f[0]["severity"] == "error" and f[0]["where"] == f"0x{dest:x}-0x{dest + 4096:x}"
     assert rep["verdict"]["populate"] == "accepted" and "oops" not in rep["verdict"]
+
+
+def test_verdict_is_the_same_leaf_by_leaf_and_in_leaf_groups():
+    """Without ``want_reserved`` the verdict's kernel reserves leaves in
+    groups, as runs from their bitmaps; it must reach the same verdict as
+    the leaf-by-leaf walk that lists every block, also when a leaf's blocks
+    have no struct pages (the group is then walked leaf by leaf and faults
+    at the same block)."""
+    from pykho import profiles as P
+    from pykho.reports.validate import validate
+    ho, mem = _a_capture()
+    nodes, _ = _radix_nodes(ho, mem)
+
+    def both():
+        full = validate(ho, P.E, want_reserved=True)["verdict"]
+        full.pop("reserved")
+        return full, validate(ho, P.E)["verdict"]
+    a, b = both()
+    assert a == b and "oops" not in b
+    rootp = ho.root.mem_map
+    l2 = next(n.phys for n in nodes if n.level == 2)
+    t = mem.read(l2, 4096)
+    i2 = next(i for i in range(512) if t[8 * i:8 * i + 8] != bytes(8))
+    mem.write(l2 + 8 * i2, rootp.to_bytes(8, "little"))     # the root's entries read as leaf bitmaps
+    a, b = both()
+    assert a == b and b["oops"]["function"] == "kho_preserved_memory_reserve", b.get("oops")
