@@ -209,16 +209,13 @@ def radix_batch_phys(pages: Sequence[Buffer], keys: Sequence[int], shift: int,
     return np.left_shift(u, np.uint64(shift), out=u)
 
 
-def _bit_positions(words: NDArray[np.uint64], width: int) -> NDArray[np.int64]:
-    """Ascending positions of the set bits of rows of words (``width`` bits
-    a row), counted from the first row's bit 0; only non-zero words are
-    unpacked."""
-    flat = words.reshape(-1)
-    nz = np.flatnonzero(flat)
-    if not len(nz):
-        return nz
-    at = np.flatnonzero(np.unpackbits(np.ascontiguousarray(flat[nz]).view(np.uint8), bitorder="little"))
-    out: NDArray[np.int64] = nz[at >> 6]
+def _bit_positions(index: NDArray[np.int64], words: NDArray[Any]) -> NDArray[np.int64]:
+    """Ascending positions ``64 * index + bit`` of the set bits of
+    ``words`` (``index``: their ascending word indices); only the non-zero
+    words are unpacked."""
+    nz = np.flatnonzero(words)
+    at = np.flatnonzero(np.unpackbits(np.ascontiguousarray(words[nz]).view(np.uint8), bitorder="little"))
+    out: NDArray[np.int64] = index[nz][at >> 6]
     out *= 64
     out += at & 63
     return out
@@ -234,23 +231,26 @@ def radix_batch_runs(pages: Sequence[Buffer], keys: Sequence[int], shift: int
     do not come ascending (keys that wrap past 2**64 once shifted): callers
     take the block path then.  numpy only."""
     n = len(pages)
-    w = np.frombuffer(_joined(pages), dtype="<u8").reshape(n, -1)
-    width = w.shape[1] * 64
-    # a run starts at a set bit whose lower neighbour (in the same leaf) is
-    # clear, and ends at one whose upper neighbour is clear: found word by
-    # word, with the neighbour bit carried across words
-    one = np.uint64(1)
-    top = np.uint64(63)
-    below = w << one
-    below[:, 1:] |= w[:, :-1] >> top
-    above = w >> one
-    above[:, :-1] |= w[:, 1:] << top
-    first_at = _bit_positions(w & ~below, width)
-    if not len(first_at):
+    flat = np.frombuffer(_joined(pages), dtype="<u8")
+    per_row = len(flat) // n
+    width = per_row * 64
+    # only the non-zero words can hold a run's first or last bit: a run
+    # starts at a set bit whose lower neighbour (in the same leaf) is clear
+    # and ends at one whose upper neighbour is clear, the neighbour bit
+    # carried across words
+    nz = np.flatnonzero(flat)
+    if not len(nz):
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty
-    last_at = _bit_positions(w & ~above, width)
-    del below, above
+    w = flat[nz]
+    col = nz % per_row
+    prev = np.where(col > 0, flat[np.maximum(nz - 1, 0)], np.uint64(0))
+    nxt = np.where(col < per_row - 1, flat[np.minimum(nz + 1, len(flat) - 1)], np.uint64(0))
+    one = np.uint64(1)
+    top = np.uint64(63)
+    first_at = _bit_positions(nz, w & ~((w << one) | (prev >> top)))
+    last_at = _bit_positions(nz, w & ~((w >> one) | (nxt << top)))
+    del prev, nxt, col
     keys_a = np.asarray(keys, dtype=np.uint64)
     row_of = first_at // width
     key = keys_a[row_of]
