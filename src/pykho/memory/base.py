@@ -132,7 +132,7 @@ class SparseMemory(PhysMemory):
     def ranges(self) -> list[tuple[int, int]]:
         return self._ram
 
-    def page_bytes(self, pfn: int) -> bytearray | None:
+    def page_bytes(self, pfn: int) -> bytes | bytearray | memoryview | None:
         """The stored page ``pfn`` (no copy), None when never written."""
         return self.pages.get(pfn)
 
@@ -247,8 +247,19 @@ class CowMemory(SparseMemory):
 
     # pages written (copied from ``base`` first) are what reads return: the
     # page fast paths stay
-    page_bytes = SparseMemory.page_bytes
     page_buffer = SparseMemory.page_buffer
+
+    def page_bytes(self, pfn: int) -> bytes | bytearray | memoryview | None:
+        """The stored page ``pfn`` if written, else the base's own page
+        when the base hands it out without a copy (read-only); None otherwise."""
+        pg = self.pages.get(pfn)
+        if pg is not None:
+            return pg
+        fast = getattr(self.base, "page_bytes", None)
+        if fast is None or not self.contains(pfn << PAGE_SHIFT, PAGE_SIZE):
+            return None
+        got: bytes | bytearray | memoryview | None = fast(pfn)
+        return got
 
     def __init__(self, base: PhysMemory, ram: list[tuple[int, int]], name: str | None = None) -> None:
         super().__init__(ram, 0, name or f"{base.name} (copy-on-write)")

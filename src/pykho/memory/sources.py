@@ -224,6 +224,20 @@ class _Segments(PhysMemory):
         o = off + (phys - s)
         return bytes(buf[o:o + size])
 
+    def page_bytes(self, pfn: int) -> memoryview | None:
+        """Page ``pfn`` as a read-only view of the bytes held in memory (a
+        sparse extract's files), no copy; None when it is not wholly inside
+        one such segment (the caller then reads it)."""
+        phys = pfn << 12
+        i = self._range_index(phys)
+        if i < 0:
+            return None
+        s, end, buf, off = self._segs[i]
+        if phys + 4096 > end or not isinstance(buf, bytes):
+            return None
+        o = off + (phys - s)
+        return memoryview(buf)[o:o + 4096]
+
 
 def _map_file(path: str, what: str) -> _FileBuffer:
     """A regular file, read by offset (see :class:`_FileBuffer`)."""
