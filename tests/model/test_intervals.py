@@ -130,3 +130,44 @@ def test_free_many_records_what_single_frees_record():
         made.append(([x.as_dict() for x in v], list(pa.free_set)))
     assert made[0][0], "the case overlaps both sets"
     assert made[0] == made[1]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_unions_and_splits_in_place_keep_the_sets_exact(seed):
+    """A union that adds a few runs to arrays with room at their end writes
+    them in place (each run moved once), and a split of one interval of a
+    big set moves the tail in place: both give the set a plain union or
+    ``add``/``remove`` of lists gives, and neither writes into the other
+    operand's arrays."""
+    rng = random.Random(seed)
+    runs = machine.merge_runs(sorted(_runs(rng, 400)))
+    few = machine.merge_runs(sorted(_runs(rng, 12)))
+    want = IntervalSet(runs)
+    for s, e in few:
+        want.add(s, e)
+    n = len(runs)
+    a_s = np.empty(n + 40, dtype=np.int64)[:n]
+    a_e = np.empty(n + 40, dtype=np.int64)[:n]
+    a_s[:] = [s for s, _ in runs]
+    a_e[:] = [e for _, e in runs]
+    b_s = np.array([s for s, _ in few], dtype=np.int64)
+    b_e = np.array([e for _, e in few], dtype=np.int64)
+    b_copy = (b_s.copy(), b_e.copy())
+    s, e = machine.union_sorted(a_s, a_e, b_s, b_e, own="a")
+    assert list(zip(s.tolist(), e.tolist())) == list(want)
+    assert np.shares_memory(s, a_s)                    # written in place
+    assert np.array_equal(b_s, b_copy[0]) and np.array_equal(b_e, b_copy[1])
+    big = IntervalSet()
+    big.update_arrays(s, e, merged=True, own=True)
+    ref = IntervalSet(list(want))
+    assert big.big
+    for _ in range(200):                               # splits, joins and cuts, in place or not
+        x = rng.randrange(0, 1 << 24)
+        y = x + rng.randrange(1, 1 << 14)
+        if rng.random() < 0.5:
+            big.remove(x, y)
+            ref.remove(x, y)
+        else:
+            big.add(x, y)
+            ref.add(x, y)
+        assert list(big) == list(ref)

@@ -118,19 +118,104 @@ def _unique(a: Any) -> Any:
     return a[np.concatenate(([True], a[1:] != a[:-1]))]
 
 
-def union_sorted(a_s: Any, a_e: Any, b_s: Any, b_e: Any) -> tuple[Any, Any]:
+def union_sorted(a_s: Any, a_e: Any, b_s: Any, b_e: Any, own: str = "") -> tuple[Any, Any]:
     """The union of two sets of sorted, disjoint, non-touching runs (int64
-    arrays, left as they are): the smaller inserted into the larger, no sort."""
+    arrays, left as they are unless ``own`` names one, "a" or "b", as the
+    caller's to reuse): the smaller inserted into the larger, no sort.  A
+    few runs go into an owned larger set's arrays in place when they have
+    room at their end."""
     import numpy as np
     if len(a_s) < len(b_s):
         a_s, a_e, b_s, b_e = b_s, b_e, a_s, a_e
+        own = {"a": "b", "b": "a"}.get(own, "")
     if not len(b_s):
-        return a_s.copy(), a_e.copy()
+        return (a_s, a_e) if own == "a" else (a_s.copy(), a_e.copy())
+    if own == "a" and len(b_s) <= 256:
+        at = a_s.searchsorted(b_s)
+        got_s = _inserted(a_s, at, b_s)
+        got_e = _inserted(a_e, at, b_e) if got_s is not None else None
+        if got_s is not None and got_e is not None:
+            return merge_arrays(got_s, got_e, presorted=True)
+    # where b's runs go in the result: after the a runs that start before
+    # them, and after the b runs before them
     at = a_s.searchsorted(b_s)
-    s = np.insert(a_s, at, b_s)
-    e = np.insert(a_e, at, b_e)
-    del at
+    at += np.arange(len(b_s), dtype=at.dtype)
+    n = len(a_s) + len(b_s)
+    from_a = np.ones(n, dtype=bool)
+    from_a[at] = False
+    # room at the end: a later split of one interval moves the tail in place
+    spare = max(1024, n >> 6)
+    s = np.empty(n + spare, dtype=np.int64)[:n]
+    e = np.empty(n + spare, dtype=np.int64)[:n]
+    s[at] = b_s
+    e[at] = b_e
+    s[from_a] = a_s
+    e[from_a] = a_e
+    del at, from_a
     return merge_arrays(s, e, presorted=True)
+
+
+def _room(a: Any, m: int) -> tuple[Any, int] | None:
+    """(buffer, offset) when the 1-D int64 array ``a`` is a writable,
+    contiguous view at ``offset`` into ``buffer`` with room for ``m``
+    values from there; else None."""
+    import numpy as np
+    buf = a.base if isinstance(a.base, np.ndarray) else None
+    if buf is None or buf.dtype != a.dtype or buf.ndim != 1 or not buf.flags.c_contiguous \
+            or not a.flags.c_contiguous or not a.flags.writeable:
+        return None
+    delta = a.ctypes.data - buf.ctypes.data
+    if delta < 0 or delta % 8 or delta // 8 + m > len(buf):
+        return None
+    return buf, delta // 8
+
+
+def _spliced(a: Any, i: int, j: int, new: list[int]) -> Any:
+    """``a[:i] + new + a[j:]`` for a 1-D int64 array, in place when ``a``
+    is a contiguous view into a buffer with room after it (a view of that
+    buffer then), else in a new buffer with room to spare (1/64th)."""
+    import ctypes
+
+    import numpy as np
+    n = len(a)
+    m = n - (j - i) + len(new)
+    room = _room(a, m)
+    if room is None:
+        out = np.empty(m + max(1024, m >> 6), dtype=np.int64)
+        out[:i] = a[:i]
+        out[i + len(new):m] = a[j:]
+        out[i:i + len(new)] = new
+        return out[:m]
+    buf, off = room
+    if n - j:
+        base = buf.ctypes.data + 8 * off
+        ctypes.memmove(base + 8 * (i + len(new)), base + 8 * j, 8 * (n - j))
+    view = buf[off:off + m]
+    view[i:i + len(new)] = new
+    return view
+
+
+def _inserted(a: Any, at: Any, b: Any) -> Any:
+    """``a`` with the few values ``b`` inserted before the indices ``at``
+    (ascending), in place when ``a`` has room after it (each value of ``a``
+    moved once, from the back); None when it has not."""
+    import ctypes
+    n, k = len(a), len(b)
+    room = _room(a, n + k)
+    if room is None:
+        return None
+    buf, off = room
+    base = buf.ctypes.data + 8 * off
+    pos = [int(x) for x in at]
+    vals = [int(x) for x in b]
+    end = n
+    for q in range(k - 1, -1, -1):
+        start = pos[q]
+        if end > start:       # a[start:end] moves up by q + 1
+            ctypes.memmove(base + 8 * (start + q + 1), base + 8 * start, 8 * (end - start))
+        buf[off + start + q] = vals[q]
+        end = start
+    return buf[off:off + n + k]
 
 
 class IntervalSet:
@@ -199,9 +284,11 @@ class IntervalSet:
             self.starts[i:j] = ns
             self.ends[i:j] = ne
             return
-        import numpy as np
-        self.starts = np.concatenate((self.starts[:i], np.array(ns, dtype=np.int64), self.starts[j:]))
-        self.ends = np.concatenate((self.ends[:i], np.array(ne, dtype=np.int64), self.ends[j:]))
+        # another count: the tail moves in place, inside arrays with room
+        # at their end (a split of one interval of a 14 M-interval set is a
+        # memmove, not a copy of the set)
+        self.starts = _spliced(self.starts, i, j, ns)
+        self.ends = _spliced(self.ends, i, j, ne)
 
     def at(self, i: int) -> tuple[int, int]:
         return int(self.starts[i]), int(self.ends[i])
@@ -341,8 +428,11 @@ class IntervalSet:
         import numpy as np
         i, j = self._span(lo, hi)
         n = j - i + 1
-        bs = np.empty(room + n, dtype=np.int64)
-        be = np.empty(room + n, dtype=np.int64)
+        # room at the end too: the free set these become grows in place
+        # when an allocation splits one of its intervals (see _spliced)
+        spare = max(1024, (room + n) >> 6)
+        bs = np.empty(room + n + spare, dtype=np.int64)[:room + n]
+        be = np.empty(room + n + spare, dtype=np.int64)[:room + n]
         gs, ge = bs[room:], be[room:]
         gs[0] = lo
         gs[1:] = self.ends[i:j]
@@ -436,7 +526,8 @@ class IntervalSet:
         ss, se = self._arrays()
         if merged:
             # two sorted sets: the smaller inserted into the larger, no sort
-            self._set(*union_sorted(ss, se, s, e))
+            # (in place into the caller's arrays when they are given and have room)
+            self._set(*union_sorted(ss, se, s, e, own="b" if own else ""))
             return
         s, e = np.concatenate((ss, s)), np.concatenate((se, e))
         self._set(*merge_arrays(s, e))

@@ -251,10 +251,11 @@ class MemoryInit(KernelState):
         if many:
             # memblock_reserve of them all: one union of the orders' sorted runs
             union = many.pop(0)
+            fresh = bool(many)          # a union of several orders is this function's own
             while many:
                 union = union_sorted(*union, *many.pop(0))
             u_s, u_e = union
-            self.memblock.reserved.update_arrays(u_s, u_e, merged=True)
+            self.memblock.reserved.update_arrays(u_s, u_e, merged=True, own=fresh)
         self._leaf_runs = {}
 
     def _check_scratch_overlap(self, meta_pages: list[tuple[int, str]]) -> None:
