@@ -323,9 +323,9 @@ E_UNFIXED = replace(
     default_release="7.2.13", populate_steps=_CHUNK_STEPS, same_wire_as="E",
 )
 
-#: 7.3.4 (Debian linux-source-7.3 7.3.4-1~bpo13+1): E's wire format, populate
-#: and clients; the early walk, scratch extension, kdump gate and HugeTLB
-#: sizing are new (§12)
+#: 7.3.4 (Debian linux-source-7.3 7.3.4-1~bpo13+1): E's wire format, populate,
+#: clients and debugfs (§12 F-1, F-7); the early walk, scratch extension,
+#: kdump gate and HugeTLB sizing are new (§12)
 F = replace(
     E, name="F", kernels="7.3", default_release="7.3.4",
     same_wire_as="E",                               # §12 F-1

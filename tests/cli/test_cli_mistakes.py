@@ -90,6 +90,8 @@ MISTAKES: list[tuple[list[str], int, str | None]] = [
     (["preflight", OUT, "--target", "nope"], 2, "--target 'nope': unknown kernel generation"),
     (["preflight", "--target-image", "{random.bin}"], 2, "no kernel release found"),
     (["preflight", "--target-image", "{fifo}"], 2, "not a regular file"),
+    (["validate", "--target", "E", "--target-image", "x"], 2, "argument --target-image: not allowed with"),
+    (["validate", "--target-image", "{random.bin}"], 2, "no kernel release found"),
     # ---- PATH: what is not a handover
     (["inspect", "/nonexistent"], 2, "/nonexistent: no such file or directory"),
     (["inspect", "{emptydir}"], 2, "no fdt, no scratch_phys: not a copy of /sys/kernel/debug/kho"),

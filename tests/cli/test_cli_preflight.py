@@ -126,3 +126,23 @@ def test_kexec_wrapper_stops_a_no_go(tmp_path, verdict_rc, expect_rc, loads):
         assert calls[1:] == ["kexec -s -l /boot/vmlinuz-next --command-line=kho=on", "kexec -e"]
     else:
         assert calls[1:] == [] and "not loading it" in r.stderr
+
+
+def test_validate_takes_the_target_from_an_image(tmp_path, capsys):
+    """``kho validate --target-image``: the image's release picks the generation,
+    as for preflight (a 7.3 image: F, though the handover's compatible names E)."""
+    import json
+    img = tmp_path / "bzImage"
+    img.write_bytes(bzimage(b"7.3.4 (root@vm) #1 SMP PREEMPT_DYNAMIC"))
+    assert main(["validate", OUT, "--mem", MEM, "--target-image", str(img), "-j"]) == 0
+    v = json.loads(capsys.readouterr().out)["verdict"]
+    assert v["target"] == "F" and v["populate"] == "accepted"
+    assert main(["validate", OUT, "--mem", MEM, "-j"]) == 0
+    assert json.loads(capsys.readouterr().out)["verdict"]["target"] == "E"
+    img.write_bytes(bzimage(b"9.1.0 (x@y) #1"))
+    assert main(["validate", OUT, "--mem", MEM, "--target-image", str(img)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Linux 9.1.0, a release no pykho profile covers" in err
+    assert main(["validate", OUT, "--target-image", os.devnull]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a regular file" in err and "Traceback" not in err

@@ -11,8 +11,10 @@ then validates what it received (``/sys/kernel/debug/kho/in`` + live memory).
 The go / no-go tests drive the kexec through contrib/kexec-preflight
 (``kho preflight``, then kexec-tools' ``kexec -s -l`` and ``kexec -e``).
 
-Each comparison with the real next kernel is a record (vmtest.records,
-source ``live``).
+Everything runs on each vmtest kernel (:data:`KERNELS`: boot 1 and boot 2
+the same kernel); the chains are session fixtures keyed by the kernel, shared
+by the tests of that kernel.  Each comparison with the real next kernel is a
+record (vmtest.records, source ``live``).
 """
 from __future__ import annotations
 
@@ -30,10 +32,20 @@ pytestmark = pytest.mark.vm
 
 ARCH = "x86_64"
 SOURCE = "live"
+#: the vmtest kernels the guest boots (build.sh's table), and the generation
+#: whose model must judge a handover for each (the profile of its release)
+GENERATION = {"7.2.13": ("E", "7.2"), "7.3.4": ("F", "7.3")}
+KERNELS = tuple(GENERATION)
+
+
+@pytest.fixture(scope="session", params=KERNELS)
+def live_kernel(request, vm_kernel):
+    """The kernel of boot 1 and boot 2 (one session-wide set of chains each)."""
+    return vm_kernel(request.param)
 
 
 @pytest.fixture(scope="session")
-def live_image(vm_build):
+def live_image(live_kernel):
     """The cached Debian root image (built here when missing: needs root and mmdebstrap)."""
     r = rootfs.find_rootfs()
     if r is None:
@@ -41,11 +53,11 @@ def live_image(vm_build):
             r = rootfs.ensure_rootfs()
         except Exception as e:  # noqa: BLE001 - no mmdebstrap, no network: say what is missing
             skip_or_fail(f"no live guest root ({e}); run: python3 -m vmtest.rootfs")
-    cfg = (vm_build.dir / "config").read_text()
+    cfg = (live_kernel.dir / "config").read_text()
     missing = [o for o in ("CONFIG_VIRTIO_BLK=y", "CONFIG_EXT4_FS=y", "CONFIG_PROC_KCORE=y", "CONFIG_DEVTMPFS=y")
                if o not in cfg.splitlines()]
     if missing:
-        skip_or_fail(f"kernel {vm_build.dir.name} lacks {missing} (vmtest/kernel.config): rebuild it")
+        skip_or_fail(f"kernel {live_kernel.dir.name} lacks {missing} (vmtest/kernel.config): rebuild it")
     return r
 
 
@@ -62,11 +74,11 @@ def live_opts(image, extra: bytes, words: str) -> vm.Options:
 
 
 @pytest.fixture(scope="session")
-def live_chain(vm_build, live_image, live_extra, tmp_path_factory):
+def live_chain(live_kernel, live_image, live_extra, tmp_path_factory):
     """Boot 1 (test_kho, reserve_mem, a LUO memfd session) validates its own
     outgoing handover live right before the kexec; boot 2 validates what it got."""
-    return _run(tmp_path_factory, "live", live_opts(live_image, live_extra,
-                                                     "vmtest_live_validate=1 vmtest_live_missing=1"))
+    return _run(tmp_path_factory, f"live-{live_kernel.name}",
+                live_opts(live_image, live_extra, "vmtest_live_validate=1 vmtest_live_missing=1"), live_kernel)
 
 
 def stage_json(capture: Path, n: int) -> dict:
@@ -126,8 +138,15 @@ def predicted_side(rep: dict, cmdline: str) -> dict:
 
 # ------------------------------------------------------------ boot 1: before the jump
 
-def test_live_chain_boots(live_chain):
+def uname_release(capture: Path, n: int) -> str:
+    f = capture / f"stage{n}" / "uname.txt"
+    return f.read_text().split()[2] if f.exists() else ""
+
+
+def test_live_chain_boots(live_chain, live_kernel):
     capture, summary = live_chain
+    # both boots run the kernel under test
+    assert uname_release(capture, 1) == uname_release(capture, 2) == live_kernel.release, live_kernel.release
     assert summary["exit"] == "qemu-exited", summary
     assert summary["completed"], summary
     assert len(summary["stops"]) == 1, summary["stops"]
@@ -136,7 +155,7 @@ def test_live_chain_boots(live_chain):
     assert re.search(r"Python 3\.\d+", versions) and "drgn " in versions, versions
 
 
-def test_live_validate_predicts_next_boot(live_chain, vm_build):
+def test_live_validate_predicts_next_boot(live_chain, live_kernel):
     """``kho validate --mem live`` in boot 1, right before ``kexec -e``: its
     predicted lines, reservations and client results against boot 2's."""
     capture, summary = live_chain
@@ -155,15 +174,19 @@ def test_live_validate_predicts_next_boot(live_chain, vm_build):
     if cdiff:
         diffs.append(f"clients (real, predicted): {cdiff}")
     ms = note(capture, 1, "live_validate_out_ms")
-    records.record(kernel=vm_build.name, next_kernel=vm_build.name, arch=ARCH, source=SOURCE,
+    records.record(kernel=live_kernel.name, next_kernel=live_kernel.name, arch=ARCH, source=SOURCE,
                    case="live-validate-before-kexec",
                    change="none: boot 1's own handover (test_kho, reserve_mem, a LUO memfd session) read live "
                           "by kho validate --mem live in the guest right before the kexec",
                    real={**campaign.summarise(real), "clients": rclients},
-                   predicted={**campaign.summarise(pred), "clients": pclients, "populate": v["populate"]},
-                   agree=agree and not cdiff,
+                   predicted={**campaign.summarise(pred), "clients": pclients, "populate": v["populate"],
+                              "target": v["target"]},
+                   agree=agree and not cdiff and v["target"] == GENERATION[live_kernel.name][0],
                    note=(f"guest validation took {int(ms) / 1000:.1f} s under TCG; " if ms else "")
                    + "; ".join(diffs))
+    # judged by the model of the image about to be loaded (--target-image),
+    # not by the newest generation writing kho-v4
+    assert v["target"] == GENERATION[live_kernel.name][0], (v["target"], live_kernel.name)
     assert v["populate"] == "accepted", v
     assert real["found"], real["lines"]
     assert agree and not cdiff, "\n".join(diffs)
@@ -195,7 +218,7 @@ def test_live_without_drgn_or_kcore(live_chain, what, word):
 
 # ------------------------------------------------------------ boot 2: what arrived
 
-def test_live_validate_received(live_chain, vm_build):
+def test_live_validate_received(live_chain, live_kernel):
     """``kho validate /sys/kernel/debug/kho/in --mem live`` in boot 2: the running
     kernel received this handover and consumed its map at boot (the map's
     pages are its free memory now), so pykho reports the debugfs copies and
@@ -210,7 +233,10 @@ def test_live_validate_received(live_chain, vm_build):
     codes = {f["code"]: f["severity"] for f in rin["findings"]}
     assert "live-in-consumed" in codes, codes
     assert "error" not in codes.values(), rin["findings"]
+    # the wire generation: 7.3 writes 7.2's kho-v4 (KERNEL-FACTS F-1); the
+    # verdict is the running kernel's, the one that received it
     assert rin["generation"] == rout["generation"] == "E", (rin["generation"], rout["generation"])
+    assert rin["verdict"]["target"] == GENERATION[live_kernel.name][0], rin["verdict"]["target"]
     # the scratch areas boot 1's live report listed are the ones boot 2 runs with
     d = capture / "stage2/debugfs/kho/out"
     used = [{"addr": int(a, 0), "size": int(n, 0)}
@@ -223,13 +249,14 @@ def test_live_validate_received(live_chain, vm_build):
     real = campaign.relevant_lines(campaign.boot_lines(capture / "stage2"))
     said = [x for x in rin["verdict"]["log"] if x.startswith(campaign.RELEVANT)]
     assert rin["verdict"]["populate"] == "accepted" and said and all(x in real for x in said), (said, real)
-    records.record(kernel=vm_build.name, next_kernel=vm_build.name, arch=ARCH, source=SOURCE,
+    records.record(kernel=live_kernel.name, next_kernel=live_kernel.name, arch=ARCH, source=SOURCE,
                    case="live-validate-received",
                    change="none: boot 2 validates live what it received (debugfs in/; memory not read: the map "
                           "was consumed at boot)",
                    real={"populate": "accepted" if "KHO: found kexec handover data." in real else "refused",
                          "sub_fdts": names, "scratch": used},
-                   predicted={"populate": rin["verdict"]["populate"], "sub_fdts": sorted(rin["verdict"]["clients"]),
+                   predicted={"target": rin["verdict"]["target"], "populate": rin["verdict"]["populate"],
+                              "sub_fdts": sorted(rin["verdict"]["clients"]),
                               "scratch": rout["scratch"], "lines": said},
                    agree=True, note=f"guest validation took {int(note(capture, 2, 'live_validate_in_ms')) / 1000:.1f} "
                                     "s under TCG")
@@ -238,16 +265,17 @@ def test_live_validate_received(live_chain, vm_build):
 # ------------------------------------------------------------ go / no-go through the wrapper
 
 @pytest.fixture(scope="session")
-def wrapper_nogo(vm_build, live_image, live_extra, tmp_path_factory):
+def wrapper_nogo(live_kernel, live_image, live_extra, tmp_path_factory):
     """The wrapper asked to check against generation D (7.1, which reads kho-v3 only)."""
-    return _run(tmp_path_factory, "live-nogo", live_opts(live_image, live_extra,
-                                                         "vmtest_live_kexec=wrapper vmtest_live_target=D"))
+    return _run(tmp_path_factory, f"live-nogo-{live_kernel.name}",
+                live_opts(live_image, live_extra, "vmtest_live_kexec=wrapper vmtest_live_target=D"), live_kernel)
 
 
 @pytest.fixture(scope="session")
-def wrapper_go(vm_build, live_image, live_extra, tmp_path_factory):
+def wrapper_go(live_kernel, live_image, live_extra, tmp_path_factory):
     """The wrapper with the image it loads (its release picks the generation)."""
-    return _run(tmp_path_factory, "live-go", live_opts(live_image, live_extra, "vmtest_live_kexec=wrapper"))
+    return _run(tmp_path_factory, f"live-go-{live_kernel.name}",
+                live_opts(live_image, live_extra, "vmtest_live_kexec=wrapper"), live_kernel)
 
 
 def test_wrapper_nogo_stops_the_kexec(wrapper_nogo):
@@ -265,28 +293,34 @@ def test_wrapper_nogo_stops_the_kexec(wrapper_nogo):
     assert summary["stages_reached"] == 1 and summary["exit"] == "qemu-exited", summary
 
 
-def test_wrapper_go_lets_it_through(wrapper_go, vm_build):
+def test_wrapper_go_lets_it_through(wrapper_go, live_kernel):
     """A go: the wrapper loads the image with kexec-tools (kexec_file_load),
     jumps, and boot 2 restores everything (test_kho, reserve_mem, LUO memfd)."""
     capture, summary = wrapper_go
     out = text(capture, 1, "live_preflight")
     assert out.startswith("go:"), (out, text(capture, 1, "live_preflight_stderr"))
+    gen, series = GENERATION[live_kernel.name]
     assert rc(capture, 1, "live_preflight") == 0
     # the wrapper loaded the image itself (kexec-tools, kexec_file_load): kx was never run
     assert not (capture / "stage1" / "kexec_load.txt").exists()
     assert len(summary["stops"]) == 1 and summary["completed"], summary
+    assert uname_release(capture, 2) == live_kernel.release
     real = campaign.observe(capture, summary, 2)
     clients = real_clients(capture, 2)
     m = re.search(r"(\d+) preserved blocks reserved, (\d+) restored", out)
-    records.record(kernel=vm_build.name, next_kernel=vm_build.name, arch=ARCH, source=SOURCE,
+    records.record(kernel=live_kernel.name, next_kernel=live_kernel.name, arch=ARCH, source=SOURCE,
                    case="live-preflight-go",
                    change="none: contrib/kexec-preflight in the guest (kho preflight --target-image, then "
                           "kexec -s -l and kexec -e of kexec-tools)",
                    real={"found": real["found"], "reserved_blocks": len(real["reserved"]), "clients": clients,
                          "fate": real["fate"]},
-                   predicted={"decision": "go", "reserved_blocks": int(m.group(1)) if m else None},
-                   agree=bool(real["found"] and m and int(m.group(1)) == len(real["reserved"])
-                              and len(clients) == 4 and real["fate"] == "ok"))
+                   predicted={"decision": "go", "target": out.split()[2],
+                              "reserved_blocks": int(m.group(1)) if m else None},
+                   agree=bool(out.split()[2] == gen and real["found"] and m
+                              and int(m.group(1)) == len(real["reserved"]) and len(clients) == 4
+                              and real["fate"] == "ok"))
+    # the image's own release picked the generation (kho preflight --target-image)
+    assert out.startswith(f"go: the {gen} kernel ({series}) "), out
     assert real["found"] and real["fate"] == "ok", real
     assert m and int(m.group(1)) == len(real["reserved"]), (out, len(real["reserved"]))
     assert set(clients) == {"kho_test", "kexec-metadata", "memblock", "LUO"}, clients

@@ -92,3 +92,36 @@ def test_live_in_is_not_read_from_the_kernel_that_consumed_it(tmp_path):
     rep = validate(ho)
     codes = [f["code"] for f in rep["findings"]]
     assert "live-in-consumed" in codes and "no-memory" not in codes, codes
+
+
+def test_live_in_is_judged_for_the_running_kernel(tmp_path, monkeypatch, capsys):
+    """``kho validate IN --mem live`` without --target: the running kernel
+    received it, so its release picks the verdict's generation (a 7.3.4 guest:
+    F, though kho-v4 alone names E); --target still overrides it."""
+    import json
+
+    from pykho.cli import main
+    from pykho.cli import validate as cli_validate
+    from pykho.cli._common import DEFAULT_HANDOVER
+
+    class Live:
+        live = True
+        name = "live kernel (/proc/kcore)"
+
+        def __getattr__(self, what):
+            raise AssertionError(f"memory touched: {what}")
+    from pykho.handover import load
+    from pykho.memory import open_source
+    src = Path(DEFAULT_HANDOVER) / "debugfs" / "kho" / "out"
+    shutil.copytree(src, tmp_path / "in")
+    # a received in/fdt is whole (the running kernel's copy of what arrived)
+    full = load(str(src), open_source("sparse:" + str(Path(DEFAULT_HANDOVER) / "ram.sparse.tar.xz"))).root_blob
+    (tmp_path / "in" / "fdt").write_bytes(full)
+    monkeypatch.setattr(cli_validate, "open_mem", lambda spec: Live() if spec == "live" else None)
+    iomem = ["--iomem", str(Path(DEFAULT_HANDOVER) / "iomem.txt")]    # the machine's it came from
+    for release, gen in (("7.3.4", "F"), ("7.2.13", "E")):
+        monkeypatch.setattr(cli_validate.os, "uname", lambda r=release: argparse.Namespace(release=r))
+        assert main(["validate", str(tmp_path / "in"), "--mem", "live", "-j", *iomem]) == 0
+        assert json.loads(capsys.readouterr().out)["verdict"]["target"] == gen
+        assert main(["validate", str(tmp_path / "in"), "--mem", "live", "--target", "D", "-j", *iomem]) == 1
+        assert json.loads(capsys.readouterr().out)["verdict"]["target"] == "D"

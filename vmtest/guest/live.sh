@@ -11,7 +11,8 @@
 # Command line words (the kernel ignores them):
 #   vmtest_live=1            this file runs
 #   vmtest_live_validate=1   boot N < last: 'kho validate --mem live -j' (no PATH: the
-#                            running kernel's outgoing handover) right before the kexec;
+#                            running kernel's outgoing handover) right before the kexec,
+#                            against the image about to be loaded (--target-image);
 #                            boot N > 1: 'kho validate /sys/kernel/debug/kho/in --mem live -j'
 #   vmtest_live_missing=1    boot 1: the same without drgn and without /proc/kcore (exit 2)
 #   vmtest_live_kexec=wrapper   the kexec goes through contrib/kexec-preflight
@@ -73,9 +74,11 @@ live_run() {
 
 # boot N < last, right before the jump
 live_before() {
-	# the next boot's command line, as kx / kexec will hand it over
+	# the next boot's image (/init's KERNEL) and command line, as kx / kexec
+	# will hand them over
 	[ "$(lparam vmtest_live_validate 0)" = 1 ] &&
-		live_run live_validate_out kho validate --mem live -j --blocks --cmdline "$NEXT"
+		live_run live_validate_out kho validate --mem live -j --blocks --target-image "/mnt/${KERNEL#/}" \
+			--cmdline "$NEXT"
 	if [ "$(lparam vmtest_live_missing 0)" = 1 ]; then
 		# drgn hidden: a drgn package that cannot be imported, first on the path
 		mkdir -p /tmp/nodrgn/drgn

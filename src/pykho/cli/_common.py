@@ -20,7 +20,8 @@ from typing import Any, NoReturn
 from ..errors import UsageError
 
 __all__ = ["DEFAULT_HANDOVER", "LIVE_DEBUGFS", "ArgError", "Parser", "default_paths", "live_paths", "open_mem",
-           "hex_int", "whole", "number", "bitmap_bits", "profile_arg", "dump_json", "read_iomem", "add_input_args",
+           "hex_int", "whole", "number", "bitmap_bits", "profile_arg", "image_profile", "dump_json", "read_iomem",
+           "add_input_args",
            "add_json_args", "BUILTIN_NOTE",
            "eprint", "writable_file"]
 
@@ -145,7 +146,27 @@ def profile_arg(value: str | None, option: str) -> Any:
         return get_profile(value)
     except UsageError:
         raise UsageError(f"{option} {value!r}: unknown kernel generation; known: {', '.join(PROFILES)} "
-                         "(or a release: 6.16 ... 7.2)") from None
+                         "(or a release: 6.16 ... 7.3)") from None
+
+
+def image_profile(path: str, option: str = "--target-image") -> tuple[Any, str]:
+    """(generation, release) of the kernel image at ``path`` (x86 bzImage or
+    arm64 Image): its release picks the generation, None when no profile
+    covers that release.  An unreadable file or one without a release is a
+    :class:`UsageError`."""
+    from ..abi.image import MAX_IMAGE_BYTES, kernel_release
+    from ..profiles import profile_for_release
+    if not os.path.isfile(path):
+        raise UsageError(f"{path}: not a regular file (give the kernel image to be loaded)")
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_IMAGE_BYTES)
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read: {e.strerror}") from None
+    img = kernel_release(data)
+    if img.release is None:
+        raise UsageError(f"{path}: no kernel release found ({img.why})")
+    return profile_for_release(img.release), img.release
 
 
 def dump_json(obj: Any, args: argparse.Namespace) -> None:

@@ -14,7 +14,16 @@ import os
 import sys
 
 from ..errors import UsageError
-from ._common import LIVE_DEBUGFS, add_input_args, dump_json, live_paths, open_mem, profile_arg, read_iomem
+from ._common import (
+    LIVE_DEBUGFS,
+    add_input_args,
+    dump_json,
+    image_profile,
+    live_paths,
+    open_mem,
+    profile_arg,
+    read_iomem,
+)
 
 __all__ = ["add_parser", "run", "write_textfile"]
 
@@ -52,25 +61,13 @@ def write_textfile(path: str, text: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .._version import __version__
-    from ..abi.image import MAX_IMAGE_BYTES, kernel_release
     from ..handover import load
-    from ..profiles import profile_for_release
     from ..reports import doubted
     from ..reports.validate import CANNOT_TELL, go_no_go, prometheus_text, validate
     if args.target_image:
-        if not os.path.isfile(args.target_image):
-            raise UsageError(f"{args.target_image}: not a regular file (give the kernel image to be loaded)")
-        try:
-            with open(args.target_image, "rb") as f:
-                data = f.read(MAX_IMAGE_BYTES)
-        except OSError as e:
-            raise UsageError(f"{args.target_image}: cannot read: {e.strerror}") from None
-        img = kernel_release(data)
-        if img.release is None:
-            raise UsageError(f"{args.target_image}: no kernel release found ({img.why})")
-        tgt = profile_for_release(img.release)
+        tgt, release = image_profile(args.target_image)
         if tgt is None:
-            print(f"cannot tell: {args.target_image} is Linux {img.release}, a release no pykho profile "
+            print(f"cannot tell: {args.target_image} is Linux {release}, a release no pykho profile "
                   "covers (give --target if you know its KHO generation)", file=sys.stderr)
             return CANNOT_TELL
     else:
