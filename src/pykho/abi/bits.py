@@ -421,19 +421,23 @@ class BlockSets:
         self._reported = 0
         self._summary, self._report = summary, report
         active: list[_Rec] = []
+        cands: list[tuple[_Rec, _Rec]] = []
         for r in recs:
             if active:
                 s = r[0]
-                keep = []
+                active = [a for a in active if a[1] > s]
                 for a in active:
-                    if a[1] > s:
-                        keep.append(a)
-                    elif a[6] is not None:
-                        a[4] = None             # done with it: drop the int made from its bytes
-                active = keep
-                for a in active:
-                    self._pair(a, r)
+                    cands.append((a, r))
             active.append(r)
+        # pairs whose spans meet; those that share no block are dropped by a
+        # vectorised pass over their bitmaps, the rest checked one by one
+        share = _may_share(cands) if HAVE_NUMPY else [True] * len(cands)
+        for (a, b), maybe in zip(cands, share):
+            if maybe:
+                self._pair(a, b)
+            for x in (a, b):
+                if x[6] is not None:
+                    x[4] = None                 # drop the int made from its bytes
         extra = self._reported - self.MAX_REPORTS
         if extra > 0:
             report(KhoDecodeError("preserved memory map", None,
@@ -479,6 +483,72 @@ class BlockSets:
         self._reported += 1
         if self._reported <= self.MAX_REPORTS:
             self._report(err)
+
+
+#: candidate pairs :func:`_may_share` looks at together (each costs 2 x 32 KiB of unpacked bits)
+_PAIR_CHUNK = 256
+
+
+def _window_ok(lo0: int, off: int, d: int, width: int) -> bool:
+    """Whether a leaf of smaller blocks whose bit 0 is block ``lo0`` maps
+    onto bits ``off .. off+width`` of the other bitmap as whole larger
+    blocks (its bits aligned to them) read from whole words or one word
+    (radix leaves always do; kho-v1 bitmaps at odd starts may not)."""
+    if not 0 <= off <= 32768 - width:
+        return False
+    if d <= 15 and lo0 % (1 << d):
+        return False
+    if d > 15 and (lo0 >> d) != ((lo0 + 32767) >> d):
+        return False
+    return off % 64 == 0 if width >= 64 else (off & 63) + width <= 64
+
+
+def _may_share(cands: list[tuple[_Rec, _Rec]]) -> list[bool]:
+    """Per candidate pair of :class:`BlockSets` records: False when their
+    blocks surely share no memory (both whole radix leaves, checked at the
+    larger order's granularity, exactly), True when they might (then
+    ``_pair`` decides and reports).  numpy only."""
+    out = [True] * len(cands)
+    groups: dict[int, list[tuple[int, _Rec, _Rec]]] = {}
+    for k, (a, b) in enumerate(cands):
+        if a[6] is None or b[6] is None or len(a[6]) != 4096 or len(b[6]) != 4096:
+            continue
+        hi, lo = (a, b) if a[2] >= b[2] else (b, a)
+        groups.setdefault(hi[2] - lo[2], []).append((k, hi, lo))
+    for d, items in groups.items():
+        for c0 in range(0, len(items), _PAIR_CHUNK):
+            part = items[c0:c0 + _PAIR_CHUNK]
+            n = len(part)
+            lo_w = np.frombuffer(b"".join([bytes(x[2][6]) for x in part]), dtype="<u8").reshape(n, 512)
+            hi_w = np.frombuffer(b"".join([bytes(x[1][6]) for x in part]), dtype="<u8").reshape(n, 512)
+            # the larger-order block holding each leaf's bit 0, as a bit of the other leaf
+            off = [((x[2][3] - x[2][7]) >> d) - (x[1][3] - x[1][7]) for x in part]
+            if d == 0:
+                hit = (lo_w & hi_w).any(axis=1)
+                for i, (k, _, _) in enumerate(part):
+                    out[k] = off[i] != 0 or bool(hit[i])
+                continue
+            width = 32768 >> d if d <= 15 else 1        # larger blocks one leaf of smaller ones spans
+            if d >= 6:
+                lo_any = (lo_w.reshape(n, -1, min(512, 1 << (d - 6))) != 0).any(axis=2)
+            else:
+                lo_any = np.unpackbits(lo_w.view(np.uint8), bitorder="little").reshape(n, width, 1 << d).any(axis=2)
+            inside = np.array([_window_ok(x[2][3] - x[2][7], o, d, width) for x, o in zip(part, off)])
+            oc = np.array([x if ok else 0 for x, ok in zip(off, inside)], dtype=np.int64)
+            rows = np.arange(n)
+            if width >= 64:
+                # whole words of the other leaf (the offset is a multiple of the width)
+                win = hi_w[rows[:, None], (oc >> 6)[:, None] + np.arange(width >> 6)]
+                mine = np.packbits(lo_any, axis=1, bitorder="little").view("<u8")
+                hit = (win & mine).any(axis=1)
+            else:
+                word = hi_w[rows, oc >> 6] >> (oc & 63).astype(np.uint64)
+                mine = (lo_any.astype(np.uint64) << np.arange(width, dtype=np.uint64)).sum(axis=1, dtype=np.uint64)
+                hit = (word & mine) != 0
+            for i, (k, _, _) in enumerate(part):
+                if inside[i]:
+                    out[k] = bool(hit[i])
+    return out
 
 
 def _start(r: _Rec) -> int:
