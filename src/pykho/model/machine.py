@@ -309,7 +309,12 @@ class IntervalSet:
 
     def total(self) -> int:
         if self.big:
-            return int((self.ends - self.starts).sum())
+            # two sums, no array of lengths: each may wrap past 2^63, their
+            # difference (the total, below 2^63) comes out right modulo 2^64
+            import numpy as np
+            with np.errstate(over="ignore"):
+                d = self.ends.sum(dtype=np.uint64) - self.starts.sum(dtype=np.uint64)
+            return int(d)
         return sum(e - s for s, e in self)
 
     def _span(self, s: int, e: int) -> tuple[int, int]:
