@@ -228,8 +228,9 @@ def radix_batch_runs(pages: Sequence[Buffer], keys: Sequence[int], shift: int
     ends) int64 phys arrays, ascending, disjoint and not touching, straight
     from the bit edges (no array of every block).  The same memory as
     :func:`radix_batch_phys` gives block by block.  None when the blocks
-    do not come ascending (keys that wrap past 2**64 once shifted): callers
-    take the block path then.  numpy only."""
+    do not come ascending or a run reaches 2**63 (keys that wrap once
+    shifted, orders beyond any RAM): callers take the block path then.
+    numpy only."""
     n = len(pages)
     flat = np.frombuffer(_joined(pages), dtype="<u8")
     per_row = len(flat) // n
@@ -258,7 +259,10 @@ def radix_batch_runs(pages: Sequence[Buffer], keys: Sequence[int], shift: int
     last = key | (last_at - row_of * width).astype(np.uint64)
     sh = np.uint64(shift)
     starts = np.left_shift(first, sh).view(np.int64)
-    ends = np.left_shift(last, sh).view(np.int64) + (1 << shift)
+    with np.errstate(over="ignore"):
+        ends = np.left_shift(last, sh).view(np.int64) + (1 << shift)
+    if not bool((ends > starts).all()):
+        return None             # a run that reaches 2^63 or wraps: the block path says what it is
     if len(starts) > 1:
         if not bool(np.all(starts[1:] >= ends[:-1])):
             return None
