@@ -43,7 +43,7 @@ from . import capture
 from .build import Build, log, read_env
 from .gdb import Gdb, GdbExited
 from .qmp import Qmp
-from .runner import end_qemu
+from .runner import end_qemu, fresh_capture_dir
 from .serial import split_serial
 
 __all__ = ["ARM64_KERNEL", "BASE_CMDLINE", "RAM_BASE", "Arm64Ctx", "Arm64Options", "analyse", "find_arm64_build",
@@ -219,42 +219,6 @@ def analyse(mm, chosen: dict, stage_dir: Path | None) -> dict:
     return res
 
 
-def _ranges(res: dict, keep: str, cap: int, extra: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    want: list[tuple[int, int]] = []
-    end = RAM_BASE + res["ram_size"]
-
-    def add(p: int | None, n: int | None) -> None:
-        if p is None or n is None or n <= 0 or p < RAM_BASE or p >= end:
-            return
-        a, b = p & ~(PAGE - 1), min(end, (p + n + PAGE - 1) & ~(PAGE - 1))
-        want.append((a, b - a))
-    for p, n in extra:
-        add(p, n)
-    if res["fdt"]:
-        add(res["fdt"]["phys"], max(PAGE, res["fdt"]["totalsize"]))
-    for sn in res["subnodes"]:
-        add(sn["preserved_data"], sn["blob_size"])
-    if res["radix"]:
-        for p, _ in res["radix"]["nodes"]:
-            add(p, PAGE)
-        if keep == "preserved":
-            budget = cap
-            for pa, order in sorted(res["radix"]["entries"], key=lambda e: (e[1], e[0])):
-                if PAGE << order <= budget:
-                    add(pa, PAGE << order)
-                    budget -= PAGE << order
-    if res["scratch"]:
-        add(res["scratch"]["destination"], res["scratch"]["size"])
-    want.sort()
-    merged: list[list[int]] = []
-    for a, n in want:
-        if merged and a <= merged[-1][0] + merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], a + n - merged[-1][0])
-        else:
-            merged.append([a, n])
-    return [(a, n) for a, n in merged]
-
-
 # ------------------------------------------------------------------ gdb helpers
 
 def _regs(gdb: Gdb) -> list[int]:
@@ -281,12 +245,7 @@ def run_chain(out: str | os.PathLike, opts: Arm64Options | None = None, build: B
     qemu = qemu_binary()
     if not qemu:
         raise RuntimeError("qemu-system-aarch64 not found: run vmtest/setup.sh")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob("stage*"):
-        shutil.rmtree(stale)
-    shutil.rmtree(out / "ram", ignore_errors=True)
-    (out / "ram").mkdir()
+    out = fresh_capture_dir(out)
     t_start = time.time()
     rlog_f = open(out / "runner.log", "w")
 
@@ -443,7 +402,8 @@ def _entry_stop(n: int, out: Path, qmp: Qmp, gdb: Gdb, regs: list[int], stop: di
         with open(full, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
             loc = analyse(mm, chosen, sd if sd.exists() else None)
             loc["dtb"] = {"phys": dtb_phys, "size": len(dtb)}
-            ranges = _ranges(loc, opts.keep, opts.keep_cap, [(dtb_phys, len(dtb))])
+            ranges, _ = capture.select_ranges(loc, opts.keep, opts.keep_cap, base=RAM_BASE,
+                                              extra=[(dtb_phys, len(dtb))])
             shifted = [(a - RAM_BASE, ln) for a, ln in ranges]
             capture.write_sparse(mm, shifted, ram_out / f"ram-stage{n}.sparse")
         # the manifest names physical addresses

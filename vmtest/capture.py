@@ -372,19 +372,24 @@ def analyse_ram(mm, stage_dir: Path | None) -> dict:
     return res
 
 
-def select_ranges(res: dict, keep: str = "preserved", cap: int = 64 << 20) -> tuple[list[tuple[int, int]], dict]:
-    """Page-aligned (start, length) ranges to keep from a RAM image."""
-    ram = res["ram_size"]
+def select_ranges(res: dict, keep: str = "preserved", cap: int = 64 << 20, base: int = 0,
+                  extra: Iterable[tuple[int, int]] = ()) -> tuple[list[tuple[int, int]], dict]:
+    """Page-aligned (start, length) ranges to keep from a RAM image of RAM
+    ``[base, base + ram_size)`` (arm64's starts at 1 GiB), ``extra`` ranges
+    (arm64: the DT) kept too."""
+    end = base + res["ram_size"]
     want: list[tuple[int, int]] = []
 
     def add(p: int | None, n: int | None):
-        if p is None or n is None or n <= 0 or p >= ram:
+        if p is None or n is None or n <= 0 or p < base or p >= end:
             return
         a = p & ~(PAGE - 1)
-        b = min(ram, (p + n + PAGE - 1) & ~(PAGE - 1))
+        b = min(end, (p + n + PAGE - 1) & ~(PAGE - 1))
         want.append((a, b - a))
 
-    for s in res["setup_data"]:
+    for p, n in extra:
+        add(p, n)
+    for s in res.get("setup_data", []):
         add(s["phys"], 48)
     if res["fdt"]:
         add(res["fdt"]["phys"], max(PAGE, res["fdt"]["totalsize"]))
@@ -395,7 +400,7 @@ def select_ranges(res: dict, keep: str = "preserved", cap: int = 64 << 20) -> tu
             add(p, PAGE)
     if res["scratch"]:
         n = len(res["scratch"]["entries"] or []) * 16
-        for c in res["scratch"]["copies"]:
+        for c in res["scratch"].get("copies", []):
             add(c, n)
         add(res["scratch"]["destination"], res["scratch"]["size"])
     stats = {"keep": keep, "preserved_kept": 0, "preserved_skipped": 0, "preserved_bytes_kept": 0}

@@ -264,6 +264,18 @@ def run_chain(out: str | os.PathLike, opts: Options | None = None, build: Build 
     return summary
 
 
+def fresh_capture_dir(out: str | os.PathLike) -> Path:
+    """``out`` made ready for a chain's capture: created, with the stage
+    directories and the RAM extracts of an earlier run removed."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob("stage*"):
+        shutil.rmtree(stale)
+    shutil.rmtree(out / "ram", ignore_errors=True)
+    (out / "ram").mkdir()
+    return out
+
+
 def _run_chain_once(out: Path, opts: Options, build: Build | None) -> dict:
     builds = resolve_builds(opts, build)
     build = builds[1]
@@ -272,13 +284,7 @@ def _run_chain_once(out: Path, opts: Options, build: Build | None) -> dict:
     qemu = qemu_binary()
     if not qemu:
         raise RuntimeError("qemu-system-x86_64 not found: run vmtest/setup.sh")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob("stage*"):
-        shutil.rmtree(stale)
-    if (out / "ram").exists():
-        shutil.rmtree(out / "ram")
-    (out / "ram").mkdir()
+    out = fresh_capture_dir(out)
     t_start = time.time()
     runner_log = open(out / "runner.log", "w")
 
