@@ -257,3 +257,28 @@ def write_cmdline(gdb, boot_params: int, cmdline: str) -> dict:
     gdb.write_phys(ptr, new)
     return {"phys": f"{ptr:#x}", "before": old.decode("latin-1"), "written": cmdline,
             "verified": gdb.read_phys(ptr, len(new)) == new}
+
+
+# ------------------------------------------------------------------ crafted radix maps (x86 and arm64 cases)
+
+def radix_nodes(ctx, level: int) -> list[int]:
+    """The located radix tables of ``level`` at a stop (``ctx``: a stop context)."""
+    return [p for p, lv in ctx.locate["radix"]["nodes"] if lv == level]
+
+
+def first_entry(ctx, table: int) -> int:
+    """Byte offset of the first non-zero entry of a radix table."""
+    words = struct.unpack("<512Q", ctx.read(table, 4096))
+    return 8 * next(i for i, w in enumerate(words) if w)
+
+
+def radix_root_entry_outside(ctx) -> list[tuple[int, bytes]]:
+    """The root table's first entry pointed 8 TiB up, outside the guest's RAM."""
+    r = ctx.locate["radix"]["root"]
+    return [(r + first_entry(ctx, r), struct.pack("<Q", 0x7FFF0000000))]
+
+
+def radix_level2_to_root(ctx) -> list[tuple[int, bytes]]:
+    """A level-2 table's first entry pointed back at the root table."""
+    t = radix_nodes(ctx, 2)[0]
+    return [(t + first_entry(ctx, t), struct.pack("<Q", ctx.locate["radix"]["root"]))]

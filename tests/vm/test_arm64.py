@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+import vmtest.inject as inject
+
 pytestmark = pytest.mark.vm
 
 PAGE = 4096
@@ -125,21 +127,8 @@ def c_address_cells_1(ctx):
                                                               struct.pack(">I", 1), 4))
 
 
-def _first_entry(ctx, table: int) -> int:
-    words = struct.unpack("<512Q", ctx.read(table, PAGE))
-    return 8 * next(i for i, w in enumerate(words) if w)
-
-
-def c_radix_outside(ctx):
-    """The radix root's first entry points 8 TiB up, far outside RAM."""
-    r = ctx.locate["radix"]["root"]
-    return [(r + _first_entry(ctx, r), struct.pack("<Q", 0x7FFF0000000))]
-
-
-def c_radix_cycle(ctx):
-    """A level-2 table's first entry points back at the root table."""
-    t = [p for p, lv in ctx.locate["radix"]["nodes"] if lv == 2][0]
-    return [(t + _first_entry(ctx, t), struct.pack("<Q", ctx.locate["radix"]["root"]))]
+c_radix_outside = inject.radix_root_entry_outside
+c_radix_cycle = inject.radix_level2_to_root
 
 
 def c_map_zeroed(ctx):

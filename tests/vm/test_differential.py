@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 import vmtest.campaign as camp
+import vmtest.inject as inject
 from pykho import profiles as P
 from pykho.abi import fdt as F
 from pykho.abi import root
@@ -188,26 +189,10 @@ def c_fdt_tail_zeroed(ctx):
 
 # ---- the preserved-memory map itself (radix tree, kho-v4)
 
-def _radix_nodes(ctx, level: int) -> list[int]:
-    return [p for p, lv in ctx.locate["radix"]["nodes"] if lv == level]
-
-
-def _first_entry(ctx, table: int) -> int:
-    """Byte offset of the first non-zero entry of a radix table."""
-    words = struct.unpack("<512Q", ctx.read(table, PAGE))
-    return 8 * next(i for i, w in enumerate(words) if w)
-
-
-def c_radix_outside(ctx):
-    """The root table's first entry points 8 TiB up, far outside the 1 GiB guest."""
-    r = ctx.locate["radix"]["root"]
-    return [(r + _first_entry(ctx, r), struct.pack("<Q", 0x7FFF0000000))]
-
-
-def c_radix_cycle(ctx):
-    """A level-2 table's first entry points back at the root table."""
-    t = _radix_nodes(ctx, 2)[0]
-    return [(t + _first_entry(ctx, t), struct.pack("<Q", ctx.locate["radix"]["root"]))]
+_radix_nodes = inject.radix_nodes
+_first_entry = inject.first_entry
+c_radix_outside = inject.radix_root_entry_outside
+c_radix_cycle = inject.radix_level2_to_root
 
 
 def _scratch_page(ctx) -> int:
