@@ -166,3 +166,33 @@ def test_smoke_validate_64G_order0(gen_dir, walker, spawn):
     summ, _, err = bench_run.summary_of(r.stdout_path, r.stdout_bytes)
     assert err is None, err
     assert bench_run.counts(summ) == bench_run.counts(cj) == bench_run.counts(exp), seen
+
+
+def test_memblock_free_all_finds_a_preserved_page_taken_out_of_memblock(gen_dir, monkeypatch):
+    """memblock_free_all does not search its gaps for preserved blocks while
+    memblock.reserved still holds every block the walk reserved (the search
+    forced on gives the same verdict); once memblock_free takes a preserved
+    page out of it, the search runs and that page is freed before restore."""
+    from pykho import profiles as P
+    from pykho.model import verdict
+    from pykho.model.memory_init import MemoryInit
+
+    d, doc = gen.ensure("host-8G", out=gen_dir)
+    ho, mem, doc = open_case(d)
+    ram = [tuple(r) for r in doc["ram"]]
+    clean = verdict.predict(ho, P.E, iomem=ram)
+    assert clean["model_violations"] == [] and clean["consequences"] == []
+    with monkeypatch.context() as m:
+        m.setattr(MemoryInit, "_reserved_holds_preserved", lambda self: False)
+        assert verdict.predict(ho, P.E, iomem=ram) == clean
+    victim = int(walk_by_order(mem, ho.root.mem_map)[9][0])
+    free_all = MemoryInit.memblock_free_all
+
+    def cut_first(self):
+        self.memblock.free(victim, 4096)
+        free_all(self)
+
+    monkeypatch.setattr(MemoryInit, "memblock_free_all", cut_first)
+    got = verdict.predict(ho, P.E, iomem=ram)
+    assert [(v["kind"], v["start"], v["end"], v["step"]) for v in got["model_violations"]] == \
+        [("preserved-freed-before-restore", victim, victim + 4096, "memblock_free_all")]

@@ -212,12 +212,18 @@ def radix_batch_phys(pages: Sequence[Buffer], keys: Sequence[int], shift: int,
 def _bit_positions(index: NDArray[np.int64], words: NDArray[Any]) -> NDArray[np.int64]:
     """Ascending positions ``64 * index + bit`` of the set bits of
     ``words`` (``index``: their ascending word indices); only the non-zero
-    words are unpacked."""
-    nz = np.flatnonzero(words)
-    at = np.flatnonzero(np.unpackbits(np.ascontiguousarray(words[nz]).view(np.uint8), bitorder="little"))
-    out: NDArray[np.int64] = index[nz][at >> 6]
-    out *= 64
-    out += at & 63
+    bytes are unpacked (a word of edges mostly holds one or two bits)."""
+    b = np.ascontiguousarray(words).view(np.uint8)
+    nzb = np.flatnonzero(b)
+    at = np.flatnonzero(np.unpackbits(b[nzb], bitorder="little"))
+    byte = nzb[at >> 3]
+    out: NDArray[np.int64] = index[byte >> 3]
+    out <<= 6
+    byte &= 7
+    byte <<= 3
+    out += byte
+    at &= 7
+    out += at
     return out
 
 
@@ -244,7 +250,7 @@ def radix_batch_runs(pages: Sequence[Buffer], keys: Sequence[int], shift: int
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty
     w = flat[nz]
-    col = nz % per_row
+    col = nz % per_row if per_row & (per_row - 1) else nz & (per_row - 1)
     prev = np.where(col > 0, flat[np.maximum(nz - 1, 0)], np.uint64(0))
     nxt = np.where(col < per_row - 1, flat[np.minimum(nz + 1, len(flat) - 1)], np.uint64(0))
     one = np.uint64(1)
@@ -253,10 +259,19 @@ def radix_batch_runs(pages: Sequence[Buffer], keys: Sequence[int], shift: int
     last_at = _bit_positions(nz, w & ~((w >> one) | (nxt << top)))
     del prev, nxt, col
     keys_a = np.asarray(keys, dtype=np.uint64)
-    row_of = first_at // width
+    if width & (width - 1):
+        row_of = first_at // width
+        first = (first_at - row_of * width).view(np.uint64)
+        last = (last_at - row_of * width).view(np.uint64)
+    else:
+        # a run's last bit is in the leaf of its first: one row for both
+        row_of = first_at >> (width.bit_length() - 1)
+        first = (first_at & (width - 1)).view(np.uint64)
+        last = (last_at & (width - 1)).view(np.uint64)
     key = keys_a[row_of]
-    first = key | (first_at - row_of * width).astype(np.uint64)
-    last = key | (last_at - row_of * width).astype(np.uint64)
+    first |= key
+    last |= key
+    del key, row_of
     sh = np.uint64(shift)
     starts = np.left_shift(first, sh).view(np.int64)
     with np.errstate(over="ignore"):

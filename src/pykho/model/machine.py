@@ -935,6 +935,9 @@ class Memblock:
         self.noinit = IntervalSet()
         self.scratch_only = False
         self.faults = FaultSite()
+        #: ranges taken out of ``reserved`` so far (a reservation made and
+        #: kept since can be known to still hold: see MemoryInit)
+        self.reserved_cuts = 0
         self.can_resize = True
         #: a grown region array would have to come from where there is none
         self.grow_fails = False
@@ -1027,6 +1030,7 @@ class Memblock:
                 self.reserved_kern_nid.add(base, base + size)
 
     def free(self, base, size):
+        self.reserved_cuts += 1
         self.reserved.remove(base, base + size)
         self.reserved_kern.remove(base, base + size)
         self.reserved_kern_nid.remove(base, base + size)
@@ -1091,6 +1095,8 @@ class PageAllocator:
         self.kernel = kernel_name
         self.step = ""
         self.faults = FaultSite()
+        #: times blocks were added to ``preserved``
+        self.preserved_adds = 0
 
     def _v(self, kind, s, e, detail):
         self.violations.append(Violation(kind, s, e, detail, self.kernel, self.step))
@@ -1103,19 +1109,23 @@ class PageAllocator:
             self._v("preserved-freed-before-restore", a, b, f"{why}: preserved pages freed before restore")
         self.free_set.add(s, e)
 
-    def free_many(self, starts: Any, ends: Any, why: str, room: tuple[Any, Any] | None = None) -> None:
+    def free_many(self, starts: Any, ends: Any, why: str, room: tuple[Any, Any] | None = None,
+                  outside_preserved: bool = False) -> None:
         """``free`` of every range of sorted, disjoint arrays, in order: the
         same violations, found by one vectorised pass, and one merge.
         ``room``: arrays whose tails are ``starts`` and ``ends``, with a slot
         in front for each interval of a small free set (the free set then
-        becomes them, no copy of the ranges)."""
+        becomes them, no copy of the ranges).  ``outside_preserved``: the
+        caller knows no range meets a preserved block (gaps of a reservation
+        that holds them all), so they are not searched for."""
         import numpy as np
         if len(starts) < 8 or not bool((starts[1:] >= ends[:-1]).all()):
             for s, e in zip(np.asarray(starts).tolist(), np.asarray(ends).tolist()):
                 self.free(s, e, why)
             return
-        hit = _unique(np.concatenate((self.free_set.overlapping(starts, ends),
-                                      self.preserved_set.overlapping(starts, ends))))
+        hit = self.free_set.overlapping(starts, ends)
+        if not outside_preserved:
+            hit = _unique(np.concatenate((hit, self.preserved_set.overlapping(starts, ends))))
         for k in hit.tolist():
             s, e = int(starts[k]), int(ends[k])
             for a, b in self.free_set.overlaps(s, e):
@@ -1161,6 +1171,7 @@ class PageAllocator:
         return 0
 
     def reserve_preserved(self, phys: int, order: int):
+        self.preserved_adds += 1
         self.preserved[phys] = order
         self.preserved_set.add(phys, phys + (PAGE_SIZE << order))
         self.free_set.remove(phys, phys + (PAGE_SIZE << order))
@@ -1168,6 +1179,7 @@ class PageAllocator:
     def reserve_preserved_runs(self, order: int, runs: list[tuple[int, int]]) -> None:
         """Many blocks of one order at once, as coalesced runs (the map walk
         runs before the page allocator has any free page)."""
+        self.preserved_adds += 1
         self.preserved.add_runs(order, runs)
         self.preserved_set.update(runs)
         if len(self.free_set):
@@ -1176,6 +1188,7 @@ class PageAllocator:
 
     def reserve_preserved_arrays(self, order: int, starts: Any, ends: Any) -> None:
         """``reserve_preserved_runs`` from merged (starts, ends) arrays."""
+        self.preserved_adds += 1
         self.preserved.add_run_arrays(order, starts, ends)
         self.preserved_set.update_arrays(starts, ends)
         if len(self.free_set):

@@ -239,6 +239,9 @@ class MemoryInit(KernelState):
 
     def _commit_reserved(self) -> None:
         """memblock_reserve and page state for everything the walk reserved."""
+        # whether memblock.reserved will hold every preserved block after
+        # this (it does when it did before: the same runs go into both)
+        holds = not self.pages.preserved_adds or self._reserved_holds_preserved()
         many = []
         for order, batch in getattr(self, "_leaf_runs", {}).items():
             runs = batch.merged()
@@ -257,6 +260,16 @@ class MemoryInit(KernelState):
             u_s, u_e = union
             self.memblock.reserved.update_arrays(u_s, u_e, merged=True, own=fresh)
         self._leaf_runs = {}
+        self._held_at = self._held_token() if holds else None
+
+    def _reserved_holds_preserved(self) -> bool:
+        """memblock.reserved holds every block the walk reserved: true from
+        the commit on until memblock_free takes a range out of it (none of
+        the gaps memblock_free_all frees can then meet a preserved block)."""
+        return getattr(self, "_held_at", None) == self._held_token()
+
+    def _held_token(self) -> tuple[int, int, int, int]:
+        return id(self.pages), self.pages.preserved_adds, id(self.memblock), self.memblock.reserved_cuts
 
     def _check_scratch_overlap(self, meta_pages: list[tuple[int, str]]) -> None:
         """The next kernel boots out of scratch: its image and early
@@ -367,7 +380,8 @@ class MemoryInit(KernelState):
                 if not keep.all():
                     gs, ge = gs[keep], ge[keep]
                 del keep
-                self.pages.free_many(gs, ge, "memblock_free_all", room=(bs, be) if whole else None)
+                self.pages.free_many(gs, ge, "memblock_free_all", room=(bs, be) if whole else None,
+                                     outside_preserved=self._reserved_holds_preserved())
                 continue
             for s, e in self.memblock.reserved.complement(rs, re_):
                 s, e = (s + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1), e & ~(PAGE_SIZE - 1)
