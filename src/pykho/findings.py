@@ -41,6 +41,9 @@ CODES: dict[str, tuple[str, str]] = {
     "client-restore-failed": (ERROR, "a client's restore fails in the target kernel"),
     "client-retrieve-failed": (ERROR, "kho_retrieve_subtree fails for a client's sub-node"),
     "client-not-predicted": (INFO, "the memory given lacks what a client's restore reads"),
+    "walk-memblock-scans": (WARNING, "the map walk reserves block by block, and each memblock call scans "
+                                     "memblock.reserved from its start: on a map of many separate runs the boot "
+                                     "spends minutes to hours in kho_memory_init"),
     "reserved-not-restored": (INFO, "blocks the target kernel reserves from the map that no client modelled "
                                     "restores at boot (LUO files restore later, on first open)"),
     # --- what the bytes are (decoders and handover loading)

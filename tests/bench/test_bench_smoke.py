@@ -196,3 +196,32 @@ def test_memblock_free_all_finds_a_preserved_page_taken_out_of_memblock(gen_dir,
     got = verdict.predict(ho, P.E, iomem=ram)
     assert [(v["kind"], v["start"], v["end"], v["step"]) for v in got["model_violations"]] == \
         [("preserved-freed-before-restore", victim, victim + 4096, "memblock_free_all")]
+
+
+def test_host_shape_verdict_counts_the_walks_memblock_regions(gen_dir, monkeypatch):
+    """The verdict says how many memblock regions the walk's block-by-block
+    reservations make (one per run of preserved memory), how big
+    memblock.reserved grows in scratch, and warns of the cost of those
+    calls' scans from the size where it takes the boot long."""
+    from pykho import profiles as P
+    from pykho.model import verdict
+
+    d, doc = gen.ensure("host-8G", out=gen_dir)
+    ho, mem, doc = open_case(d)
+    ram = [tuple(r) for r in doc["ram"]]
+    got = walk_by_order(mem, ho.root.mem_map)
+    spans = sorted((int(p), int(p) + (4096 << o)) for o, a in got.items() for p in a.tolist())
+    runs = 1 + sum(1 for a, b in zip(spans, spans[1:]) if a[1] != b[0])
+    v = verdict.predict(ho, P.E, iomem=ram)
+    mb = v["memblock"]
+    assert mb["blocks"] == doc["expected"]["blocks"]
+    assert mb["regions_after"] - mb["regions_before"] == runs
+    entries = 128
+    while entries < mb["regions_after"] + 3:
+        entries *= 2
+    assert (mb["array_entries"], mb["array_bytes"]) == (entries, 24 * entries)
+    assert not [f for f in v["consequences"] if f["code"] == "walk-memblock-scans"]      # 1.4e9 visits
+    monkeypatch.setattr(verdict, "SLOW_WALK_VISITS", mb["region_visits"])
+    warn = [f for f in verdict.predict(ho, P.E, iomem=ram)["consequences"] if f["code"] == "walk-memblock-scans"]
+    assert [f["severity"] for f in warn] == ["warning"]
+    assert f"{mb['regions_after']:,} regions" in warn[0]["message"]

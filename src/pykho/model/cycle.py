@@ -64,11 +64,11 @@ def run_cycle(ram: int = 64 << 30, preserve_fraction: float = 0.25, order: int =
 
 
 def run_host_cycle(ram: int = 1 << 40, guest_bytes: int = 512 << 30, memfd_bytes: int = 1 << 30,
-                   range_bytes: int = 1 << 30, profile: str = "E") -> dict:
+                   range_bytes: int = 1 << 30, profile: str = "E", memfd_stride: int = 1) -> dict:
     """A live-update host through the batched API: guest memory in 4 KiB
     folios preserved as ranges (``kho_preserve_pages``, one call per
     ``range_bytes``), a memfd's worth preserved folio by folio
-    (``kho_preserve_folio``), the kexec, and the next kernel restoring the
+    (``kho_preserve_folio``; one page in ``memfd_stride``), the kexec, and the next kernel restoring the
     ranges (``kho_restore_pages``) and the folios.  Reports the map's size,
     its metadata overhead and the scratch the next kernel booted from."""
     t: dict[str, float] = {}
@@ -90,8 +90,8 @@ def run_host_cycle(ram: int = 1 << 40, guest_bytes: int = 512 << 30, memfd_bytes
         at -= range_bytes
     # a memfd's worth of 4 KiB folios below it
     folios = []
-    base = (at - memfd_bytes) & ~(range_bytes - 1)
-    for p in range(base, base + memfd_bytes, PAGE_SIZE):
+    base = (at - memfd_bytes * memfd_stride) & ~(range_bytes - 1)
+    for p in range(base, base + memfd_bytes * memfd_stride, PAGE_SIZE * memfd_stride):
         if scratch.overlaps(p, p + PAGE_SIZE):
             continue
         old.pages.free_set.remove(p, p + PAGE_SIZE)
@@ -122,5 +122,6 @@ def run_host_cycle(ram: int = 1 << 40, guest_bytes: int = 512 << 30, memfd_bytes
             "ranges": len(ranges), "memfd_folios": len(folios), "map_blocks": len(old.preserved.blocks),
             "map_metadata_bytes": meta_bytes,
             "scratch_bytes": sum(a.size for a in new.scratch), "kexec_file_load": rc,
+            "memblock": getattr(new, "walk_memblock", None),
             "populate": "accepted" if new.populate and new.populate.accepted else "rejected",
             "restored_pages": restored, "violations": [v.as_dict() for v in old.violations], "seconds": t}

@@ -1029,6 +1029,23 @@ class Memblock:
             if self.kern_nid_known or nid is not None:
                 self.reserved_kern_nid.add(base, base + size)
 
+    def reserved_regions(self) -> int:
+        """``memblock.reserved.cnt`` as the kernel would have it: the
+        reserved intervals, split where a kernel reservation (RSRV_KERN)
+        begins or ends, since regions of different flags never merge
+        (mm/memblock.c:548-551).  Node ids are not looked at."""
+        if len(self.reserved) > _BIG or len(self.reserved_kern) > _BIG:
+            return len(self.reserved) + len(self.reserved_kern)      # an upper bound, at host scale
+        n = 0
+        for s, e in self.reserved:
+            kern = self.reserved_kern.overlaps(s, e)
+            if not kern:
+                n += 1
+                continue
+            gaps = len(kern) + 1 - (kern[0][0] == s) - (kern[-1][1] == e)
+            n += len(kern) + gaps
+        return n
+
     def free(self, base, size):
         self.reserved_cuts += 1
         self.reserved.remove(base, base + size)

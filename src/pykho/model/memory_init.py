@@ -31,6 +31,7 @@ from .machine import (
     RunBatch,
     block_run_arrays,
     block_runs,
+    merge_runs,
     union_sorted,
 )
 from .state import KernelState
@@ -98,6 +99,7 @@ class MemoryInit(KernelState):
             # allocator in memblock_free_all
             self._memmap = memmap_present([(s_, e_) for s_, e_, _ in self.m.ram])
             self._leaf_runs = {}
+            self._regions_before = self.memblock.reserved_regions()
             try:
                 walk = kho_memory_walk(self.p, self.m.mem, self.kho_in_fdt, on_leaf=self._reserve_leaf,
                                        want_blocks=False, faithful=True, on_full_leaf=self._reserve_full_leaf,
@@ -243,14 +245,21 @@ class MemoryInit(KernelState):
         # this (it does when it did before: the same runs go into both)
         holds = not self.pages.preserved_adds or self._reserved_holds_preserved()
         many = []
+        listed: list[tuple[int, int]] = []
+        blocks = 0
         for order, batch in getattr(self, "_leaf_runs", {}).items():
             runs = batch.merged()
+            shift = PAGE_SIZE.bit_length() - 1 + order
             if isinstance(runs, list):
+                blocks += sum((e - s) >> shift for s, e in runs)
+                listed.extend(runs)
                 self.memblock.reserved.update(runs)
                 self.pages.reserve_preserved_runs(order, runs)
             else:
+                blocks += int(((runs[1] - runs[0]) >> shift).sum())
                 self.pages.reserve_preserved_arrays(order, *runs)
                 many.append(runs)
+        regions = 0 if many else len(merge_runs(sorted(listed)))
         if many:
             # memblock_reserve of them all: one union of the orders' sorted runs
             union = many.pop(0)
@@ -258,9 +267,90 @@ class MemoryInit(KernelState):
             while many:
                 union = union_sorted(*union, *many.pop(0))
             u_s, u_e = union
+            regions = len(u_s)
+            if listed:
+                # the few runs of the small orders, with the big ones' they touch: one region each group
+                few = merge_runs(sorted(listed))
+                near: set[int] = set()
+                for a, b in few:
+                    i = int(u_e.searchsorted(a, "left"))
+                    while i < len(u_s) and int(u_s[i]) <= b:
+                        near.add(i)
+                        i += 1
+                group = merge_runs(sorted(few + [(int(u_s[i]), int(u_e[i])) for i in near]))
+                regions += len(group) - len(near)
             self.memblock.reserved.update_arrays(u_s, u_e, merged=True, own=fresh)
         self._leaf_runs = {}
+        if blocks:
+            freed = self._grow_reserved_array(regions, blocks)
+            holds = holds and not any(self.pages.preserved_set.overlaps(s, e) for s, e in freed)
         self._held_at = self._held_token() if holds else None
+
+    #: INIT_MEMBLOCK_RESERVED_REGIONS (mm/memblock.c:36-37), the static array memblock.reserved starts in
+    RESERVED_INIT_REGIONS = 128
+    #: sizeof(struct memblock_region): base, size, flags and (NUMA) nid, 8-byte aligned (include/linux/memblock.h:73-80)
+    REGION_SIZE = 24
+
+    def _grow_reserved_array(self, runs: int, blocks: int) -> list[tuple[int, int]]:
+        """What the walk's block-by-block reservations do to memblock.reserved
+        (every generation calls ``memblock_reserve`` then
+        ``memblock_reserved_mark_noinit`` for each block it walks; KERNEL-FACTS
+        §13).  Blocks that touch merge into one NOINIT region, so the walk
+        adds one region per run of preserved memory (``runs``).  When the
+        array is full, ``memblock_double_array`` moves it into twice the room,
+        found top-down in scratch (``kho_scratch_only`` holds until
+        memblock_free_all) and reserved as a kernel reservation; the old
+        array is freed unless it is the static one.  memblock=debug prints
+        each move.  When no room is found the reservation fails, and
+        kho_preserved_memory_reserve ignores that: the blocks walked after it
+        are not reserved.  Each call scans the array from its first region
+        (memblock_add_range twice once the array is more than half full,
+        memblock_isolate_range once): ``walk_memblock`` records the sizes
+        and that cost.  Returns the ranges freed."""
+        before = getattr(self, "_regions_before", 0)
+        cap = self.RESERVED_INIT_REGIONS
+        while before + 2 > cap:
+            cap *= 2                    # grown before the walk (not printed here)
+        # memblock_isolate_range wants room for two more regions than the
+        # array holds at the block's mark_noinit: after its memblock_reserve,
+        # plus one while a block that extends a run has not merged yet
+        need = before + runs + (3 if blocks > runs else 2)
+        array: tuple[int, int] | None = None       # the array's own memory, once out of the static one
+        freed: list[tuple[int, int]] = []
+        failed = None
+        while need > cap:
+            new = cap * 2
+            size = roundup(new * self.REGION_SIZE, PAGE_SIZE)
+            addr = self.memblock.alloc(size, kern=True)
+            if not addr:
+                failed = new
+                self.printk(f"memblock: Failed to double reserved array from {cap} to {new} entries !")
+                break
+            if "memblock=debug" in self.cmdline.split():
+                self.printk(f"memblock: reserved is doubled to {new} at "
+                            f"[{addr:#018x}-{addr + new * self.REGION_SIZE - 1:#018x}]")
+            if array is None:
+                need += 1               # the array's own region, from now on
+            else:
+                self.memblock.free(*array)
+                freed.append((array[0], array[0] + array[1]))
+            array = (addr, size)
+            cap = new
+        self.walk_memblock = {
+            "blocks": blocks, "regions_before": before, "regions_after": before + runs,
+            "array_entries": cap, "array_bytes": cap * self.REGION_SIZE,
+            "array_phys": array[0] if array else None,
+            # memblock_add_range's scans (two) and memblock_isolate_range's (one), over
+            # about as many regions as the array holds halfway through the walk
+            "region_visits": 3 * blocks * (before + runs // 2),
+            "failed_to": failed}
+        if failed is not None:
+            self.violation("walk-reserve-failed", 0, 0,
+                           f"memblock could not move its reserved array ({cap} regions) into {failed} in scratch: "
+                           "every later block of the walk that starts a new region is not memblock-reserved "
+                           "(kho_preserved_memory_reserve ignores the error), so memblock_free_all hands it to the "
+                           "page allocator while it is still preserved")
+        return freed
 
     def _reserved_holds_preserved(self) -> bool:
         """memblock.reserved holds every block the walk reserved: true from

@@ -56,6 +56,11 @@ BUILTIN = {
     "host-1T": ("a 1 TiB live-update host preserving 512 GiB of guest memory in 4 KiB folios through "
                 "kho_preserve_pages ranges and a 1 GiB memfd folio by folio; map size, metadata, scratch",
                 {"host": {"ram": 1 << 40, "guest_bytes": 512 << 30, "memfd_bytes": 1 << 30}}),
+    "host-1T-fragmented": ("host-1T with the memfd's folios every other page (memory after long uptime): each "
+                           "one its own memblock region in the next kernel's walk, whose memblock calls scan "
+                           "them all",
+                           {"host": {"ram": 1 << 40, "guest_bytes": 512 << 30, "memfd_bytes": 1 << 30,
+                                     "memfd_stride": 2}}),
     "seed-bug": ("6.19 before the fix: KHO on, never finalized; the next kernel adopts the old scratch, "
                  "forgets the handover and frees scratch twice",
                  _chain("B-prefix", "B-prefix", [{"do": "kexec_file_load"}, {"do": "kexec"}])),
@@ -341,8 +346,10 @@ def host_result(name: str, h: dict) -> dict:
     """A ``[host]`` scenario: :func:`~pykho.model.cycle.run_host_cycle` with
     the sizes given, reported like a scenario (log, violations, kernels)."""
     from .cycle import run_host_cycle
+    from .verdict import duration
     r = run_host_cycle(ram=int(h.get("ram", 1 << 40)), guest_bytes=int(h.get("guest_bytes", 512 << 30)),
                        memfd_bytes=int(h.get("memfd_bytes", 1 << 30)), range_bytes=int(h.get("range_bytes", 1 << 30)),
+                       memfd_stride=int(h.get("memfd_stride", 1)),
                        profile=str(h.get("profile", "E")))
     gib = 1 << 30
     log = [f"--- host: {r['ram'] // gib} GiB RAM, {h.get('profile', 'E')}",
@@ -351,6 +358,11 @@ def host_result(name: str, h: dict) -> dict:
            f"    map: {r['map_blocks']} blocks, metadata {r['map_metadata_bytes']} bytes "
            f"({r['map_metadata_bytes'] / max(r['preserved_bytes'], 1) * 100:.5f} % of what it describes)",
            f"    scratch the next kernel boots from: {r['scratch_bytes'] >> 20} MiB",
+           *([f"    the walk's memblock calls: {mb['regions_after']:,} regions "
+              + (f"(an array of {mb['array_entries']:,} entries, {mb['array_bytes'] >> 10:,} KiB in scratch)"
+                 if mb["array_phys"] is not None else "(in the static array)")
+              + f", about {mb['region_visits']:.2g} region visits ({duration(mb['region_visits'] / 1e9)} "
+              "at 1 ns each)"] if (mb := r.get("memblock")) else []),
            f"    kexec_file_load -> {r['kexec_file_load']}; next kernel: populate {r['populate']}, "
            f"restored {r['restored_pages']} of {r['preserved_pages']} pages",
            "    seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in r["seconds"].items())]

@@ -32,12 +32,22 @@ GiB = 1 << 30
 #: where the verdict puts the root FDT / scratch array when only files are given
 _FDT_PLACEHOLDER = 0x1000
 _SCRATCH_PLACEHOLDER = 0x2000000000
+#: region visits of the map walk's memblock calls from which the verdict warns (about 10 s at 1 ns a visit)
+SLOW_WALK_VISITS = 10 ** 10
 #: kexec_file_load's slot for the scratch array: the top 64 KiB of the first area
 _ARRAY_SLOT = 0x10000
 
 
 def _finding(code: str, message: str, where: str = "") -> dict[str, Any]:
     return Finding(severity_of(code), code, message, where).as_dict()
+
+
+def duration(seconds: float) -> str:
+    """``seconds`` in the largest unit that leaves at least 2 of it."""
+    for unit, n in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= 2 * n:
+            return f"{seconds / n:.0f} {unit}"
+    return f"{seconds:.0f} seconds" if seconds >= 1 else "under a second"
 
 
 def _readable(mem: Any, phys: int, size: int) -> bool:
@@ -216,6 +226,17 @@ def _boot(ho: Handover, tgt: P.Profile, mem: Any, fdt_phys: int, fdt_len: int, s
         "model_violations": [x.as_dict() for x in k.violations], "consequences": []}
     if want_reserved:
         v["reserved"] = [list(b) for b in k.reserved_log or []]
+    mb = getattr(k, "walk_memblock", None)
+    if mb:              # what the walk's block-by-block memblock_reserve calls did to memblock.reserved
+        v["memblock"] = dict(mb)
+        if mb["region_visits"] >= SLOW_WALK_VISITS:
+            v["consequences"].append(_finding(
+                "walk-memblock-scans",
+                f"the map walk memblock-reserves its {mb['blocks']:,} blocks one by one, and each call scans "
+                f"memblock.reserved from its first region: about {mb['region_visits']:.2g} region visits "
+                f"({mb['regions_after']:,} regions by the end: {mb['array_entries']:,} entries, "
+                f"{mb['array_bytes'] >> 10:,} KiB of scratch); at 1 ns a visit that is "
+                f"{duration(mb['region_visits'] / 1e9)} of boot"))
     ext = getattr(k, "scratch_extension", None)
     if ext:             # 7.3: memory kho_memory_init_early made scratch besides the handed-over areas
         v["scratch_extension"] = [[s, e] for s, e in ext]
