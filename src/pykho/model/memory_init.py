@@ -41,6 +41,14 @@ __all__ = ["MemoryInit", "roundup"]
 MiB = 1 << 20
 
 
+def _span_total(starts: Any, ends: Any) -> int:
+    """Bytes in disjoint runs: two sums, no array of lengths (each sum may
+    wrap modulo 2^64; their difference, the total, comes out right)."""
+    import numpy as np
+    with np.errstate(over="ignore"):
+        return int(ends.sum(dtype=np.uint64) - starts.sum(dtype=np.uint64))
+
+
 def roundup(v: int, a: int) -> int:
     return (v + a - 1) // a * a
 
@@ -256,7 +264,7 @@ class MemoryInit(KernelState):
                 self.memblock.reserved.update(runs)
                 self.pages.reserve_preserved_runs(order, runs)
             else:
-                blocks += int(((runs[1] - runs[0]) >> shift).sum())
+                blocks += _span_total(*runs) >> shift
                 self.pages.reserve_preserved_arrays(order, *runs)
                 many.append(runs)
         regions = 0 if many else len(merge_runs(sorted(listed)))
