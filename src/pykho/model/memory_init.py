@@ -32,6 +32,7 @@ from .machine import (
     block_run_arrays,
     block_runs,
     merge_runs,
+    release_freed_heap,
     union_sorted,
 )
 from .state import KernelState
@@ -289,6 +290,8 @@ class MemoryInit(KernelState):
                 regions += len(group) - len(near)
             self.memblock.reserved.update_arrays(u_s, u_e, merged=True, own=fresh)
         self._leaf_runs = {}
+        if regions >= 1 << 20:
+            release_freed_heap()        # the walk's per-leaf arrays, before memblock_free_all's gaps
         if blocks:
             freed = self._grow_reserved_array(regions, blocks)
             holds = holds and not any(self.pages.preserved_set.overlaps(s, e) for s, e in freed)
