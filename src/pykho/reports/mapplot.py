@@ -167,9 +167,11 @@ def _collect_runs(w: Any, runs: dict[int, list[tuple[int, int]]], counts: dict[i
     for order, n, starts, ends in w.runs():
         counts[order] = counts.get(order, 0) + n
         parts.setdefault(order, []).append((starts, ends))
-    for order, pl in parts.items():
+    for order in list(parts):
+        pl = parts.pop(order)           # each order's pieces freed once joined
         s = np.concatenate([a for a, _ in pl])
         e = np.concatenate([b for _, b in pl])
+        del pl
         if len(s) > 1 and not bool(np.all(s[1:] >= s[:-1])):
             ix = np.argsort(s, kind="stable")
             s, e = s[ix], e[ix]
