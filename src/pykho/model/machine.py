@@ -69,6 +69,15 @@ def release_freed_heap() -> None:
         _trim(0)
 
 
+def span_total(starts: Any, ends: Any) -> int:
+    """Bytes in disjoint runs (int64 arrays): two sums, no array of
+    lengths; each may wrap past 2^63, their difference (the total, below
+    2^63) comes out right modulo 2^64."""
+    import numpy as np
+    with np.errstate(over="ignore"):
+        return int(ends.sum(dtype=np.uint64) - starts.sum(dtype=np.uint64))
+
+
 def _clamp(x: int) -> int:
     return x if -_I64 <= x <= _I64 else (_I64 if x > 0 else -_I64)
 
@@ -329,12 +338,7 @@ class IntervalSet:
 
     def total(self) -> int:
         if self.big:
-            # two sums, no array of lengths: each may wrap past 2^63, their
-            # difference (the total, below 2^63) comes out right modulo 2^64
-            import numpy as np
-            with np.errstate(over="ignore"):
-                d = self.ends.sum(dtype=np.uint64) - self.starts.sum(dtype=np.uint64)
-            return int(d)
+            return span_total(self.starts, self.ends)
         return sum(e - s for s, e in self)
 
     def _span(self, s: int, e: int) -> tuple[int, int]:

@@ -33,6 +33,7 @@ from .machine import (
     block_runs,
     merge_runs,
     release_freed_heap,
+    span_total,
     union_sorted,
 )
 from .state import KernelState
@@ -40,14 +41,6 @@ from .state import KernelState
 __all__ = ["MemoryInit", "roundup"]
 
 MiB = 1 << 20
-
-
-def _span_total(starts: Any, ends: Any) -> int:
-    """Bytes in disjoint runs: two sums, no array of lengths (each sum may
-    wrap modulo 2^64; their difference, the total, comes out right)."""
-    import numpy as np
-    with np.errstate(over="ignore"):
-        return int(ends.sum(dtype=np.uint64) - starts.sum(dtype=np.uint64))
 
 
 def roundup(v: int, a: int) -> int:
@@ -265,10 +258,11 @@ class MemoryInit(KernelState):
                 self.memblock.reserved.update(runs)
                 self.pages.reserve_preserved_runs(order, runs)
             else:
-                blocks += _span_total(*runs) >> shift
+                blocks += span_total(*runs) >> shift
                 self.pages.reserve_preserved_arrays(order, *runs)
                 many.append(runs)
-        regions = 0 if many else len(merge_runs(sorted(listed)))
+        few = merge_runs(sorted(listed))        # the small orders' runs (lists), touching ones joined
+        regions = len(few)
         if many:
             # memblock_reserve of them all: one union of the orders' sorted runs
             union = many.pop(0)
@@ -277,9 +271,8 @@ class MemoryInit(KernelState):
                 union = union_sorted(*union, *many.pop(0))
             u_s, u_e = union
             regions = len(u_s)
-            if listed:
-                # the few runs of the small orders, with the big ones' they touch: one region each group
-                few = merge_runs(sorted(listed))
+            if few:
+                # with the big orders' runs they touch: one region each group
                 near: set[int] = set()
                 for a, b in few:
                     i = int(u_e.searchsorted(a, "left"))
@@ -337,7 +330,7 @@ class MemoryInit(KernelState):
                 failed = new
                 self.printk(f"memblock: Failed to double reserved array from {cap} to {new} entries !")
                 break
-            if "memblock=debug" in self.cmdline.split():
+            if self.params.get("memblock") == "debug":
                 self.printk(f"memblock: reserved is doubled to {new} at "
                             f"[{addr:#018x}-{addr + new * self.REGION_SIZE - 1:#018x}]")
             if array is None:

@@ -28,6 +28,7 @@ class KernelState:
     m: Machine
     p: P.Profile
     cmdline: str
+    params: dict[str, str]
     release: str
     name: str
     arch: str
