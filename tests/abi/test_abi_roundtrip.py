@@ -598,12 +598,57 @@ def test_overlap_filter_keeps_every_report(recs):
         sets, summ = build()
         got = []
         if not filtered:
-            orig = bits._may_share
+            orig, orig_leaf = bits._may_share, bits._leaf_pairs
             bits._may_share = lambda cands: [True] * len(cands)
+            bits._leaf_pairs = lambda recs: None
         try:
             sets.check(summ, got.append)
         finally:
             if not filtered:
-                bits._may_share = orig
+                bits._may_share, bits._leaf_pairs = orig, orig_leaf
         return [str(e) for e in got], summ.duplicates, summ.overlaps
     assert reports(True) == reports(False)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(st.tuples(st.sampled_from([0, 1, 3, 6, 9, 10, 15, 16, 18, 24]), st.integers(0, 3)),
+                       st.tuples(_BITMAP, st.integers(0, 2**31)), min_size=2, max_size=10))
+def test_radix_leaves_are_paired_without_the_sweep(leaves):
+    """Whole radix leaves (aligned, one per place and order) are paired by
+    arithmetic, each order against each larger one, with no sweep over
+    spans: the same reports, in the same order, as every pair the sweep
+    meets checked one by one."""
+    np = pytest.importorskip("numpy")
+    from pykho.abi import bits
+
+    def build():
+        sets = bits.BlockSets()
+        for (order, slot), (kind, seed) in sorted(leaves.items()):
+            first = slot << 15              # leaf ``slot`` of its order: leaves 0.. of every order meet at 0
+            v = np.zeros(32768, np.uint8)
+            rng = np.random.default_rng(seed)
+            if kind == "full":
+                v[:] = 1
+            elif kind == "one":
+                v[seed % 32768] = 1
+            else:
+                v = (rng.random(32768) < (0.002 if kind == "sparse" else 0.5)).astype(np.uint8)
+            page = np.packbits(v, bitorder="little").tobytes()
+            (n, lo, hi), = bits.batch_counts([page])
+            if n:
+                sets.add_bitmap(order, first, page, lo, hi, 0x1000 * (seed % 97))
+        return sets
+
+    sets = build()
+    assert bits._leaf_pairs(sorted(sets.recs, key=bits._start)) is not None
+    fast, summ = [], bits.MapSummary()
+    sets.check(summ, fast.append)
+    orig, orig_leaf = bits._may_share, bits._leaf_pairs
+    bits._may_share, bits._leaf_pairs = (lambda cands: [True] * len(cands)), (lambda recs: None)
+    try:
+        slow, summ2 = [], bits.MapSummary()
+        build().check(summ2, slow.append)
+    finally:
+        bits._may_share, bits._leaf_pairs = orig, orig_leaf
+    assert [str(e) for e in fast] == [str(e) for e in slow]
+    assert (summ.duplicates, summ.overlaps) == (summ2.duplicates, summ2.overlaps)

@@ -3,6 +3,8 @@ warnings) against what the target kernel does with them (the model's run)."""
 
 from __future__ import annotations
 
+import pytest
+
 from pykho import profiles as P
 from pykho.abi import radix, root, structs
 from pykho.handover import Handover
@@ -53,3 +55,27 @@ def test_a_full_leaf_reserves_as_one_run():
     assert rep["summary"]["blocks"] == 32768 + 1
     got = [b for b in rep["verdict"]["reserved"] if b[0] >= GiB and b[0] < 2 * GiB]
     assert len(got) == 32768 and got[0] == [GiB, 0] and got[-1] == [GiB + (32767 << 12), 0]
+
+
+def test_map_coarsening_finds_the_doubling_quantum_in_one_pass():
+    """kho map joins runs closer than a quantum when an order has more runs
+    than a picture tells apart; the quantum comes from the gaps at once and
+    must be the one doubling from a page, pass after pass, stops at: at most
+    ``keep`` runs left, more than ``keep`` at half of it."""
+    np = pytest.importorskip("numpy")
+    from pykho.reports import mapplot
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        n = int(rng.integers(3, 2000))
+        lens = rng.integers(1, 64, n) * 4096
+        gaps = rng.integers(1, 1 << int(rng.integers(2, 28)), n) * 4096
+        s = (np.cumsum(gaps + lens) - lens).astype(np.int64)
+        e = s + lens
+        keep = int(rng.integers(1, n // 2 + 1))
+        q = mapplot._coarse_quantum(s, e, keep)
+        assert q >= 2 * 4096 and q & (q - 1) == 0
+        js, je = mapplot._join_arrays(s, e, q)
+        assert len(js) <= keep and js[0] == s[0] and je[-1] == e[-1]
+        assert int((je - js).sum()) >= int((e - s).sum())
+        if q > 2 * 4096:
+            assert len(mapplot._join_arrays(s, e, q // 2)[0]) > keep

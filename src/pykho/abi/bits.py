@@ -439,18 +439,24 @@ class BlockSets:
         recs = sorted(self.recs, key=_start)
         self._reported = 0
         self._summary, self._report = summary, report
-        active: list[_Rec] = []
-        cands: list[tuple[_Rec, _Rec]] = []
-        for r in recs:
-            if active:
-                s = r[0]
-                active = [a for a in active if a[1] > s]
-                for a in active:
-                    cands.append((a, r))
-            active.append(r)
-        # pairs whose spans meet; those that share no block are dropped by a
-        # vectorised pass over their bitmaps, the rest checked one by one
-        share = _may_share(cands) if HAVE_NUMPY else [True] * len(cands)
+        cands = _leaf_pairs(recs) if HAVE_NUMPY else None
+        if cands is not None:
+            # whole radix leaves: each pair of orders paired by arithmetic and
+            # tested at once; only pairs that do share a block are left
+            share = [True] * len(cands)
+        else:
+            active: list[_Rec] = []
+            cands = []
+            for r in recs:
+                if active:
+                    s = r[0]
+                    active = [a for a in active if a[1] > s]
+                    for a in active:
+                        cands.append((a, r))
+                active.append(r)
+            # pairs whose spans meet; those that share no block are dropped by a
+            # vectorised pass over their bitmaps, the rest checked one by one
+            share = _may_share(cands) if HAVE_NUMPY else [True] * len(cands)
         for (a, b), maybe in zip(cands, share):
             if maybe:
                 self._pair(a, b)
@@ -568,6 +574,96 @@ def _may_share(cands: list[tuple[_Rec, _Rec]]) -> list[bool]:
                 if inside[i]:
                     out[k] = bool(hit[i])
     return out
+
+
+#: radix leaves :func:`_leaf_pairs` tests together (each costs 2 x 4 KiB, 32 KiB for small d)
+_LEAF_CHUNK = 1024
+_LEAF_BITS = 32768
+
+
+def _leaf_pairs(recs: list[_Rec]) -> list[tuple[_Rec, _Rec]] | None:
+    """The pairs of :class:`BlockSets` records sorted by start (``recs``)
+    that share a block, in the order the span sweep of ``check`` meets
+    them, when every record is a whole radix leaf (4096 bytes, its bit 0 at
+    a multiple of 32768 blocks of its order) and no two leaves of one order
+    have the same place; None otherwise (the sweep then pairs them).
+
+    Such leaves need no sweep: a leaf of order ``lo`` lies inside exactly
+    one leaf's span of a larger order ``hi`` (``d = hi - lo``), the one
+    holding block ``base >> d``, and covers ``32768 >> d`` of its bits (one
+    when ``d > 15``).  For every pair of orders the leaves of ``lo`` are
+    matched to that leaf by a sorted search, their bits ORed down to
+    ``hi``'s blocks and ANDed with the window of ``hi``'s bits they fall
+    in, a chunk of leaves at a time.  Leaves of one order never share
+    memory (different places).  numpy only."""
+    by_order: dict[int, list[int]] = {}
+    for k, r in enumerate(recs):
+        page = r[6]
+        if page is None or len(page) != 4096 or (r[3] - r[7]) % _LEAF_BITS:
+            return None
+        by_order.setdefault(r[2], []).append(k)
+    base = {o: np.array([(recs[k][3] - recs[k][7]) // _LEAF_BITS for k in ks], dtype=object if
+                        any(recs[k][3] >> 62 for k in ks) else np.int64) for o, ks in by_order.items()}
+    if any(b.dtype == object for b in base.values()):
+        return None                    # places beyond int64: the sweep handles them
+    for b in base.values():
+        srt_b = np.sort(b)
+        if bool((srt_b[1:] == srt_b[:-1]).any()):      # (not np.unique: it imports numpy.ma)
+            return None
+    hits: list[tuple[int, int]] = []
+    hi_pages: dict[int, Any] = {}           # order -> its leaves' words, (leaves, 512), in by_order's order
+    orders = sorted(by_order)
+    for i, lo in enumerate(orders):
+        lo_k = np.array(by_order[lo], dtype=np.int64)
+        for hi in orders[i + 1:]:
+            d = hi - lo
+            hi_k = np.array(by_order[hi], dtype=np.int64)
+            hb = base[hi]
+            srt = np.argsort(hb, kind="stable")
+            hb_sorted = hb[srt]
+            hi_all = hi_pages.get(hi)
+            if hi_all is None:
+                hi_all = hi_pages[hi] = np.frombuffer(b"".join([recs[k][6] for k in by_order[hi]]),
+                                                      dtype="<u8").reshape(-1, 512)
+            # the larger block holding each small leaf's bit 0, and its leaf
+            blk = (base[lo] << 15) >> d
+            want = blk >> 15
+            pos = np.minimum(np.searchsorted(hb_sorted, want), len(hb_sorted) - 1)
+            found = np.flatnonzero(hb_sorted[pos] == want)
+            if not len(found):
+                continue
+            width = _LEAF_BITS >> d if d <= 15 else 1
+            for c0 in range(0, len(found), _LEAF_CHUNK):
+                sel = found[c0:c0 + _LEAF_CHUNK]
+                mine_k = lo_k[sel]
+                hrow = srt[pos[sel]]
+                other_k = hi_k[hrow]
+                n = len(sel)
+                off = blk[sel] & (_LEAF_BITS - 1)           # bit of the window in the larger leaf
+                if d > 15:
+                    # a small leaf inside one larger block: it has a set bit (it was added)
+                    hit = (hi_all[hrow, off >> 6] >> (off & 63).astype(np.uint64)) & np.uint64(1) != 0
+                else:
+                    lo_w = np.frombuffer(b"".join([recs[k][6] for k in mine_k.tolist()]),
+                                         dtype="<u8").reshape(n, 512)
+                    if d >= 6:
+                        cov = (lo_w.reshape(n, width, -1) != 0).any(axis=2)
+                    else:
+                        cov = np.unpackbits(lo_w.view(np.uint8), bitorder="little").reshape(
+                            n, width, 1 << d).any(axis=2)
+                    if width >= 64:
+                        win = hi_all[hrow[:, None], (off >> 6)[:, None] + np.arange(width >> 6)]
+                        hit = (win & np.packbits(cov, axis=1, bitorder="little").view("<u8")).any(axis=1)
+                    else:
+                        word = hi_all[hrow, off >> 6] >> (off & 63).astype(np.uint64)
+                        mine = (cov.astype(np.uint64) << np.arange(width, dtype=np.uint64)).sum(
+                            axis=1, dtype=np.uint64)
+                        hit = (word & mine) != 0
+                for j in np.flatnonzero(hit).tolist():
+                    ka, kb = int(mine_k[j]), int(other_k[j])
+                    hits.append((max(ka, kb), min(ka, kb)))
+    hits.sort()
+    return [(recs[a], recs[b]) for b, a in hits]      # (earlier, later), as the sweep pairs them
 
 
 def _start(r: _Rec) -> int:

@@ -24,7 +24,6 @@ import bisect
 import os
 from dataclasses import dataclass, field
 from typing import Any
-from xml.sax.saxutils import escape
 
 from ..abi import bits
 from ..errors import UsageError
@@ -42,6 +41,12 @@ SCRATCH_COLORS = ["#a6cee3", "#b2df8a", "#fdbf6f", "#cab2d6", "#fb9a99", "#ffff9
 RAM, HOLE, META, BLOB, FDT = "#e3e3e3", "#ffffff", "#000000", "#e41a1c", "#ff00ff"
 #: a layer never thinner than this many pixels
 MIN_PX = 1.5
+
+
+def escape(text: str) -> str:
+    """``&``, ``<`` and ``>`` as XML entities (what ``xml.sax.saxutils.escape``
+    does, without the 50 ms of ``urllib`` and ``http`` that module imports)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _size(n: int) -> str:
@@ -158,6 +163,23 @@ def _join_arrays(s: Any, e: Any, q: int) -> tuple[Any, Any]:
     return s[np.concatenate(([True], keep))], reach[np.concatenate((keep, [True]))]
 
 
+def _coarse_quantum(s: Any, e: Any, keep: int) -> int:
+    """The smallest ``PAGE << k`` (``k >= 1``) that, as the gap below which
+    sorted disjoint runs are joined, leaves at most ``keep`` runs: found
+    from the gaps at once (joining at ``q`` keeps exactly the gaps of
+    ``q`` and more, so doubling ``q`` pass after pass ends at the same
+    quantum)."""
+    import numpy as np
+    q = 2 * PAGE
+    gaps = s[1:] - e[:-1]
+    if len(gaps) >= keep >= 1:
+        # the keep-th largest gap must be joined: q above it
+        v = int(np.partition(gaps, len(gaps) - keep)[len(gaps) - keep])
+        while q <= v:
+            q *= 2
+    return q
+
+
 def _collect_runs(w: Any, runs: dict[int, list[tuple[int, int]]], counts: dict[int, int], max_runs: int,
                   layers: dict[str, Any]) -> None:
     """Runs per order straight from a radix walk's leaf groups (arrays, no
@@ -178,10 +200,7 @@ def _collect_runs(w: Any, runs: dict[int, list[tuple[int, int]]], counts: dict[i
         s, e = _join_arrays(s, e, 1)                  # touching runs are one
         if len(s) > max_runs:
             # more runs than a picture can tell apart: join the closest
-            q = PAGE
-            while len(s) > max_runs // 2:
-                q *= 2
-                s, e = _join_arrays(s, e, q)
+            s, e = _join_arrays(s, e, _coarse_quantum(s, e, max_runs // 2))
             layers["coarsened"] = True
         runs[order] = list(zip(s.tolist(), e.tolist()))
 
