@@ -72,7 +72,7 @@ def test_map_coarsening_finds_the_doubling_quantum_in_one_pass():
         s = (np.cumsum(gaps + lens) - lens).astype(np.int64)
         e = s + lens
         keep = int(rng.integers(1, n // 2 + 1))
-        q = mapplot._coarse_quantum(s, e, keep)
+        q = mapplot._coarse_quantum(s[1:] - e[:-1], keep)
         assert q >= 2 * 4096 and q & (q - 1) == 0
         js, je = mapplot._join_arrays(s, e, q)
         assert len(js) <= keep and js[0] == s[0] and je[-1] == e[-1]

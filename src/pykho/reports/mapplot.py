@@ -163,15 +163,14 @@ def _join_arrays(s: Any, e: Any, q: int) -> tuple[Any, Any]:
     return s[np.concatenate(([True], keep))], reach[np.concatenate((keep, [True]))]
 
 
-def _coarse_quantum(s: Any, e: Any, keep: int) -> int:
+def _coarse_quantum(gaps: Any, keep: int) -> int:
     """The smallest ``PAGE << k`` (``k >= 1``) that, as the gap below which
-    sorted disjoint runs are joined, leaves at most ``keep`` runs: found
-    from the gaps at once (joining at ``q`` keeps exactly the gaps of
-    ``q`` and more, so doubling ``q`` pass after pass ends at the same
-    quantum)."""
+    sorted disjoint runs are joined, leaves at most ``keep`` runs (``gaps``:
+    between each run and the next): found from the gaps at once (joining
+    at ``q`` keeps exactly the gaps of ``q`` and more, so doubling ``q``
+    pass after pass ends at the same quantum)."""
     import numpy as np
     q = 2 * PAGE
-    gaps = s[1:] - e[:-1]
     if len(gaps) >= keep >= 1:
         # the keep-th largest gap must be joined: q above it
         v = int(np.partition(gaps, len(gaps) - keep)[len(gaps) - keep])
@@ -194,14 +193,21 @@ def _collect_runs(w: Any, runs: dict[int, list[tuple[int, int]]], counts: dict[i
         s = np.concatenate([a for a, _ in pl])
         e = np.concatenate([b for _, b in pl])
         del pl
-        if len(s) > 1 and not bool(np.all(s[1:] >= s[:-1])):
+        if len(s) > 1 and not bool(np.all(s[1:] >= e[:-1])):
+            # not disjoint in walk order (a malformed map): sorted, and
+            # overlapping runs joined
             ix = np.argsort(s, kind="stable")
-            s, e = s[ix], e[ix]
-        s, e = _join_arrays(s, e, 1)                  # touching runs are one
-        if len(s) > max_runs:
+            s, e = _join_arrays(s[ix], e[ix], 0)
+        gaps = s[1:] - e[:-1]                         # >= 0: one order's runs come ascending
+        if np.count_nonzero(gaps) + 1 > max_runs:
             # more runs than a picture can tell apart: join the closest
-            s, e = _join_arrays(s, e, _coarse_quantum(s, e, max_runs // 2))
+            # (touching runs with them: the quantum is above a page)
+            keep = gaps >= _coarse_quantum(gaps, max_runs // 2)
             layers["coarsened"] = True
+        else:
+            keep = gaps != 0                          # touching runs are one
+        del gaps
+        s, e = s[np.concatenate(([True], keep))], e[np.concatenate((keep, [True]))]
         runs[order] = list(zip(s.tolist(), e.tolist()))
 
 
