@@ -635,7 +635,12 @@ def test_radix_leaves_are_paired_without_the_sweep(leaves):
                 v = (rng.random(32768) < (0.002 if kind == "sparse" else 0.5)).astype(np.uint8)
             page = np.packbits(v, bitorder="little").tobytes()
             (n, lo, hi), = bits.batch_counts([page])
-            if n:
+            (n2,), occupied = bits.leaf_counts([page])
+            assert n2 == n and len(occupied) == 64
+            if n and seed % 2:
+                # as summarize adds them: the whole leaf, with its words' occupancy
+                sets.add_leaf(order, first, page, occupied, 0x1000 * (seed % 97))
+            elif n:
                 sets.add_bitmap(order, first, page, lo, hi, 0x1000 * (seed % 97))
         return sets
 

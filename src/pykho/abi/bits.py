@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     I64s: TypeAlias = NDArray[np.int64]
 
 __all__ = ["HAVE_NUMPY", "MASK64", "PAGE_SHIFT", "BlockSets", "MapSummary", "array", "batch_counts",
-           "chunk_batch_phys", "count", "is_full", "length", "nonzero_u64", "offsets", "phys_of",
+           "chunk_batch_phys", "count", "is_full", "leaf_counts", "length", "nonzero_u64", "offsets", "phys_of",
            "radix_batch_phys", "radix_batch_runs", "set_bits", "tolist"]
 
 MASK64 = (1 << 64) - 1
@@ -341,15 +341,31 @@ def batch_counts(pages: Sequence[Buffer]) -> list[tuple[int, int | None, int | N
     return out
 
 
+def leaf_counts(pages: Sequence[Buffer]) -> tuple[list[int], bytes]:
+    """Per radix leaf of ``pages`` (4096 bytes each): its set bits, and all
+    leaves' word occupancy joined: 64 bytes a leaf, bit ``i`` set when u64
+    word ``i`` is non-zero (what the overlap check of larger orders reads
+    instead of the leaf).  numpy only."""
+    a = np.frombuffer(_joined(pages), dtype="<u8").reshape(len(pages), 512)
+    if hasattr(np, "bitwise_count"):
+        cnt = np.bitwise_count(a).sum(axis=1, dtype=np.int64)
+    else:  # pragma: no cover - numpy < 2.0
+        cnt = np.unpackbits(a.view(np.uint8), axis=1).sum(axis=1, dtype=np.int64)
+    occupied: bytes = np.packbits(a != 0, axis=1, bitorder="little").tobytes()
+    return cnt.tolist(), occupied
+
+
 # ---------------------------------------------------------------------------
 # Counting walks: a summary of a memory map without per-block objects.
 
 PAGE_SHIFT = 12
 
 #: one bitmap of a BlockSets: ``[start, end, order, first, bits or None,
-#: where, bitmap bytes or None, lo]`` (ints but ``bits``, an int made from
-#: ``bitmap`` when first needed, and ``bitmap``).  A list, not a class: a
-#: 1 TiB map has 8192 of them and they are built in the summarize loop.
+#: where, bitmap bytes or None, lo, occupancy or None]`` (ints but ``bits``,
+#: an int made from ``bitmap`` when first needed, ``bitmap``, and a radix
+#: leaf's 64 bytes of word occupancy, see :func:`leaf_counts`).  A list, not
+#: a class: a 1 TiB map has 8192 of them and they are built in the
+#: summarize loop.
 _Rec = list[Any]
 
 
@@ -419,13 +435,20 @@ class BlockSets:
             v >>= lo
             first += lo
         sh = order + PAGE_SHIFT
-        self.recs.append([first << sh, (first + v.bit_length()) << sh, order, first, v, where, None, 0])
+        self.recs.append([first << sh, (first + v.bit_length()) << sh, order, first, v, where, None, 0, None])
 
     def add_bitmap(self, order: int, first: int, bitmap: Buffer, lo: int, hi: int, where: int) -> None:
         """A bitmap as bytes whose set bits are ``lo .. hi-1`` (see
         :func:`batch_counts`); made an int only if another bitmap's span meets it."""
         sh = order + PAGE_SHIFT
-        self.recs.append([(first + lo) << sh, (first + hi) << sh, order, first + lo, None, where, bitmap, lo])
+        self.recs.append([(first + lo) << sh, (first + hi) << sh, order, first + lo, None, where, bitmap, lo, None])
+
+    def add_leaf(self, order: int, first: int, leaf: Buffer, occupied: Buffer, where: int) -> None:
+        """A radix leaf (4096 bytes, bit 0 the block ``first``, a multiple
+        of 32768) that has a set bit, with its 64 bytes of word occupancy
+        (:func:`leaf_counts`); its span is the whole leaf."""
+        sh = order + PAGE_SHIFT
+        self.recs.append([first << sh, (first + 32768) << sh, order, first, None, where, leaf, 0, occupied])
 
     @staticmethod
     def _bits(r: _Rec) -> int:
@@ -644,11 +667,18 @@ def _leaf_pairs(recs: list[_Rec]) -> list[tuple[_Rec, _Rec]] | None:
                     # a small leaf inside one larger block: it has a set bit (it was added)
                     hit = (hi_all[hrow, off >> 6] >> (off & 63).astype(np.uint64)) & np.uint64(1) != 0
                 else:
-                    lo_w = np.frombuffer(b"".join([recs[k][6] for k in mine_k.tolist()]),
-                                         dtype="<u8").reshape(n, 512)
-                    if d >= 6:
+                    occ = [recs[k][8] for k in mine_k.tolist()]
+                    if d >= 6 and None not in occ:
+                        # the words' occupancy is enough: groups of 2**(d-6) words
+                        cov = np.unpackbits(np.frombuffer(b"".join(occ), dtype=np.uint8),
+                                            bitorder="little").reshape(n, width, -1).any(axis=2)
+                    elif d >= 6:
+                        lo_w = np.frombuffer(b"".join([recs[k][6] for k in mine_k.tolist()]),
+                                             dtype="<u8").reshape(n, 512)
                         cov = (lo_w.reshape(n, width, -1) != 0).any(axis=2)
                     else:
+                        lo_w = np.frombuffer(b"".join([recs[k][6] for k in mine_k.tolist()]),
+                                             dtype="<u8").reshape(n, 512)
                         cov = np.unpackbits(lo_w.view(np.uint8), bitorder="little").reshape(
                             n, width, 1 << d).any(axis=2)
                     if width >= 64:

@@ -458,10 +458,17 @@ class RadixWalk:
                 continue
             total = 0
             mask = (1 << (KHO_ORDER_0_LOG2 - order)) - 1
-            for key, page, phys, (n, lo, hi) in zip(keys, pages, where, bits.batch_counts(pages)):
-                if lo is not None and hi is not None:       # n > 0
-                    total += n
-                    sets.add_bitmap(order, key & mask, page, lo, hi, phys)
+            if bits.HAVE_NUMPY and all(len(p) == PAGE_SIZE for p in pages):
+                counts, occupied = bits.leaf_counts(pages)
+                for i, (key, page, phys, n) in enumerate(zip(keys, pages, where, counts)):
+                    if n:
+                        total += n
+                        sets.add_leaf(order, key & mask, page, occupied[i << 6:(i + 1) << 6], phys)
+            else:
+                for key, page, phys, (n, lo, hi) in zip(keys, pages, where, bits.batch_counts(pages)):
+                    if lo is not None and hi is not None:       # n > 0
+                        total += n
+                        sets.add_bitmap(order, key & mask, page, lo, hi, phys)
             out.count(order, total)
         sets.check(out, self._problem)
         out.problems = self.problems
