@@ -635,6 +635,7 @@ def _leaf_pairs(recs: list[_Rec]) -> list[tuple[_Rec, _Rec]] | None:
             return None
     hits: list[tuple[int, int]] = []
     hi_pages: dict[int, Any] = {}           # order -> its leaves' words, (leaves, 512), in by_order's order
+    hi_set: dict[int, Any] = {}             # order -> the set bits of those words, as one bitmap
     orders = sorted(by_order)
     for i, lo in enumerate(orders):
         lo_k = np.array(by_order[lo], dtype=np.int64)
@@ -656,6 +657,15 @@ def _leaf_pairs(recs: list[_Rec]) -> list[tuple[_Rec, _Rec]] | None:
             if not len(found):
                 continue
             width = _LEAF_BITS >> d if d <= 15 else 1
+            if d <= 6:
+                # few larger blocks (small orders in a map of pages): each
+                # one's 2**d smaller blocks lie in one word of a small leaf
+                hi_bits = hi_set.get(hi)
+                if hi_bits is None:
+                    hi_bits = hi_set[hi] = _set_bits_words(hi_all.view(np.uint8).reshape(-1))
+                if len(hi_bits) <= 16 * len(found):
+                    hits.extend(_few_large_blocks(recs, lo_k, base[lo], hi_k, hb, hi_bits, d))
+                    continue
             for c0 in range(0, len(found), _LEAF_CHUNK):
                 sel = found[c0:c0 + _LEAF_CHUNK]
                 mine_k = lo_k[sel]
@@ -694,6 +704,32 @@ def _leaf_pairs(recs: list[_Rec]) -> list[tuple[_Rec, _Rec]] | None:
                     hits.append((max(ka, kb), min(ka, kb)))
     hits.sort()
     return [(recs[a], recs[b]) for b, a in hits]      # (earlier, later), as the sweep pairs them
+
+
+def _few_large_blocks(recs: list[_Rec], lo_k: Any, lo_base: Any, hi_k: Any, hi_base: Any, hi_bits: Any,
+                      d: int) -> list[tuple[int, int]]:
+    """:func:`_leaf_pairs` for one pair of orders ``d <= 6`` apart, from the
+    larger order's set bits (``hi_bits``: bit positions in its leaves'
+    words joined, ``hi_base`` their places): every larger block's ``2**d``
+    smaller blocks are bits ``off .. off + 2**d`` of one word of the small
+    leaf holding them, when there is one.  The (later, earlier) record
+    indices of each pair that shares a block, once."""
+    row = hi_bits >> 15
+    first = ((hi_base[row] << 15) + (hi_bits & (_LEAF_BITS - 1))) << d    # first smaller block
+    leaf = first >> 15
+    srt = np.argsort(lo_base, kind="stable")
+    lb = lo_base[srt]
+    at = np.minimum(np.searchsorted(lb, leaf), len(lb) - 1)
+    ok = np.flatnonzero(lb[at] == leaf)
+    mask = (1 << (1 << d)) - 1
+    out: set[tuple[int, int]] = set()
+    for lk, hk, off in zip(lo_k[srt[at[ok]]].tolist(), hi_k[row[ok]].tolist(),
+                           (first[ok] & (_LEAF_BITS - 1)).tolist()):
+        page = recs[lk][6]
+        word = int.from_bytes(page[(off >> 6) << 3:((off >> 6) + 1) << 3], "little")
+        if (word >> (off & 63)) & mask:
+            out.add((max(lk, hk), min(lk, hk)))
+    return sorted(out)
 
 
 def _start(r: _Rec) -> int:
