@@ -17,6 +17,7 @@
 import bisect
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -225,3 +226,21 @@ def test_host_shape_verdict_counts_the_walks_memblock_regions(gen_dir, monkeypat
     warn = [f for f in verdict.predict(ho, P.E, iomem=ram)["consequences"] if f["code"] == "walk-memblock-scans"]
     assert [f["severity"] for f in warn] == ["warning"]
     assert f"{mb['regions_after']:,} regions" in warn[0]["message"]
+
+
+def test_profile_splits_a_command_into_imports_and_functions(gen_dir, capsys):
+    """bench/profile_command.py runs the benchmark's own ``kho validate`` of a case
+    as a process, then under ``-X importtime`` and cProfile: the wall time,
+    the imports with numpy's share, and pykho's functions by cumulative time
+    (the command's entry point first, the model's boot among them)."""
+    import profile_command as bench_profile  # bench/profile_command.py
+    assert bench_profile.main(["order0-1G", "validate", "--handovers", gen_dir, "--top", "40"]) == 0
+    out = capsys.readouterr().out
+    head, imports, _, _, _, *rows = out.splitlines()
+    assert head.startswith("order0-1G validate -j: ") and head.endswith("wall as a process (exit 0)")
+    total, numpy = (float(x) for x in re.match(r"imports \(python -X importtime\): ([\d.]+) s, numpy ([\d.]+) s",
+                                               imports).groups())
+    assert 0 < numpy < total
+    names = [r.split()[-1] for r in rows]
+    assert names[0].startswith("__init__.py:") and names[0].endswith("(main)")        # pykho.cli.main
+    assert any(n.startswith("kernel.py:") and n.endswith("(boot)") for n in names)
