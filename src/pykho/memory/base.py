@@ -248,6 +248,8 @@ class CowMemory(SparseMemory):
     # pages written (copied from ``base`` first) are what reads return: the
     # page fast paths stay
     page_buffer = SparseMemory.page_buffer
+    #: the RAM range :meth:`page_bytes` found the last page in
+    _page_range: tuple[int, int] | None = None
 
     def page_bytes(self, pfn: int) -> bytes | bytearray | memoryview | None:
         """The stored page ``pfn`` if written, else the base's own page
@@ -256,8 +258,16 @@ class CowMemory(SparseMemory):
         if pg is not None:
             return pg
         fast = getattr(self.base, "page_bytes", None)
-        if fast is None or not self.contains(pfn << PAGE_SHIFT, PAGE_SIZE):
+        if fast is None:
             return None
+        phys = pfn << PAGE_SHIFT
+        r = self._page_range
+        if r is None or not (r[0] <= phys and phys + PAGE_SIZE <= r[1]):
+            if not self.contains(phys, PAGE_SIZE):
+                return None
+            r = self.ranges()[self._range_index(phys)]
+            if phys + PAGE_SIZE <= r[1]:
+                self._page_range = r            # the RAM range the last page came from (they are fixed)
         got: bytes | bytearray | memoryview | None = fast(pfn)
         return got
 
@@ -265,6 +275,7 @@ class CowMemory(SparseMemory):
         super().__init__(ram, 0, name or f"{base.name} (copy-on-write)")
         self.base = base
         self.unknown_reads = 0
+        self._page_range = None
 
     def _page(self, pfn: int) -> bytes | bytearray:
         pg = self.pages.get(pfn)

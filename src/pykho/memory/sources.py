@@ -180,6 +180,8 @@ class _Segments(PhysMemory):
         self.name = name
         self._segs: list[tuple[int, int, _SegmentBuffer, int]] = []  # start, end, buffer, offset
         self._ranges: list[tuple[int, int]] = []
+        #: the segment :meth:`page_bytes` found last, with a view of its bytes
+        self._page_seg: tuple[int, int, memoryview, int] | None = None
 
     def _add(self, start: int, length: int, buf: _SegmentBuffer, offset: int = 0) -> None:
         if length > 0:
@@ -200,6 +202,7 @@ class _Segments(PhysMemory):
         self._segs = merged
         self._ranges = [(s, e) for s, e, _, _ in merged]
         self._starts_cache = None
+        self._page_seg = None
 
     def ranges(self) -> list[tuple[int, int]]:
         return self._ranges
@@ -210,7 +213,7 @@ class _Segments(PhysMemory):
         for _, _, buf, _ in self._segs:
             if isinstance(buf, _FileBuffer):
                 buf.close()
-        self._segs, self._ranges, self._starts_cache = [], [], None
+        self._segs, self._ranges, self._starts_cache, self._page_seg = [], [], None, None
 
     def __enter__(self) -> Self:
         return self
@@ -229,14 +232,20 @@ class _Segments(PhysMemory):
         sparse extract's files), no copy; None when it is not wholly inside
         one such segment (the caller then reads it)."""
         phys = pfn << 12
+        last = self._page_seg
+        if last is not None and last[0] <= phys and phys + 4096 <= last[1]:
+            o = last[3] + (phys - last[0])          # a walk's pages mostly come from one file
+            return last[2][o:o + 4096]
         i = self._range_index(phys)
         if i < 0:
             return None
         s, end, buf, off = self._segs[i]
         if phys + 4096 > end or not isinstance(buf, bytes):
             return None
+        view = memoryview(buf)
+        self._page_seg = (s, end, view, off)
         o = off + (phys - s)
-        return memoryview(buf)[o:o + 4096]
+        return view[o:o + 4096]
 
 
 def _map_file(path: str, what: str) -> _FileBuffer:
