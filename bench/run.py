@@ -53,7 +53,7 @@ DEFAULT_CASES = ["order0-64G", "memfd-64G", "order0-1T", "host-1T", "host-4T"]
 QUICK_CASES = ["order0-64G", "memfd-64G"]
 COMMANDS = ["c", "validate", "inspect", "map"]
 LABEL = {"c": "C walker", "validate": "validate -j", "inspect": "inspect -j", "map": "map --out svg",
-         "version": "kho --version", "cycle": "simulate host-1T"}
+         "version": "kho --version", "numpy": "import numpy", "cycle": "simulate host-1T"}
 #: JSON larger than this is not parsed whole: its "summary" object is found by search
 PARSE_WHOLE = 64 * MiB
 
@@ -275,6 +275,24 @@ def judge(row, c_best, version_best):
     row["target"] = ", ".join(texts)
     row["target_got"] = ", ".join(gots)
     row["met"] = all(mets)
+    # the time the targets allow, for the floor line under the table
+    budgets = [lim * c_best + (version_best if kind == "above_start" else 0.0)
+               for kind, lim in checks if kind in ("ratio", "above_start") and c_best
+               and (kind == "ratio" or version_best is not None)]
+    if budgets:
+        row["budget_s"] = min(budgets)
+
+
+def floor_line(rows) -> str | None:
+    """The rows whose time target is below ``python -c 'import numpy'``
+    measured in the same run: no command that imports numpy can meet them."""
+    floor = next((r["wall_best_s"] for r in rows if r["command"] == "numpy" and r["ok"]), None)
+    if floor is None:
+        return None
+    below = [f"{r['case']} {r['command']} ({fmt_s(r['budget_s'])})" for r in rows
+             if r.get("budget_s") is not None and r["budget_s"] < floor]
+    return (f"time targets below python -c 'import numpy' ({fmt_s(floor)}) alone: "
+            + (", ".join(below) if below else "none"))
 
 
 # --------------------------------------------------------------------------- table
@@ -313,6 +331,9 @@ def render(rows, env) -> str:
                    + ", ".join(f"{o}: {n:,}" for o, n in e["by_order"].items())
                    + f"; {c['map_pages']:,} map pages ({c['ram_dir_bytes'] / MiB:.0f} MiB in ram/)")
     out.append("")
+    fl = floor_line(rows)
+    if fl:
+        out.append(fl)
     out.append(f"wall: best of n processes, fork to exit; RSS: peak of the process (max over its n runs); "
                f"xC: wall best / the C walker's wall best; caps: {env['time_cap']:g} s, "
                f"{env['rss_cap'] >> 20} MiB RSS")
@@ -410,6 +431,10 @@ def main(argv=None) -> int:
     version_best = vrow["wall_best_s"] if vrow["ok"] and not vrow["killed"] else None
     rows.append(vrow)
     say(f"  kho --version: {fmt_s(vrow['wall_best_s'])}")
+    # the floor of any command that needs numpy: the interpreter and numpy's import, nothing else
+    res = measure([sys.executable, "-c", "import numpy"], a.version_reps, env, caps, tmp, "numpy")
+    rows.append(row_for("-", "numpy", res, None, None, None, check=False))
+    say(f"  python -c 'import numpy': {fmt_s(rows[-1]['wall_best_s'])}")
     if not a.no_cycle:
         say("  kho simulate host-1T ...")
         res = measure(kho + ["simulate", "host-1T"], 1, env, caps, tmp, "cycle")

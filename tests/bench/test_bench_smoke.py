@@ -244,3 +244,23 @@ def test_profile_splits_a_command_into_imports_and_functions(gen_dir, capsys):
     names = [r.split()[-1] for r in rows]
     assert names[0].startswith("__init__.py:") and names[0].endswith("(main)")        # pykho.cli.main
     assert any(n.startswith("kernel.py:") and n.endswith("(boot)") for n in names)
+
+
+def test_floor_line_names_the_targets_python_and_numpy_alone_miss():
+    """The table's floor line: a row's time budget is its target times the
+    C walker's time (plus ``kho --version``'s for a target above start-up);
+    the rows whose budget is below ``python -c 'import numpy'`` of the same
+    run are listed, the others not."""
+    rows = []
+    for case, cmd, wall in (("host-1T", "validate", 1.2), ("host-4T", "inspect", 0.8), ("memfd-64G", "validate", 0.35)):
+        row = {"case": case, "command": cmd, "wall_best_s": wall, "rss_peak_bytes": 100 << 20, "killed": None}
+        c_best = {"host-1T": 0.1, "host-4T": 0.4, "memfd-64G": 0.007}[case]
+        bench_run.judge(row, c_best, 0.06)
+        rows.append(row)
+    assert [round(r["budget_s"], 6) for r in rows] == [0.2, 0.8, 0.081]
+    assert rows[1]["met"] is True and rows[0]["met"] is False
+    rows.append({"case": "-", "command": "numpy", "wall_best_s": 0.21, "ok": True})
+    assert bench_run.floor_line(rows) == ("time targets below python -c 'import numpy' (210.0ms) alone: "
+                                          "host-1T validate (200.0ms), memfd-64G validate (81.0ms)")
+    rows[-1]["wall_best_s"] = 0.05
+    assert bench_run.floor_line(rows).endswith("alone: none")
