@@ -562,6 +562,19 @@ def test_radix_leaf_runs_are_the_leaf_blocks(leaves, order, k0):
 _BITMAP = st.sampled_from(["sparse", "dense", "full", "one"])
 
 
+def _bitmap_page(kind, seed):
+    """A 4096-byte bitmap of one of the kinds of ``_BITMAP``, from ``seed``."""
+    import numpy as np
+    v = np.zeros(32768, np.uint8)
+    if kind == "full":
+        v[:] = 1
+    elif kind == "one":
+        v[seed % 32768] = 1
+    else:
+        v = (np.random.default_rng(seed).random(32768) < (0.002 if kind == "sparse" else 0.5)).astype(np.uint8)
+    return np.packbits(v, bitorder="little").tobytes()
+
+
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(st.sampled_from([0, 1, 3, 6, 9, 10, 16, 18, 24]), st.integers(0, 3),
                           st.integers(0, 40000), _BITMAP, st.integers(0, 2**31), st.booleans()),
@@ -571,7 +584,7 @@ def test_overlap_filter_keeps_every_report(recs):
     vectorised test before the exact check: every duplicate and overlap it
     reported without that filter it still reports, with the same words,
     for leaves at aligned starts (radix) and bitmaps at odd starts (kho-v1)."""
-    np = pytest.importorskip("numpy")
+    pytest.importorskip("numpy")
     from pykho.abi import bits
 
     def build():
@@ -580,15 +593,7 @@ def test_overlap_filter_keeps_every_report(recs):
             # aligned: a radix leaf of this order at phys slot << 40, where every
             # order's leaf begins (their spans meet); else a bitmap at an odd start
             first = ((slot << 28) >> order) & ~32767 if aligned else (slot << 15) + shift
-            v = np.zeros(32768, np.uint8)
-            rng = np.random.default_rng(seed)
-            if kind == "full":
-                v[:] = 1
-            elif kind == "one":
-                v[seed % 32768] = 1
-            else:
-                v = (rng.random(32768) < (0.002 if kind == "sparse" else 0.5)).astype(np.uint8)
-            page = np.packbits(v, bitorder="little").tobytes()
+            page = _bitmap_page(kind, seed)
             (n, lo, hi), = bits.batch_counts([page])
             if n:
                 sets.add_bitmap(order, first, page, lo, hi, 0x1000 * (seed % 97))
@@ -618,22 +623,14 @@ def test_radix_leaves_are_paired_without_the_sweep(leaves):
     arithmetic, each order against each larger one, with no sweep over
     spans: the same reports, in the same order, as every pair the sweep
     meets checked one by one."""
-    np = pytest.importorskip("numpy")
+    pytest.importorskip("numpy")
     from pykho.abi import bits
 
     def build():
         sets = bits.BlockSets()
         for (order, slot), (kind, seed) in sorted(leaves.items()):
             first = slot << 15              # leaf ``slot`` of its order: leaves 0.. of every order meet at 0
-            v = np.zeros(32768, np.uint8)
-            rng = np.random.default_rng(seed)
-            if kind == "full":
-                v[:] = 1
-            elif kind == "one":
-                v[seed % 32768] = 1
-            else:
-                v = (rng.random(32768) < (0.002 if kind == "sparse" else 0.5)).astype(np.uint8)
-            page = np.packbits(v, bitorder="little").tobytes()
+            page = _bitmap_page(kind, seed)
             (n, lo, hi), = bits.batch_counts([page])
             (n2,), occupied = bits.leaf_counts([page])
             assert n2 == n and len(occupied) == 64
