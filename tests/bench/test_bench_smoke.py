@@ -264,3 +264,20 @@ def test_floor_line_names_the_targets_python_and_numpy_alone_miss():
                                           "host-1T validate (200.0ms), memfd-64G validate (81.0ms)")
     rows[-1]["wall_best_s"] = 0.05
     assert bench_run.floor_line(rows).endswith("alone: none")
+
+
+def test_compiled_walk_gives_pykhos_runs(gen_dir, capsys):
+    """bench/compiled_walk.py's C runs (what compiled code in the walk would
+    give) are pykho's own, array for array, on every leaf group of the
+    host-8G case (pages, folios and 1 GiB blocks) and of order0-1G (eight
+    full leaves: one run across them), and kho validate accepts both cases
+    with either."""
+    if not (shutil.which("gcc") or shutil.which("cc")):
+        pytest.skip("no C compiler")
+    import compiled_walk
+    for case, groups, runs in (("host-8G", 2, 1000), ("order0-1G", 1, 1)):
+        assert compiled_walk.main([case, "--handovers", gen_dir, "--reps", "1"]) == 0
+        out = capsys.readouterr().out.splitlines()
+        m = re.match(case + r": runs equal on (\d+) leaf groups \(([\d,]+) runs", out[0])
+        assert m and int(m.group(1)) >= groups and int(m.group(2).replace(",", "")) >= runs
+        assert "kho validate -j in process:" in out[2]
