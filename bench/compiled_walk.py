@@ -21,8 +21,6 @@ import contextlib
 import ctypes
 import io
 import os
-import shutil
-import subprocess
 import sys
 import time
 from typing import Any
@@ -42,20 +40,14 @@ from pykho.memory import SparseDir  # noqa: E402
 
 def build(out: str) -> ctypes.CDLL | None:
     """bench/runs.c as a shared library under ``out`` (None without gcc)."""
-    gcc = shutil.which("gcc") or shutil.which("cc")
-    if not gcc:
+    lib, _ = run.compile_c("runs.c", os.path.join(out, "libruns.so"), ("-shared", "-fPIC"))
+    if lib is None:
         return None
-    lib = os.path.join(out, "libruns.so")
-    for flags in (["-O2", "-march=native"], ["-O2"]):
-        r = subprocess.run([gcc, *flags, "-shared", "-fPIC", "-Wall", "-o", lib, os.path.join(HERE, "runs.c")],
-                           capture_output=True, text=True)
-        if r.returncode == 0:
-            dll = ctypes.CDLL(lib)
-            dll.radix_runs.restype = ctypes.c_size_t
-            dll.radix_runs.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_uint,
-                                       ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
-            return dll
-    return None
+    dll = ctypes.CDLL(lib)
+    dll.radix_runs.restype = ctypes.c_size_t
+    dll.radix_runs.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_uint,
+                               ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+    return dll
 
 
 def compiled_runs(dll: ctypes.CDLL, numpy_runs: Any) -> Any:

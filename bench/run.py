@@ -76,19 +76,24 @@ for _c in ("host-1T", "host-4T"):
 
 # --------------------------------------------------------------------------- commands
 
-def compile_walker() -> tuple[str | None, str]:
+def compile_c(src: str, out: str, extra: tuple[str, ...] = ()) -> tuple[str | None, str]:
+    """``bench/SRC`` built into ``out`` with gcc, ``-O2 -march=native`` or
+    else ``-O2`` (and ``extra``): (path or None, what built it or why not)."""
     gcc = shutil.which("gcc") or shutil.which("cc")
     if not gcc:
         return None, "no C compiler"
-    exe = os.path.join(OUT, "walker")
-    src = os.path.join(HERE, "walker.c")
     r = None
     for flags in (["-O2", "-march=native"], ["-O2"]):
-        r = subprocess.run([gcc, *flags, "-Wall", "-o", exe, src], capture_output=True, text=True)
+        r = subprocess.run([gcc, *flags, *extra, "-Wall", "-o", out, os.path.join(HERE, src)],
+                           capture_output=True, text=True)
         if r.returncode == 0:
             ver = subprocess.run([gcc, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
-            return exe, f"{ver} {' '.join(flags)}"
+            return out, f"{ver} {' '.join(flags)}"
     return None, f"gcc failed: {r.stderr.strip()[:300] if r else ''}"
+
+
+def compile_walker() -> tuple[str | None, str]:
+    return compile_c("walker.c", os.path.join(OUT, "walker"))
 
 
 def kho_env() -> dict:

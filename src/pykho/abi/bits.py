@@ -324,10 +324,7 @@ def batch_counts(pages: Sequence[Buffer]) -> list[tuple[int, int | None, int | N
             out.append((v.bit_count(), (v & -v).bit_length() - 1, v.bit_length()) if v else (0, None, None))
         return out
     a = np.frombuffer(_joined(pages), dtype="<u8").reshape(len(pages), -1)
-    if hasattr(np, "bitwise_count"):
-        cnt = np.bitwise_count(a).sum(axis=1, dtype=np.int64)
-    else:  # pragma: no cover - numpy < 2.0
-        cnt = np.unpackbits(a.view(np.uint8), axis=1).sum(axis=1, dtype=np.int64)
+    cnt = _row_counts(a)
     nz = a != 0
     rows = np.arange(len(pages))
     first = nz.argmax(axis=1)
@@ -347,18 +344,25 @@ def leaf_counts(pages: Sequence[Buffer]) -> tuple[list[int], bytes]:
     word ``i`` is non-zero (what the overlap check of larger orders reads
     instead of the leaf).  numpy only."""
     a = np.frombuffer(_joined(pages), dtype="<u8").reshape(len(pages), 512)
+    occupied: bytes = np.packbits(a != 0, axis=1, bitorder="little").tobytes()
+    return _row_counts(a).tolist(), occupied
+
+
+def _row_counts(a: NDArray[np.uint64]) -> NDArray[np.int64]:
+    """The set bits of each row of a 2-D u64 array.  numpy only."""
     if hasattr(np, "bitwise_count"):
-        cnt = np.bitwise_count(a).sum(axis=1, dtype=np.int64)
+        cnt: NDArray[np.int64] = np.bitwise_count(a).sum(axis=1, dtype=np.int64)
     else:  # pragma: no cover - numpy < 2.0
         cnt = np.unpackbits(a.view(np.uint8), axis=1).sum(axis=1, dtype=np.int64)
-    occupied: bytes = np.packbits(a != 0, axis=1, bitorder="little").tobytes()
-    return cnt.tolist(), occupied
+    return cnt
 
 
 # ---------------------------------------------------------------------------
 # Counting walks: a summary of a memory map without per-block objects.
 
 PAGE_SHIFT = 12
+#: bits of a radix leaf (a 4 KiB page)
+_LEAF_BITS = 32768
 
 #: one bitmap of a BlockSets: ``[start, end, order, first, bits or None,
 #: where, bitmap bytes or None, lo, occupancy or None]`` (ints but ``bits``,
@@ -448,7 +452,7 @@ class BlockSets:
         of 32768) that has a set bit, with its 64 bytes of word occupancy
         (:func:`leaf_counts`); its span is the whole leaf."""
         sh = order + PAGE_SHIFT
-        self.recs.append([first << sh, (first + 32768) << sh, order, first, None, where, leaf, 0, occupied])
+        self.recs.append([first << sh, (first + _LEAF_BITS) << sh, order, first, None, where, leaf, 0, occupied])
 
     @staticmethod
     def _bits(r: _Rec) -> int:
@@ -601,7 +605,6 @@ def _may_share(cands: list[tuple[_Rec, _Rec]]) -> list[bool]:
 
 #: radix leaves :func:`_leaf_pairs` tests together (each costs 2 x 4 KiB, 32 KiB for small d)
 _LEAF_CHUNK = 1024
-_LEAF_BITS = 32768
 
 
 def _leaf_pairs(recs: list[_Rec]) -> list[tuple[_Rec, _Rec]] | None:
@@ -622,13 +625,11 @@ def _leaf_pairs(recs: list[_Rec]) -> list[tuple[_Rec, _Rec]] | None:
     by_order: dict[int, list[int]] = {}
     for k, r in enumerate(recs):
         page = r[6]
-        if page is None or len(page) != 4096 or (r[3] - r[7]) % _LEAF_BITS:
-            return None
+        if page is None or len(page) != 4096 or (r[3] - r[7]) % _LEAF_BITS or r[3] >> 62:
+            return None                 # (places beyond int64: the sweep handles them)
         by_order.setdefault(r[2], []).append(k)
-    base = {o: np.array([(recs[k][3] - recs[k][7]) // _LEAF_BITS for k in ks], dtype=object if
-                        any(recs[k][3] >> 62 for k in ks) else np.int64) for o, ks in by_order.items()}
-    if any(b.dtype == object for b in base.values()):
-        return None                    # places beyond int64: the sweep handles them
+    base = {o: np.array([(recs[k][3] - recs[k][7]) // _LEAF_BITS for k in ks], dtype=np.int64)
+            for o, ks in by_order.items()}
     for b in base.values():
         srt_b = np.sort(b)
         if bool((srt_b[1:] == srt_b[:-1]).any()):      # (not np.unique: it imports numpy.ma)
@@ -682,15 +683,14 @@ def _leaf_pairs(recs: list[_Rec]) -> list[tuple[_Rec, _Rec]] | None:
                         # the words' occupancy is enough: groups of 2**(d-6) words
                         cov = np.unpackbits(np.frombuffer(b"".join(occ), dtype=np.uint8),
                                             bitorder="little").reshape(n, width, -1).any(axis=2)
-                    elif d >= 6:
-                        lo_w = np.frombuffer(b"".join([recs[k][6] for k in mine_k.tolist()]),
-                                             dtype="<u8").reshape(n, 512)
-                        cov = (lo_w.reshape(n, width, -1) != 0).any(axis=2)
                     else:
                         lo_w = np.frombuffer(b"".join([recs[k][6] for k in mine_k.tolist()]),
                                              dtype="<u8").reshape(n, 512)
-                        cov = np.unpackbits(lo_w.view(np.uint8), bitorder="little").reshape(
-                            n, width, 1 << d).any(axis=2)
+                        if d >= 6:
+                            cov = (lo_w.reshape(n, width, -1) != 0).any(axis=2)
+                        else:
+                            cov = np.unpackbits(lo_w.view(np.uint8), bitorder="little").reshape(
+                                n, width, 1 << d).any(axis=2)
                     if width >= 64:
                         win = hi_all[hrow[:, None], (off >> 6)[:, None] + np.arange(width >> 6)]
                         hit = (win & np.packbits(cov, axis=1, bitorder="little").view("<u8")).any(axis=1)

@@ -458,7 +458,7 @@ class RadixWalk:
                 continue
             total = 0
             mask = (1 << (KHO_ORDER_0_LOG2 - order)) - 1
-            if bits.HAVE_NUMPY and all(len(p) == PAGE_SIZE for p in pages):
+            if bits.HAVE_NUMPY:            # radix nodes are whole pages (_read_node)
                 counts, occupied = bits.leaf_counts(pages)
                 for i, (key, page, phys, n) in enumerate(zip(keys, pages, where, counts)):
                     if n:

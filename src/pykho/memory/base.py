@@ -275,7 +275,6 @@ class CowMemory(SparseMemory):
         super().__init__(ram, 0, name or f"{base.name} (copy-on-write)")
         self.base = base
         self.unknown_reads = 0
-        self._page_range = None
 
     def _page(self, pfn: int) -> bytes | bytearray:
         pg = self.pages.get(pfn)
